@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The project's test command: create .venv if needed, install torchkeep with its dev extras,
+# lint (ruff), type-check (mypy) and run the whole test suite. Usage: bash scripts/test.sh [pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -v -E "^WARNING: Location|is ignored" || true
+.venv/bin/python -c "import torchkeep, torch, torchvision" # fail early if the install did not work
+echo "== ruff"
+.venv/bin/ruff check src tests bench
+echo "== mypy"
+.venv/bin/mypy
+echo "== pytest"
+.venv/bin/python -m pytest -n 2 -q "$@"

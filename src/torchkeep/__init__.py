@@ -1,0 +1,133 @@
+"""torchkeep: the whole life of a PyTorch model file, without running untrusted code.
+
+Flat verbs, each returning a dataclass::
+
+    torchkeep.inspect(path)              -> Inspection      describe any model file (no code runs, no tensor bytes read)
+    torchkeep.scan(path)                 -> ScanReport      safe / custom-code / dangerous, with findings
+    torchkeep.load_state_dict(path)      -> dict[str, Tensor]   weights from any format, without running code
+    torchkeep.convert(src, dst)          -> ConvertResult   any file -> weights-only safetensors / .pt
+    torchkeep.save(model, path, spec)    -> Path            a self-describing model file (safetensors + spec)
+    torchkeep.load(path, device=...)     -> nn.Module       rebuilt from its spec, eval mode, no pickle
+    torchkeep.load_into(model, source)   -> LoadReport      weights into a compatible model, with a report
+    torchkeep.adapt(src, arch=..., out=...) -> AdaptResult
+    torchkeep.train(config)              -> TrainResult
+    torchkeep.evaluate(model, data)      -> EvalReport
+    torchkeep.predict(model, inputs)     -> list[Prediction]
+    torchkeep.export(model, fmt, out)    -> ExportResult
+    torchkeep.diff(a, b)                 -> DiffReport
+
+Importing torchkeep is cheap: nothing (torch included) is imported until a verb is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from torchkeep.errors import (
+    CompatibilityError,
+    InputError,
+    TorchkeepError,
+    UnknownFormatError,
+    UnsafeFileError,
+    UntrustedCodeError,
+    UsageError,
+)
+
+__version__ = "0.1.0"
+
+# public name -> private module that defines it
+_LAZY: dict[str, str] = {
+    "detect": "torchkeep._detect",
+    "inspect": "torchkeep._inspect",
+    "Inspection": "torchkeep._inspect",
+    "scan": "torchkeep._scan",
+    "ScanReport": "torchkeep._scan",
+    "load_state_dict": "torchkeep._load",
+    "convert": "torchkeep._convert",
+    "ConvertResult": "torchkeep._convert",
+    "ModelSpec": "torchkeep._spec",
+    "save": "torchkeep._modelfile",
+    "load": "torchkeep._modelfile",
+    "load_into": "torchkeep._adapt",
+    "LoadReport": "torchkeep._adapt",
+    "adapt": "torchkeep._adapt",
+    "AdaptResult": "torchkeep._adapt",
+    "train": "torchkeep.training",
+    "TrainConfig": "torchkeep.training",
+    "TrainResult": "torchkeep.training",
+    "evaluate": "torchkeep._evaluate",
+    "EvalReport": "torchkeep._evaluate",
+    "predict": "torchkeep._predict",
+    "Prediction": "torchkeep._predict",
+    "export": "torchkeep._export",
+    "ExportResult": "torchkeep._export",
+    "diff": "torchkeep._diff",
+    "DiffReport": "torchkeep._diff",
+}
+
+__all__ = [
+    "AdaptResult",
+    "CompatibilityError",
+    "ConvertResult",
+    "DiffReport",
+    "EvalReport",
+    "ExportResult",
+    "InputError",
+    "Inspection",
+    "LoadReport",
+    "ModelSpec",
+    "Prediction",
+    "ScanReport",
+    "TorchkeepError",
+    "TrainConfig",
+    "TrainResult",
+    "UnknownFormatError",
+    "UnsafeFileError",
+    "UntrustedCodeError",
+    "UsageError",
+    "__version__",
+    "adapt",
+    "convert",
+    "detect",
+    "diff",
+    "evaluate",
+    "export",
+    "inspect",
+    "load",
+    "load_into",
+    "load_state_dict",
+    "predict",
+    "save",
+    "scan",
+    "train",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'torchkeep' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from torchkeep._adapt import AdaptResult, LoadReport, adapt, load_into
+    from torchkeep._convert import ConvertResult, convert
+    from torchkeep._detect import detect
+    from torchkeep._diff import DiffReport, diff
+    from torchkeep._evaluate import EvalReport, evaluate
+    from torchkeep._export import ExportResult, export
+    from torchkeep._inspect import Inspection, inspect
+    from torchkeep._load import load_state_dict
+    from torchkeep._modelfile import load, save
+    from torchkeep._predict import Prediction, predict
+    from torchkeep._scan import ScanReport, scan
+    from torchkeep._spec import ModelSpec
+    from torchkeep.training import TrainConfig, TrainResult, train

@@ -1,0 +1,4 @@
+from torchkeep._cli.main import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""Step 1 of the data flow: tell a file's format from its bytes, never from its name.
+
+``detect(path)`` opens the file, reads its first bytes (and, for zip archives, the member list) and
+returns a :class:`Detected`. Nothing is unpickled, no tensor bytes are read, ``torch`` is not imported.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torchkeep.errors import InputError, UnknownFormatError
+
+__all__ = ["FORMATS", "Detected", "check_readable", "detect", "describe_bytes"]
+
+#: Every container format torchkeep reads, with the words used in reports.
+FORMATS: dict[str, str] = {
+    "torch-zip": "PyTorch zip archive (torch.save)",
+    "torch-legacy": "legacy PyTorch file (torch.save with _use_new_zipfile_serialization=False)",
+    "torchscript": "TorchScript archive (torch.jit.save)",
+    "torch-export": "torch.export archive (.pt2, torch.export.save)",
+    "safetensors": "safetensors",
+    "onnx": "ONNX model (protobuf)",
+    "numpy": "NumPy array (.npy)",
+    "numpy-npz": "NumPy archive (.npz)",
+    "pickle": "bare Python pickle",
+}
+
+LEGACY_MAGIC_LONG1 = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # LONG1 0x1950a86a20f9469cfc6c
+LEGACY_MAGIC_TEXT = b"L119547037146038801333356L"  # the same number, protocol 0/1
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+@dataclass(frozen=True)
+class Detected:
+    """What ``detect`` found.
+
+    Attributes:
+        path: the file.
+        format: one of :data:`FORMATS`.
+        size: file size in bytes.
+        archive_root: for torch zip-based formats, the top folder inside the archive (``"archive"``).
+        members: for zip-based formats, the member names in archive order.
+    """
+
+    path: Path
+    format: str
+    size: int
+    archive_root: str | None = None
+    members: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def description(self) -> str:
+        return FORMATS[self.format]
+
+
+def describe_bytes(head: bytes) -> str:
+    """A short human description of what some leading bytes look like."""
+    if not head:
+        return "the file is empty"
+    sample = head[:16]
+    printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in head[:256]) / max(1, len(head[:256]))
+    if printable > 0.95:
+        text = head[:40].decode("ascii", "replace").replace("\n", "\\n")
+        kind = "text"
+        if head.lstrip()[:1] in (b"{", b"["):
+            kind = "JSON-like text"
+        elif head.lstrip()[:1] == b"<":
+            kind = "HTML/XML-like text"
+        return f'starts with {kind} "{text}"'
+    known = {
+        b"\x89PNG": "a PNG image",
+        b"\xff\xd8\xff": "a JPEG image",
+        b"GIF8": "a GIF image",
+        b"\x1f\x8b": "gzip-compressed data",
+        b"BZh": "bzip2-compressed data",
+        b"\xfd7zXZ": "xz-compressed data",
+        b"7z\xbc\xaf": "a 7-Zip archive",
+        b"\x89HDF": "an HDF5 file (Keras .h5?)",
+        b"GGUF": "a GGUF file (llama.cpp)",
+        b"PK": "a zip archive",
+    }
+    for magic, what in known.items():
+        if head.startswith(magic):
+            return f"starts with bytes {sample.hex(' ')} ({what})"
+    return f"starts with bytes {sample.hex(' ')} (no known signature)"
+
+
+def check_readable(path: str | os.PathLike[str]) -> tuple[Path, int]:
+    """Return (path, size) or raise :class:`InputError` for missing, directory, unreadable, empty."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise InputError("no such file", path=p, fix="check the path") from None
+    except PermissionError:
+        raise InputError("permission denied", path=p, fix="check the file's permissions") from None
+    except OSError as exc:
+        raise InputError(f"cannot read the file ({exc.strerror})", path=p) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError("is a directory, not a model file", path=p, fix="name a file inside it")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError("is not a regular file", path=p)
+    if not os.access(p, os.R_OK):
+        raise InputError("permission denied", path=p, fix="check the file's permissions")
+    if st.st_size == 0:
+        raise InputError("the file is empty (0 bytes)", path=p, fix="re-save or re-download it")
+    return p, st.st_size
+
+
+def _zip_format(p: Path, size: int) -> Detected:
+    try:
+        with zipfile.ZipFile(p) as zf:
+            names = tuple(zf.namelist())
+    except zipfile.BadZipFile as exc:
+        raise InputError(
+            f"looks like a zip archive but its directory cannot be read ({exc}); the file is truncated or corrupt",
+            path=p,
+            fix="re-save or re-download it",
+        ) from None
+    root = names[0].split("/", 1)[0] if names and "/" in names[0] else None
+
+    def has(suffix: str) -> bool:
+        return any(n == suffix or n.endswith("/" + suffix) for n in names)
+
+    if has("archive_format") or any("/models/" in n and n.endswith(".json") for n in names):
+        return Detected(p, "torch-export", size, root, names)
+    if has("data.pkl") and has("constants.pkl") and any("/code/" in n or n.startswith("code/") for n in names):
+        return Detected(p, "torchscript", size, root, names)
+    if has("data.pkl"):
+        return Detected(p, "torch-zip", size, root, names)
+    if names and all(n.endswith(".npy") for n in names):
+        return Detected(p, "numpy-npz", size, None, names)
+    listing = ", ".join(names[:5]) + (" …" if len(names) > 5 else "")
+    raise UnknownFormatError(
+        f"is a zip archive but not a PyTorch one: it has no data.pkl (members: {listing or 'none'})",
+        path=p,
+        fix="if it is a model in another format, export it to .pt, .safetensors or .onnx first",
+    )
+
+
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    if len(head) < 10:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return 2 <= n <= size - 8 and head[8:9] == b"{"
+
+
+def _looks_like_pickle(head: bytes) -> bool:
+    if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
+        return True
+    # Protocol 0/1 pickles have no PROTO opcode; accept the usual first opcodes of a container or global.
+    return head[:1] in (b"(", b"}", b"]", b"c", b"\x8c") and b"." in head[-1:] + head
+
+
+def _looks_like_onnx(p: Path, head: bytes, size: int) -> bool:
+    from torchkeep._onnx import looks_like_onnx
+
+    return looks_like_onnx(p, head, size)
+
+
+def detect(path: str | os.PathLike[str]) -> Detected:
+    """Detect the container format of ``path`` from its bytes.
+
+    Raises:
+        InputError: the path is missing, a directory, unreadable or empty, or a zip is corrupt.
+        UnknownFormatError: the bytes match no known format; the message says what they look like.
+    """
+    p, size = check_readable(path)
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(4096)
+    except OSError as exc:
+        raise InputError(f"cannot read the file ({exc.strerror})", path=p) from None
+
+    if head.startswith(ZIP_MAGICS):
+        return _zip_format(p, size)
+    if head.startswith(NPY_MAGIC):
+        return Detected(p, "numpy", size)
+    if head[2:14] == LEGACY_MAGIC_LONG1 or LEGACY_MAGIC_TEXT in head[:40]:
+        return Detected(p, "torch-legacy", size)
+    if _looks_like_safetensors(head, size):
+        return Detected(p, "safetensors", size)
+    if _looks_like_pickle(head):
+        return Detected(p, "pickle", size)
+    if _looks_like_onnx(p, head, size):
+        return Detected(p, "onnx", size)
+    if zipfile.is_zipfile(p):  # zip with a prefix (self-extracting, appended data)
+        return _zip_format(p, size)
+    raise UnknownFormatError(
+        f"not a model file torchkeep can read: it {describe_bytes(head)}",
+        path=p,
+        fix="torchkeep reads " + ", ".join(FORMATS.values()),
+    )
