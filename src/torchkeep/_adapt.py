@@ -1,0 +1,793 @@
+"""Load weights into a compatible model, and say exactly what happened.
+
+``load_into(model, source)`` takes weights from a file (any format ``torchkeep.load_state_dict`` reads), a
+checkpoint dict, a state_dict or another ``nn.Module`` and copies them into ``model``:
+
+1. unwrap checkpoints (``state_dict``, ``model_state_dict``, ``model``, ``net``, ``params``, ``ema``, ...);
+2. apply the user's renames (``REGEX=>REPL``, captured groups allowed; two keys landing on one name is an error);
+3. strip or add wrapper prefixes (``module.`` from DDP, ``_orig_mod.`` from torch.compile, ``model.`` from
+   Lightning, and their combinations) only when that makes more keys match;
+4. compare shapes: skip (a new head) or refuse;
+5. when names still differ but the remaining tensors line up one for one by shape, pair them by order, and
+   say so;
+6. refuse to load "almost nothing" silently: below ``min_match`` of the model's parameters it is an error
+   unless ``allow_partial=True``.
+
+The model is touched only after the whole plan is known, so a refusal leaves it unchanged.
+``adapt(src, arch=...)`` builds an architecture with ``torchkeep.models.build``, runs ``load_into`` and writes a
+self-describing model file. ``explain_error(exc_or_text)`` turns the classic raw PyTorch loading errors into
+the torchkeep fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from torchkeep.errors import CompatibilityError, TorchkeepError, UsageError
+
+if TYPE_CHECKING:  # torch is imported lazily: importing torchkeep must stay cheap
+    import torch
+    from torch import nn
+
+__all__ = [
+    "AdaptResult",
+    "DtypeChange",
+    "LoadReport",
+    "ShapeMismatch",
+    "adapt",
+    "collapse_keys",
+    "explain_error",
+    "load_into",
+    "parse_rename",
+]
+
+# Keys under which checkpoints keep the model weights, most common first. "ema"-like keys come after the
+# main model: a checkpoint holding both is loaded from the main weights and the report says how to pick EMA.
+_WRAPPER_KEYS: tuple[str, ...] = (
+    "state_dict",
+    "model_state_dict",
+    "model",
+    "net",
+    "network",
+    "params",
+    "module",
+    "weights",
+    "model_weights",
+    "ema",
+    "model_ema",
+    "state_dict_ema",
+    "ema_state_dict",
+    "params_ema",
+)
+_EMA_KEYS = ("ema", "model_ema", "state_dict_ema", "ema_state_dict", "params_ema")
+
+# Prefix segments that wrappers add: DataParallel/DDP, torch.compile, Lightning / generic wrappers.
+_KNOWN_PREFIX_SEGMENTS = ("module", "_orig_mod", "model")
+
+RenameSpec = Mapping[str, str] | Sequence[str | tuple[str, str]] | Callable[[str], str] | str | None
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+
+@dataclass
+class ShapeMismatch:
+    """A tensor whose name matched but whose shape differs (typically a new classification head)."""
+
+    key: str
+    source_key: str
+    source_shape: list[int]
+    target_shape: list[int]
+
+
+@dataclass
+class DtypeChange:
+    """Tensors converted from the source dtype to the model's dtype while copying."""
+
+    source_dtype: str
+    target_dtype: str
+    count: int
+    keys: list[str]
+
+
+@dataclass
+class LoadReport:
+    """What ``load_into`` did (or, with ``dry_run``, would do).
+
+    Keys in ``matched``, ``missing`` and ``shape_mismatched[*].key`` are the model's names; keys in
+    ``unexpected`` and ``renamed`` (its keys) are the source's names as found in the file.
+    """
+
+    source: str
+    target: str
+    matched: list[str] = field(default_factory=list)
+    renamed: dict[str, str] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    shape_mismatched: list[ShapeMismatch] = field(default_factory=list)
+    dtype_converted: list[DtypeChange] = field(default_factory=list)
+    non_tensor: list[str] = field(default_factory=list)
+    unwrapped: str | None = None
+    prefix_stripped: str = ""
+    prefix_added: str = ""
+    matched_by_order: int = 0
+    tensors_loaded: int = 0
+    tensors_expected: int = 0
+    params_loaded: int = 0
+    params_expected: int = 0
+    min_match: float = 0.0
+    applied: bool = False
+    notes: list[str] = field(default_factory=list)
+    verdict: str = ""
+
+    @property
+    def fraction(self) -> float:
+        """Share of the model's parameters (elements) that receive source weights, in [0, 1]."""
+        if self.params_expected:
+            return self.params_loaded / self.params_expected
+        return self.tensors_loaded / self.tensors_expected if self.tensors_expected else 1.0
+
+    @property
+    def complete(self) -> bool:
+        """True when every tensor of the model was loaded and nothing in the source was left over."""
+        return not (self.missing or self.unexpected or self.shape_mismatched)
+
+    def collapsed(self, which: str) -> list[str]:
+        """One of ``matched``/``missing``/``unexpected``/``shape_mismatched`` with repeated blocks collapsed."""
+        if which == "shape_mismatched":
+            return collapse_keys([m.key for m in self.shape_mismatched])
+        if which == "renamed":
+            return [f"{a} -> {b}" for a, b in self.renamed.items()]
+        return collapse_keys(getattr(self, which))
+
+    def summary(self) -> dict[str, Any]:
+        """A compact summary (counts, prefixes, verdict): what goes into a model file's provenance."""
+        return {
+            "tensors_loaded": self.tensors_loaded,
+            "tensors_expected": self.tensors_expected,
+            "params_loaded": self.params_loaded,
+            "params_expected": self.params_expected,
+            "missing": self.collapsed("missing"),
+            "unexpected": self.collapsed("unexpected"),
+            "shape_mismatched": self.collapsed("shape_mismatched"),
+            "renamed": len(self.renamed),
+            "matched_by_order": self.matched_by_order,
+            "unwrapped": self.unwrapped,
+            "prefix_stripped": self.prefix_stripped,
+            "prefix_added": self.prefix_added,
+            "verdict": self.verdict,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: every field, the collapsed views and the loaded fraction."""
+        d = asdict(self)
+        d["fraction"] = round(self.fraction, 6)
+        d["complete"] = self.complete
+        d["collapsed"] = {
+            k: self.collapsed(k) for k in ("matched", "missing", "unexpected", "shape_mismatched")
+        }
+        return d
+
+
+# ----------------------------------------------------------------------------------------- key helpers
+
+_DIGITS = re.compile(r"\d+")
+
+
+def _fmt_numbers(values: list[int]) -> str:
+    vals = sorted(set(values))
+    if len(vals) == 1:
+        return str(vals[0])
+    if len(vals) >= 3 and vals == list(range(vals[0], vals[-1] + 1)):
+        return "{" + f"{vals[0]}..{vals[-1]}" + "}"
+    return "{" + ",".join(str(v) for v in vals) + "}"
+
+
+def _collapse_numeric(keys: list[str]) -> list[str]:
+    # Group keys that differ only in their numbers ("layer1.0.conv1.weight" ~ "layer{}.{}.conv1.weight").
+    groups: dict[str, list[tuple[int, ...]]] = {}
+    for k in keys:
+        template = _DIGITS.sub("{}", k)
+        groups.setdefault(template, []).append(tuple(int(n) for n in _DIGITS.findall(k)))
+    out: list[str] = []
+    for template, nums in groups.items():
+        out.extend(_render_group(template, nums))
+    return out
+
+
+def _render_group(template: str, nums: list[tuple[int, ...]]) -> list[str]:
+    if not nums[0]:
+        return [template]
+    positions = list(zip(*nums))
+    sets = [sorted(set(p)) for p in positions]
+    size = math.prod(len(s) for s in sets)
+    if size == len(set(nums)):
+        # The group is a full product of its number sets: one pattern says it truthfully.
+        parts = template.split("{}")
+        text = parts[0]
+        for i, s in enumerate(sets):
+            text += _fmt_numbers(s) + parts[i + 1]
+        return [text]
+    # Not a full product (layer1 has 2 blocks, layer3 has 6): split on the first varying position.
+    pos = next(i for i, s in enumerate(sets) if len(s) > 1)
+    out: list[str] = []
+    for value in sets[pos]:
+        sub = [n for n in nums if n[pos] == value]
+        filled = template
+        # fix that position's number in the template, keep the others as placeholders
+        pieces = filled.split("{}")
+        filled = "{}".join(pieces[: pos + 1]) + str(value) + "{}".join(pieces[pos + 1 :])
+        out.extend(_render_group(filled, [n[:pos] + n[pos + 1 :] for n in sub]))
+    return out
+
+
+def collapse_keys(keys: Iterable[str]) -> list[str]:
+    """Collapse repeated blocks of state_dict keys for display, truthfully.
+
+    ``layer1.0.conv1.weight`` ... ``layer4.1.conv1.weight`` becomes ``layer{1..4}.{0,1}.conv1.weight``, and
+    ``fc.weight`` + ``fc.bias`` becomes ``fc.{weight,bias}``. A pattern is only printed when every key it
+    stands for is present.
+
+    Args:
+        keys: state_dict keys, in any order.
+
+    Returns:
+        Patterns in order of first appearance.
+    """
+    numeric = _collapse_numeric(list(dict.fromkeys(keys)))
+    # Second pass: siblings that differ only in their last segment (weight/bias/running_mean...).
+    by_parent: dict[str, list[str]] = {}
+    for pattern in numeric:
+        parent, _, leaf = pattern.rpartition(".")
+        if "{" in leaf:  # already a pattern in the last segment: leave it alone
+            parent, leaf = pattern, ""
+        by_parent.setdefault(parent, []).append(leaf)
+    out: list[str] = []
+    for parent, leaves in by_parent.items():
+        if len(leaves) == 1:
+            out.append(f"{parent}.{leaves[0]}" if leaves[0] and parent else (parent or leaves[0]))
+        elif not parent:
+            out.extend(leaves)
+        else:
+            out.append(parent + ".{" + ",".join(leaves) + "}")
+    return out
+
+
+def parse_rename(spec: str) -> tuple[str, str]:
+    """Parse ``'REGEX=>REPL'`` (the CLI's ``--rename``) into ``(regex, replacement)``.
+
+    ``$1`` in the replacement is accepted as well as Python's ``\\1`` / ``\\g<1>``.
+
+    Args:
+        spec: the rule text.
+
+    Returns:
+        ``(pattern, replacement)`` with the replacement in Python ``re.sub`` syntax.
+    """
+    if "=>" not in spec:
+        raise UsageError(
+            f"rename rule {spec!r} has no '=>'",
+            fix="write it as 'REGEX=>REPL', e.g. --rename '^head\\.=>fc.' or --rename 'layer(\\d)\\.=>block\\1.'",
+        )
+    pattern, repl = spec.split("=>", 1)
+    if not pattern:
+        raise UsageError(f"rename rule {spec!r} has an empty pattern", fix="write it as 'REGEX=>REPL'")
+    return pattern, re.sub(r"\$(\d+)", r"\\g<\1>", repl)
+
+
+def _rename_rules(rename: RenameSpec) -> list[tuple[str, Callable[[str], str]]]:
+    if rename is None:
+        return []
+    if callable(rename):
+        return [("<function>", rename)]
+    items: list[tuple[str, str]]
+    if isinstance(rename, str):
+        items = [parse_rename(rename)]
+    elif isinstance(rename, Mapping):
+        items = list(rename.items())
+    else:
+        items = [parse_rename(r) if isinstance(r, str) else (r[0], r[1]) for r in rename]
+    rules: list[tuple[str, Callable[[str], str]]] = []
+    for pattern, repl in items:
+        try:
+            rx = re.compile(pattern)
+        except re.error as exc:
+            raise UsageError(f"rename pattern {pattern!r} is not a valid regular expression ({exc})") from None
+        repl = re.sub(r"\$(\d+)", r"\\g<\1>", repl)
+
+        def fn(key: str, rx: re.Pattern[str] = rx, repl: str = repl) -> str:
+            return rx.sub(repl, key)
+
+        rules.append((f"{pattern}=>{repl}", fn))
+    return rules
+
+
+def _prefix_candidates(keys: Iterable[str]) -> set[str]:
+    # Prefixes made of known wrapper segments ("module.", "module._orig_mod.", "model."), plus the first
+    # segment shared by many keys ("backbone.", "encoder.") so that any wrapper can be stripped when it helps.
+    cands: set[str] = {""}
+    first: dict[str, int] = {}
+    total = 0
+    for k in keys:
+        total += 1
+        parts = k.split(".")
+        i = 0
+        while i < len(parts) - 1 and parts[i] in _KNOWN_PREFIX_SEGMENTS:
+            i += 1
+            cands.add(".".join(parts[:i]) + ".")
+        if len(parts) > 1:
+            first[parts[0] + "."] = first.get(parts[0] + ".", 0) + 1
+    for p, n in first.items():
+        if n * 2 >= total:
+            cands.add(p)
+    return cands
+
+
+def _apply_prefix(key: str, strip: str, add: str) -> str:
+    if strip:
+        if not key.startswith(strip):
+            return key
+        key = key[len(strip) :]
+    return add + key
+
+
+def _map_keys(names: list[str], strip: str, add: str) -> dict[str, str] | None:
+    """new name -> current name, or None when two keys would collide."""
+    out: dict[str, str] = {}
+    for n in names:
+        new = _apply_prefix(n, strip, add)
+        if new in out:
+            return None
+        out[new] = n
+    return out
+
+
+# -------------------------------------------------------------------------------------------- sources
+
+
+def _is_tensor(v: Any) -> bool:
+    import torch
+
+    return isinstance(v, torch.Tensor)
+
+
+def _tensor_share(m: Mapping) -> float:
+    if not m:
+        return 0.0
+    return sum(1 for v in m.values() if _is_tensor(v)) / len(m)
+
+
+def _unwrap(obj: Any, notes: list[str]) -> tuple[dict[str, Any], str | None]:
+    """Find the weights in ``obj``: a state_dict, a checkpoint dict (nested), or an nn.Module."""
+    from torch import nn
+
+    trail: list[str] = []
+    for _ in range(6):  # checkpoints nest a few levels at most ({"model": {"state_dict": ...}})
+        if isinstance(obj, nn.Module):
+            obj = obj.state_dict()
+            break
+        if not isinstance(obj, Mapping):
+            raise CompatibilityError(
+                f"the source is a {type(obj).__name__}, not weights",
+                fix="pass a file path, a state_dict (name -> tensor), a checkpoint dict or an nn.Module",
+            )
+        if _tensor_share(obj) == 1.0:
+            break
+        key = next(
+            (k for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], (Mapping, nn.Module))),
+            None,
+        )
+        if key is None:
+            # no known wrapper key: a single nested mapping that holds tensors, else the tensors at this level
+            nested = [k for k, v in obj.items() if isinstance(v, (Mapping, nn.Module)) and _holds_tensors(v)]
+            if _tensor_share(obj) == 0 and len(nested) == 1:
+                key = nested[0]
+            else:
+                break
+        if key in ("model", "state_dict", "model_state_dict", "net", "network", "params", "module"):
+            ema = [k for k in _EMA_KEYS if k in obj]
+            if ema:
+                notes.append(
+                    f"the checkpoint also holds EMA weights under {ema[0]!r}; to load those pass "
+                    f"checkpoint[{ema[0]!r}] as the source"
+                )
+        trail.append(str(key))
+        obj = obj[key]
+    if not isinstance(obj, Mapping):
+        raise CompatibilityError("no weights found in the source")
+    tensors = {str(k): v for k, v in obj.items() if _is_tensor(v)}
+    if not tensors:
+        keys = ", ".join(map(str, list(obj)[:8]))
+        raise CompatibilityError(
+            f"no tensors found in the source (top-level keys: {keys})",
+            fix="pass the weights themselves, e.g. load_into(model, checkpoint['<key that holds them>'])",
+        )
+    skipped = [str(k) for k, v in obj.items() if not _is_tensor(v)]
+    if skipped:
+        notes.append(f"ignored {len(skipped)} non-tensor entries: {', '.join(collapse_keys(skipped)[:5])}")
+    return tensors, ".".join(trail) or None
+
+
+def _holds_tensors(v: Any) -> bool:
+    from torch import nn
+
+    if isinstance(v, nn.Module):
+        return True
+    return isinstance(v, Mapping) and any(_is_tensor(x) or isinstance(x, Mapping) for x in v.values())
+
+
+def _read_source(source: Any, trust: bool) -> tuple[Any, str]:
+    from torch import nn
+
+    if isinstance(source, (str, os.PathLike)):
+        from torchkeep._load import load_state_dict
+
+        path = Path(source)
+        return load_state_dict(path, "cpu", trust=trust), os.fspath(path)
+    if isinstance(source, nn.Module):
+        return source, f"<{type(source).__name__} module>"
+    if isinstance(source, Mapping):
+        return source, "<state_dict>" if _tensor_share(source) == 1.0 else "<checkpoint dict>"
+    raise UsageError(
+        f"cannot load weights from a {type(source).__name__}",
+        fix="pass a file path, a state_dict (name -> tensor), a checkpoint dict or an nn.Module",
+    )
+
+
+# ----------------------------------------------------------------------------------------------- plan
+
+
+@dataclass
+class _Plan:
+    pairs: dict[str, str]  # target key -> source key
+    report: LoadReport
+
+
+def _parameter_sizes(model: nn.Module) -> dict[str, int]:
+    # state_dict key -> numel for parameters, each shared (tied) parameter counted once.
+    seen: set[int] = set()
+    sizes: dict[str, int] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        sizes[name] = 0 if id(p) in seen else p.numel()
+        seen.add(id(p))
+    return sizes
+
+
+def _plan(
+    target: Mapping[str, torch.Tensor],
+    source: Mapping[str, torch.Tensor],
+    report: LoadReport,
+    *,
+    rename: RenameSpec,
+    strip_prefix: str | None,
+    on_shape_mismatch: str,
+    match_by_order: bool | Literal["auto"],
+) -> dict[str, str]:
+    src_keys = list(source)
+    tgt_keys = list(target)
+
+    # 1. renames, in the order given; applied to the names as they appear in the source.
+    names: dict[str, str] = {k: k for k in src_keys}  # current name -> source key
+    for label, fn in _rename_rules(rename):
+        new_names: dict[str, str] = {}
+        hits = 0
+        for cur, orig in names.items():
+            new = fn(cur)
+            hits += new != cur
+            if new in new_names:
+                raise CompatibilityError(
+                    f"rename {label!r} maps both {new_names[new]!r} and {orig!r} to {new!r}",
+                    fix="make the pattern more specific (anchor it with ^ and escape dots: '^head\\.')",
+                )
+            new_names[new] = orig
+        if not hits:
+            report.notes.append(f"rename {label!r} matched no key")
+        names = new_names
+    report.renamed = {orig: cur for cur, orig in names.items() if cur != orig}
+
+    # 2. wrapper prefixes: pick the strip/add pair that makes the most names match.
+    tgt_set = set(tgt_keys)
+    cur_names = list(names)
+    best = ("", "")
+    if strip_prefix in (None, "none", ""):
+        pass
+    elif strip_prefix == "auto":
+        best_score = sum(1 for n in cur_names if n in tgt_set)
+        for strip in sorted(_prefix_candidates(cur_names), key=len):
+            for add in sorted(_prefix_candidates(tgt_keys), key=len):
+                if not strip and not add:
+                    continue
+                mapped = _map_keys(cur_names, strip, add)
+                if mapped is None:
+                    continue
+                score = sum(1 for n in mapped if n in tgt_set)
+                if score > best_score:
+                    best, best_score = (strip, add), score
+    else:
+        strip = strip_prefix if strip_prefix.endswith(".") else strip_prefix + "."
+        if not any(n.startswith(strip) for n in cur_names):
+            report.notes.append(f"no source key starts with {strip!r}; nothing stripped")
+        best = (strip, "")
+    mapped = _map_keys(cur_names, *best)
+    if mapped is None:
+        raise CompatibilityError(
+            f"stripping {best[0]!r} makes two source keys collide",
+            fix="pass strip_prefix='none' (CLI: --strip-prefix none) and use renames instead",
+        )
+    report.prefix_stripped, report.prefix_added = best
+    final: dict[str, str] = {new: names[cur] for new, cur in mapped.items()}  # final name -> source key
+
+    # 3. match by name, then compare shapes.
+    pairs: dict[str, str] = {}
+    unexpected: list[str] = []
+    for new, src in final.items():
+        if new not in tgt_set:
+            unexpected.append(src)
+            continue
+        s, t = source[src], target[new]
+        if tuple(s.shape) != tuple(t.shape):
+            report.shape_mismatched.append(ShapeMismatch(new, src, list(s.shape), list(t.shape)))
+        else:
+            pairs[new] = src
+    mismatched_targets = {m.key for m in report.shape_mismatched}
+    missing = [k for k in tgt_keys if k not in pairs and k not in mismatched_targets]
+
+    # 4. names differ but the architectures agree: pair the leftovers by order when their shapes line up.
+    if match_by_order and missing and unexpected:
+        src_order = {k: i for i, k in enumerate(src_keys)}
+        left_src = sorted(unexpected, key=src_order.__getitem__)
+        lined_up = len(left_src) == len(missing) and all(
+            tuple(source[s].shape) == tuple(target[t].shape) for s, t in zip(left_src, missing)
+        )
+        if lined_up:
+            for s, t in zip(left_src, missing):
+                pairs[t] = s
+                report.renamed[s] = t
+            report.matched_by_order = len(missing)
+            report.notes.append(
+                f"matched {len(missing)} tensors by order and shape because their names differ "
+                f"(e.g. {left_src[0]!r} -> {missing[0]!r}); check the renamed list"
+            )
+            missing, unexpected = [], []
+        elif match_by_order is True:
+            raise CompatibilityError(
+                f"cannot match by order: {len(left_src)} unmatched source tensors vs {len(missing)} "
+                "unmatched model tensors, or their shapes differ in order",
+                fix="use renames ('REGEX=>REPL') for the layers whose names differ",
+            )
+
+    if report.shape_mismatched and on_shape_mismatch == "error":
+        m = report.shape_mismatched[0]
+        raise CompatibilityError(
+            f"{len(report.shape_mismatched)} tensors differ in shape, e.g. {m.key}: source "
+            f"{m.source_shape} vs model {m.target_shape}",
+            fix="skip them with on_shape_mismatch='skip' (a new head; CLI: adapt skips by default) or build the "
+            "model with the source's number of classes",
+        )
+
+    report.matched = [k for k in tgt_keys if k in pairs]
+    report.missing = missing
+    unexpected_set = set(unexpected)
+    report.unexpected = [k for k in src_keys if k in unexpected_set]
+    return pairs
+
+
+# ------------------------------------------------------------------------------------------ load_into
+
+
+def load_into(
+    model: nn.Module,
+    source: Any,
+    *,
+    rename: RenameSpec = None,
+    strip_prefix: str | None = "auto",
+    on_shape_mismatch: Literal["skip", "error"] = "skip",
+    strict: bool = False,
+    min_match: float = 0.5,
+    match_by_order: bool | Literal["auto"] = "auto",
+    allow_partial: bool = False,
+    dry_run: bool = False,
+    trust: bool = False,
+) -> LoadReport:
+    """Copy weights from ``source`` into ``model`` and report exactly what was loaded.
+
+    Args:
+        model: the model to load into (its weights are overwritten in place).
+        source: a file path (any format ``torchkeep.load_state_dict`` reads), a state_dict, a checkpoint dict
+            (weights under ``state_dict``, ``model_state_dict``, ``model``, ``net``, ``params``, ``ema``...)
+            or an ``nn.Module``.
+        rename: renames applied to the source names before matching: ``{"REGEX": "REPL"}``, a list of
+            ``"REGEX=>REPL"`` strings or ``(regex, repl)`` pairs, or a function ``str -> str``. Captured groups
+            (``\\1``, ``\\g<1>``, ``$1``) work. Two keys landing on one name is an error.
+        strip_prefix: ``"auto"`` strips/adds ``module.``, ``_orig_mod.``, ``model.`` (and combinations) only
+            when that makes more keys match; ``"none"`` never; any other string strips that prefix.
+        on_shape_mismatch: ``"skip"`` leaves mismatched tensors (a new head) as initialised; ``"error"`` raises.
+        strict: raise unless every model tensor is loaded and every source tensor is used.
+        min_match: refuse (``CompatibilityError``) when less than this share of the model's parameters would
+            be loaded, unless ``allow_partial``.
+        match_by_order: ``"auto"`` pairs leftover tensors by order when their shapes line up one for one;
+            ``True`` insists (error if they do not line up); ``False`` never.
+        allow_partial: load even below ``min_match``.
+        dry_run: plan and report without touching the model.
+        trust: passed to ``torchkeep.load_state_dict`` when ``source`` is a path.
+
+    Returns:
+        A :class:`LoadReport`; ``report.applied`` tells whether the weights were copied.
+
+    Raises:
+        CompatibilityError: shapes differ with ``on_shape_mismatch="error"``, ``strict`` and keys differ,
+            rename collisions, or too little would load.
+    """
+    import torch
+
+    if on_shape_mismatch not in ("skip", "error"):
+        raise UsageError(f"on_shape_mismatch must be 'skip' or 'error', not {on_shape_mismatch!r}")
+    if not 0.0 <= min_match <= 1.0:
+        raise UsageError(f"min_match must be between 0 and 1, not {min_match!r}")
+    raw, label = _read_source(source, trust)
+    report = LoadReport(source=label, target=type(model).__name__, min_match=min_match)
+    weights, report.unwrapped = _unwrap(raw, report.notes)
+    target = model.state_dict()
+    pairs = _plan(
+        target,
+        weights,
+        report,
+        rename=rename,
+        strip_prefix=strip_prefix,
+        on_shape_mismatch=on_shape_mismatch,
+        match_by_order=match_by_order,
+    )
+
+    sizes = _parameter_sizes(model)
+    report.tensors_expected = len(target)
+    report.tensors_loaded = len(pairs)
+    report.params_expected = sum(sizes.values())
+    report.params_loaded = sum(sizes.get(k, 0) for k in pairs)
+    changes: dict[tuple[str, str], list[str]] = {}
+    for t, s in pairs.items():
+        sd, td = weights[s].dtype, target[t].dtype
+        if sd != td:
+            changes.setdefault((str(sd).removeprefix("torch."), str(td).removeprefix("torch.")), []).append(t)
+    report.dtype_converted = [DtypeChange(a, b, len(ks), collapse_keys(ks)) for (a, b), ks in changes.items()]
+    report.verdict = _verdict(report)
+
+    if strict and not report.complete:
+        raise CompatibilityError(
+            f"strict load failed: {_problems(report)}",
+            path=report.source if isinstance(source, (str, os.PathLike)) else None,
+            fix="pass strict=False to load what matches (the report lists the rest)",
+        )
+    if report.fraction < min_match and not allow_partial:
+        raise CompatibilityError(
+            f"only {report.fraction:.0%} of {type(model).__name__}'s parameters would load "
+            f"(threshold {min_match:.0%}): {_problems(report)}",
+            path=report.source if isinstance(source, (str, os.PathLike)) else None,
+            fix="check the architecture (and --num-classes), add renames ('REGEX=>REPL'), or accept it with "
+            "allow_partial=True (CLI: --allow-partial)",
+        )
+    if dry_run:
+        return report
+
+    with torch.no_grad():
+        try:
+            result = model.load_state_dict({t: weights[s] for t, s in pairs.items()}, strict=False)
+        except RuntimeError as exc:  # should not happen after planning; still explain it, never a traceback
+            raise CompatibilityError(
+                f"copying the weights failed: {str(exc).splitlines()[0]}",
+                fix=explain_error(exc) or "re-run with --debug and report it",
+            ) from exc
+    if result.unexpected_keys:  # pragma: no cover - the plan only passes model keys
+        raise CompatibilityError(f"internal: unexpected keys while copying: {result.unexpected_keys[:3]}")
+    report.applied = True
+    return report
+
+
+def _problems(r: LoadReport) -> str:
+    parts = []
+    if r.missing:
+        parts.append(f"{len(r.missing)} missing ({', '.join(r.collapsed('missing')[:3])})")
+    if r.unexpected:
+        parts.append(f"{len(r.unexpected)} unexpected ({', '.join(r.collapsed('unexpected')[:3])})")
+    if r.shape_mismatched:
+        m = r.shape_mismatched[0]
+        parts.append(
+            f"{len(r.shape_mismatched)} shape-mismatched ({m.key}: {m.source_shape} vs {m.target_shape})"
+        )
+    return "; ".join(parts) or "nothing wrong"
+
+
+def _count(n: int) -> str:
+    if n >= 1_000_000:
+        return f"{n / 1e6:.2f}M"
+    if n >= 10_000:
+        return f"{n / 1e3:.1f}K"
+    return str(n)
+
+
+def _verdict(r: LoadReport) -> str:
+    # floor, so that 99.96% never reads as "100%" when something was left out
+    pct = f"{math.floor(r.fraction * 1000) / 10:.1f}%".replace(".0%", "%")
+    head = (
+        f"{r.tensors_loaded}/{r.tensors_expected} tensors, {_count(r.params_loaded)}/"
+        f"{_count(r.params_expected)} parameters ({pct})"
+    )
+    extra: list[str] = []
+    if r.unwrapped:
+        extra.append(f"from checkpoint[{r.unwrapped!r}]")
+    if r.prefix_stripped:
+        extra.append(f"stripped {r.prefix_stripped!r}")
+    if r.prefix_added:
+        extra.append(f"added {r.prefix_added!r}")
+    if r.renamed and len(r.renamed) > r.matched_by_order:
+        extra.append(f"{len(r.renamed) - r.matched_by_order} renamed")
+    if r.matched_by_order:
+        extra.append(f"{r.matched_by_order} matched by order")
+    if r.shape_mismatched:
+        extra.append(f"skipped {', '.join(r.collapsed('shape_mismatched')[:3])} (shape differs: left as initialised)")
+    if r.missing:
+        extra.append(f"{len(r.missing)} missing")
+    if r.unexpected:
+        extra.append(f"{len(r.unexpected)} unused")
+    tail = f"; {'; '.join(extra)}" if extra else ""
+    if r.complete:
+        word = "OK: all weights loaded"
+    elif r.fraction >= r.min_match:
+        word = "PARTIAL"
+    else:
+        word = "REFUSED" if r.min_match else "PARTIAL"
+    return f"{word}: {head}{tail}"
+
+
+# ---------------------------------------------------------------------------------------------- adapt
+
+
+@dataclass
+class AdaptResult:
+    """What ``adapt`` did: the report, and the model file written (``None`` on a dry run)."""
+
+    source: str
+    arch: str
+    num_classes: int | None
+    report: LoadReport
+    out: str | None
+    source_sha256: str | None
+    dry_run: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {
+            "source": self.source,
+            "arch": self.arch,
+            "num_classes": self.num_classes,
+            "out": self.out,
+            "source_sha256": self.source_sha256,
+            "dry_run": self.dry_run,
+            "verdict": self.report.verdict,
+            "report": self.report.to_dict(),
+        }
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def adapt(*args: Any, **kwargs: Any) -> AdaptResult:  # replaced below once models land
+    raise TorchkeepError("adapt is not available yet")
+
+
+# --------------------------------------------------------------------------------------- explain_error
+
+
+def explain_error(exc_or_text: BaseException | str) -> str | None:  # filled in below
+    return None
