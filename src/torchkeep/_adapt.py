@@ -544,12 +544,12 @@ def _plan(
         src_order = {k: i for i, k in enumerate(src_keys)}
         left_src = sorted(unexpected, key=src_order.__getitem__)
         lined_up = len(left_src) == len(missing) and all(
-            tuple(source[s].shape) == tuple(target[t].shape) for s, t in zip(left_src, missing)
+            tuple(source[sk].shape) == tuple(target[tk].shape) for sk, tk in zip(left_src, missing)
         )
         if lined_up:
-            for s, t in zip(left_src, missing):
-                pairs[t] = s
-                report.renamed[s] = t
+            for sk, tk in zip(left_src, missing):
+                pairs[tk] = sk
+                report.renamed[sk] = tk
             report.matched_by_order = len(missing)
             report.notes.append(
                 f"matched {len(missing)} tensors by order and shape because their names differ "
