@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torchkeep.errors import InputError, UnknownFormatError
 
-__all__ = ["FORMATS", "Detected", "check_readable", "detect", "describe_bytes"]
+__all__ = ["FORMATS", "Detected", "check_readable", "describe_bytes", "detect"]
 
 #: Every container format torchkeep reads, with the words used in reports.
 FORMATS: dict[str, str] = {

@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from torchkeep.errors import InputError
 
@@ -49,7 +50,7 @@ def _varint(buf, pos: int, end: int) -> tuple[int, int]:
             raise _Truncated
 
 
-def _fields(buf, start: int, end: int) -> Iterator[tuple[int, int, int | tuple[int, int]]]:
+def _fields(buf, start: int, end: int) -> Iterator[tuple[int, int, Any]]:
     """Yield (field number, wire type, value) where value is an int or a (start, end) slice."""
     pos = start
     while pos < end:

@@ -1,0 +1,429 @@
+"""A restricted pickle reader that never imports or calls anything named in the file.
+
+Every global a pickle names goes through :meth:`RestrictedUnpickler.find_class`. A short allowlist of
+rebuild functions is answered with torchkeep's own inert stand-ins (a tensor becomes a
+:class:`TensorRef` that records dtype, shape, stride and where its bytes live; nothing is read).
+Plain containers and scalars are rebuilt as themselves. Everything else — ``__main__.Net``,
+``argparse.Namespace``, ``os.system`` — becomes a :class:`Placeholder` subclass that keeps its
+``module``/``name``, the arguments it was called with and the state it was given, and does nothing.
+
+No module is imported on behalf of the file (numpy is imported only to decode numpy scalars and
+arrays, with numpy's own reconstruct functions, which run no code from the file).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "DTYPE_ITEMSIZE",
+    "STORAGE_DTYPES",
+    "DTypeRef",
+    "PickleReadError",
+    "Placeholder",
+    "RestrictedUnpickler",
+    "StorageRef",
+    "TensorRef",
+    "placeholder_name",
+    "read_pickle",
+]
+
+#: dtype name -> bytes per element
+DTYPE_ITEMSIZE: dict[str, int] = {
+    "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2, "int8": 1,
+    "uint8": 1, "uint16": 2, "uint32": 4, "uint64": 8, "bool": 1, "complex128": 16, "complex64": 8, "complex32": 4,
+    "qint8": 1, "quint8": 1, "qint32": 4, "quint4x2": 1, "quint2x4": 1,
+    "float8_e4m3fn": 1, "float8_e5m2": 1, "float8_e4m3fnuz": 1, "float8_e5m2fnuz": 1, "float8_e8m0fnu": 1,
+    "float4_e2m1fn_x2": 1,
+}
+
+#: legacy storage class name -> dtype name
+STORAGE_DTYPES: dict[str, str] = {
+    "DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage": "float16", "BFloat16Storage": "bfloat16",
+    "LongStorage": "int64", "IntStorage": "int32", "ShortStorage": "int16", "CharStorage": "int8",
+    "ByteStorage": "uint8", "BoolStorage": "bool", "ComplexDoubleStorage": "complex128",
+    "ComplexFloatStorage": "complex64", "QInt8Storage": "qint8", "QUInt8Storage": "quint8",
+    "QInt32Storage": "qint32", "QUInt4x2Storage": "quint4x2", "QUInt2x4Storage": "quint2x4",
+    "UntypedStorage": "uint8", "TypedStorage": "uint8",
+}
+
+# torch.<name> attribute -> dtype name (for pickled dtype objects)
+_TORCH_DTYPE_ALIASES = {
+    "float": "float32", "double": "float64", "half": "float16", "long": "int64", "int": "int32",
+    "short": "int16", "cfloat": "complex64", "cdouble": "complex128",
+}
+
+
+class PickleReadError(Exception):
+    """The pickle could not be parsed (truncated, corrupt, unsupported)."""
+
+
+@dataclass(eq=False)
+class DTypeRef:
+    """A torch dtype named in a pickle (``torch.float16``)."""
+
+    name: str
+
+    def __repr__(self) -> str:
+        return f"torch.{self.name}"
+
+
+@dataclass(eq=False)
+class StorageRef:
+    """Where a storage's bytes live; nothing is read.
+
+    ``key`` is the archive member name under ``data/`` (zip) or the legacy root key; ``numel`` counts
+    elements of ``dtype``.
+    """
+
+    key: str
+    dtype: str
+    location: str
+    numel: int
+    # legacy files: a storage may be a view into another (root) storage
+    view_of: str | None = None
+    view_offset: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * DTYPE_ITEMSIZE.get(self.dtype, 1)
+
+
+@dataclass(eq=False)
+class TensorRef:
+    """A tensor as described by its pickle: no bytes are read."""
+
+    storage: StorageRef | None
+    storage_offset: int
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: str
+    requires_grad: bool = False
+    is_parameter: bool = False
+    quantized: bool = False
+    note: str = ""
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * DTYPE_ITEMSIZE.get(self.dtype, 1)
+
+    @property
+    def is_contiguous(self) -> bool:
+        expected = 1
+        for size, st in zip(reversed(self.shape), reversed(self.stride)):
+            if size != 1 and st != expected:
+                return False
+            expected *= size
+        return True
+
+    def __repr__(self) -> str:
+        return f"TensorRef({self.dtype}{list(self.shape)})"
+
+
+class Placeholder:
+    """Stand-in for a class or function the pickle names; records what was done to it.
+
+    Subclasses are made per (module, name) by :func:`_placeholder_class`; instances keep
+    ``_tk_args`` (constructor/call arguments), ``_tk_state`` (``__setstate__`` / BUILD state), and
+    ``_tk_items`` / ``_tk_list`` for SETITEMS / APPENDS on them.
+    """
+
+    _tk_module: str = ""
+    _tk_name: str = ""
+    _tk_args: tuple
+    _tk_kwargs: dict
+    _tk_state: Any
+    _tk_items: dict
+    _tk_list: list
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Placeholder:
+        obj = object.__new__(cls)
+        object.__setattr__(obj, "_tk_args", args)
+        object.__setattr__(obj, "_tk_kwargs", kwargs)
+        object.__setattr__(obj, "_tk_state", None)
+        object.__setattr__(obj, "_tk_items", {})
+        object.__setattr__(obj, "_tk_list", [])
+        return obj
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        object.__setattr__(self, "_tk_args", args)
+        object.__setattr__(self, "_tk_kwargs", kwargs)
+
+    def __setstate__(self, state: Any) -> None:
+        object.__setattr__(self, "_tk_state", state)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._tk_items[key] = value
+
+    def append(self, value: Any) -> None:
+        self._tk_list.append(value)
+
+    def extend(self, values: Any) -> None:
+        self._tk_list.extend(values)
+
+    @property
+    def tk_qualname(self) -> str:
+        return f"{self._tk_module}.{self._tk_name}"
+
+    @property
+    def tk_state_dict(self) -> dict[str, Any]:
+        """The instance state as a dict (``__dict__``-style state; the dict part of a (dict, slots) pair)."""
+        st = self._tk_state
+        if isinstance(st, tuple) and len(st) == 2 and isinstance(st[0], dict | type(None)):
+            st = {**(st[0] or {}), **(st[1] or {})} if isinstance(st[1], dict) else st[0]
+        return st if isinstance(st, dict) else {}
+
+    def __repr__(self) -> str:
+        return f"<{self.tk_qualname}>"
+
+
+def placeholder_name(obj: Any) -> str | None:
+    """``module.name`` of a placeholder instance or class, else None."""
+    if isinstance(obj, Placeholder):
+        return obj.tk_qualname
+    if isinstance(obj, type) and issubclass(obj, Placeholder):
+        return f"{obj._tk_module}.{obj._tk_name}"
+    return None
+
+
+_PLACEHOLDERS: dict[tuple[str, str], type[Placeholder]] = {}
+
+
+def _placeholder_class(module: str, name: str) -> type[Placeholder]:
+    key = (module, name)
+    cls = _PLACEHOLDERS.get(key)
+    if cls is None:
+        safe_name = "".join(c if c.isalnum() or c == "_" else "_" for c in name) or "Anonymous"
+        cls = type(safe_name, (Placeholder,), {"_tk_module": module, "_tk_name": name, "__module__": "torchkeep.placeholders"})
+        _PLACEHOLDERS[key] = cls
+    return cls
+
+
+# --- rebuild functions answered with inert stand-ins -------------------------------------------------
+
+
+def _dtype_of(storage: Any) -> str:
+    if isinstance(storage, StorageRef):
+        return storage.dtype
+    return "unknown"
+
+
+def _rebuild_tensor(storage: Any, storage_offset: int, size: Any, stride: Any, *rest: Any) -> TensorRef:
+    requires_grad = bool(rest[0]) if rest else False
+    return TensorRef(
+        storage if isinstance(storage, StorageRef) else None,
+        int(storage_offset),
+        tuple(int(s) for s in size),
+        tuple(int(s) for s in stride),
+        _dtype_of(storage),
+        requires_grad,
+    )
+
+
+def _rebuild_parameter(data: Any, requires_grad: Any = True, *rest: Any) -> Any:
+    if isinstance(data, TensorRef):
+        data.is_parameter = True
+        data.requires_grad = bool(requires_grad)
+    return data
+
+
+def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Any:
+    result = func(*args) if callable(func) else None
+    if isinstance(result, TensorRef) and placeholder_name(new_type) == "torch.nn.parameter.Parameter":
+        result.is_parameter = True
+    return result
+
+
+def _rebuild_meta(dtype: Any, size: Any, stride: Any, requires_grad: Any = False, *rest: Any) -> TensorRef:
+    name = dtype.name if isinstance(dtype, DTypeRef) else "unknown"
+    return TensorRef(None, 0, tuple(size), tuple(stride), name, bool(requires_grad), note="meta tensor (no data)")
+
+
+def _rebuild_qtensor(storage: Any, storage_offset: int, size: Any, stride: Any, *rest: Any) -> TensorRef:
+    t = _rebuild_tensor(storage, storage_offset, size, stride)
+    t.quantized = True
+    t.note = "quantized"
+    return t
+
+
+def _codecs_encode(obj: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    # Python 3 pickles bytes for protocol < 3 as _codecs.encode(str, 'latin1').
+    if not isinstance(obj, str) or encoding.lower() not in ("latin1", "latin-1", "utf-8", "utf8", "ascii"):
+        raise PickleReadError(f"unsupported _codecs.encode call ({encoding!r})")
+    return obj.encode(encoding, errors)
+
+
+def _torch_size(*args: Any) -> tuple:
+    return tuple(args[0]) if args else ()
+
+
+def _numpy_global(module: str, name: str) -> Any | None:
+    """numpy's own reconstruct functions and types; they rebuild arrays/scalars and run nothing else."""
+    allowed = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+    if (module, name) in allowed:
+        import numpy as np  # numpy is a dependency and imports no file code
+
+        if name == "_reconstruct":
+            return _np_reconstruct
+        if name == "scalar":
+            return _np_scalar
+        return getattr(np, name)
+    if (module == "numpy" and name.endswith("DType")) or module == "numpy.dtypes":
+        import numpy as np
+
+        return lambda *a, **k: np.dtype(name.replace("DType", "").lower() or "float64")
+    return None
+
+
+def _np_reconstruct(subtype: Any, shape: Any, dtype: Any) -> Any:
+    import numpy as np
+
+    return np.ndarray.__new__(np.ndarray, shape, dtype)
+
+
+def _np_scalar(dtype: Any, data: Any = None) -> Any:
+    import numpy as np
+
+    if not isinstance(dtype, np.dtype):
+        raise PickleReadError("numpy scalar with a non-dtype argument")
+    if dtype.hasobject:
+        return data
+    if isinstance(data, str):
+        data = data.encode("latin1")
+    return np.frombuffer(data, dtype=dtype, count=1)[0]
+
+
+_SAFE_BUILTINS: dict[str, Any] = {
+    "set": set, "frozenset": frozenset, "tuple": tuple, "list": list, "dict": dict, "complex": complex,
+    "slice": slice, "bytearray": bytearray, "bytes": bytes, "range": range, "int": int, "float": float,
+    "bool": bool, "str": str, "object": object,
+}
+
+_REBUILDERS: dict[tuple[str, str], Callable[..., Any]] = {
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_meta_tensor_no_storage"): _rebuild_meta,
+    ("torch._utils", "_rebuild_qtensor"): _rebuild_qtensor,
+    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
+    ("torch._tensor", "_rebuild_from_type"): lambda func, type_, args, dict_: func(*args),
+    ("collections", "OrderedDict"): OrderedDict,
+    ("_codecs", "encode"): _codecs_encode,
+    ("torch", "Size"): _torch_size,
+    ("torch", "device"): lambda *a: ":".join(str(x) for x in a),
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that resolves globals to inert stand-ins and storages to :class:`StorageRef`.
+
+    ``globals_seen`` records every (module, name) the stream asked for, in order.
+    """
+
+    def __init__(self, file: io.BufferedIOBase | io.BytesIO, *, storage_resolver: Callable[[tuple], Any] | None = None):
+        super().__init__(file, encoding="latin1")
+        self._storage_resolver = storage_resolver
+        self.globals_seen: list[tuple[str, str]] = []
+
+    def find_class(self, module: str, name: str) -> Any:
+        self.globals_seen.append((module, name))
+        rebuild = _REBUILDERS.get((module, name))
+        if rebuild is not None:
+            return rebuild
+        if module in ("builtins", "__builtin__") and name in _SAFE_BUILTINS:
+            return _SAFE_BUILTINS[name]
+        if module == "torch":
+            if name.endswith("Storage") and name in STORAGE_DTYPES:
+                return StorageType(STORAGE_DTYPES[name])
+            dt = _TORCH_DTYPE_ALIASES.get(name, name)
+            if dt in DTYPE_ITEMSIZE:
+                return DTypeRef(dt)
+        if module.startswith("numpy"):
+            np_obj = _numpy_global(module, name)
+            if np_obj is not None:
+                return np_obj
+        return _placeholder_class(module, name)
+
+    def persistent_load(self, pid: Any) -> Any:
+        if self._storage_resolver is not None:
+            return self._storage_resolver(pid)
+        return _default_storage(pid)
+
+
+@dataclass(frozen=True)
+class StorageType:
+    """A storage class named in a pickle (``torch.FloatStorage``); carries its dtype."""
+
+    dtype: str
+
+
+def _default_storage(pid: Any) -> Any:
+    """Resolve a torch persistent id to a :class:`StorageRef` (zip format: key is the member name)."""
+    if not isinstance(pid, tuple) or not pid:
+        raise PickleReadError(f"unexpected persistent id {pid!r}")
+    tag = pid[0].decode("ascii", "replace") if isinstance(pid[0], bytes) else pid[0]
+    if tag == "storage" and len(pid) >= 5:
+        storage_type, key, location, numel = pid[1], pid[2], pid[3], pid[4]
+        if isinstance(storage_type, StorageType):
+            dtype = storage_type.dtype
+        elif isinstance(storage_type, DTypeRef):
+            dtype = storage_type.name
+        else:
+            dtype = "unknown"
+        ref = StorageRef(str(key), dtype, str(location), int(numel))
+        if len(pid) >= 6 and pid[5] is not None:  # legacy view metadata: (view_key, offset, size)
+            view_key, offset, view_size = pid[5]
+            return StorageRef(str(view_key), dtype, str(location), int(view_size), view_of=str(key), view_offset=int(offset))
+        return ref
+    if tag == "module" and len(pid) >= 2:  # legacy torch.save(model): ('module', cls, source_file, source)
+        return pid[1]
+    raise PickleReadError(f"unexpected persistent id of kind {tag!r}")
+
+
+@dataclass
+class PickleResult:
+    obj: Any
+    globals_seen: list[tuple[str, str]] = field(default_factory=list)
+    end: int = 0
+
+
+def read_pickle(data: bytes | memoryview | io.BufferedIOBase, *, storage_resolver: Callable[[tuple], Any] | None = None) -> PickleResult:
+    """Unpickle ``data`` with :class:`RestrictedUnpickler`; returns the object and the globals seen.
+
+    Raises:
+        PickleReadError: the stream is truncated or corrupt.
+    """
+    stream = io.BytesIO(data) if isinstance(data, bytes | memoryview | bytearray) else data
+    up = RestrictedUnpickler(stream, storage_resolver=storage_resolver)  # type: ignore[arg-type]
+    try:
+        obj = up.load()
+    except PickleReadError:
+        raise
+    except RecursionError:
+        raise PickleReadError("the pickle nests too deeply") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            OverflowError, MemoryError, UnicodeDecodeError) as exc:
+        msg = str(exc) or type(exc).__name__
+        raise PickleReadError(f"cannot parse the pickle: {msg}") from None
+    return PickleResult(obj, up.globals_seen, stream.tell())
