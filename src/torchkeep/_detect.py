@@ -195,5 +195,6 @@ def detect(path: str | os.PathLike[str]) -> Detected:
     raise UnknownFormatError(
         f"not a model file torchkeep can read: it {describe_bytes(head)}",
         path=p,
-        fix="torchkeep reads " + ", ".join(FORMATS.values()),
+        fix="torchkeep reads torch.save files (.pt/.pth/.ckpt/.bin, zip or legacy), TorchScript, torch.export .pt2, "
+        "safetensors, ONNX, .npy/.npz and pickles",
     )

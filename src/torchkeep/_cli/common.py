@@ -53,7 +53,10 @@ def console(stderr: bool = False):
     """A rich Console (imported lazily)."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    stream = sys.stderr if stderr else sys.stdout
+    # piped output is read by people too: don't squeeze it into 80 columns
+    width = None if stream.isatty() else 160
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
 def emit(result: Any, as_json: bool, human: Callable[[Any], None]) -> None:
