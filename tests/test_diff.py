@@ -155,7 +155,7 @@ def test_independent_initialisations(tmp_path):
 
 def test_missing_and_bad_files_are_one_line_errors(tmp_path, cli):
     a = _save_pt(_cnn(), tmp_path / "a.pt")
-    with pytest.raises(InputError, match="missing.pt"):
+    with pytest.raises(InputError, match=r"missing\.pt"):
         torchkeep.diff(a, tmp_path / "missing.pt")
     bad = tmp_path / "notes.pt"
     bad.write_text("just some text, not a model\n")
