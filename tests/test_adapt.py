@@ -1,0 +1,363 @@
+"""load_into / adapt / explain_error on real torchvision architectures (random init: same keys and shapes
+as the published weights) and real files written with torch.save in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import torchkeep
+from torchkeep._adapt import collapse_keys, explain_error, load_into, parse_rename
+from torchkeep.errors import CompatibilityError, UsageError
+
+torch.set_num_threads(1)
+
+
+def _model(name: str, **kw) -> nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.get_model(name, **kw).eval()
+
+
+def _out(model: nn.Module, size: int = 64) -> torch.Tensor:
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+@pytest.fixture(scope="module")
+def resnet() -> nn.Module:
+    return _model("resnet18")
+
+
+def _fresh(name: str = "resnet18", **kw) -> nn.Module:
+    torch.manual_seed(123)  # different init from the source, so an identical output proves the copy
+    return torchvision.models.get_model(name, **kw).eval()
+
+
+# ------------------------------------------------------------------------ wrappers: DDP, compile, Lightning
+
+
+def test_ddp_file_loads_fully_with_identical_outputs(resnet, tmp_path):
+    path = tmp_path / "ddp.pth"
+    torch.save({f"module.{k}": v for k, v in resnet.state_dict().items()}, path)
+    target = _fresh()
+    report = load_into(target, path)
+    assert report.prefix_stripped == "module."
+    assert report.complete and report.fraction == 1.0 and report.applied
+    assert report.params_loaded == report.params_expected == sum(p.numel() for p in resnet.parameters())
+    assert report.verdict.startswith("OK: all weights loaded") and "'module.'" in report.verdict
+    assert torch.equal(_out(target), _out(resnet))
+
+
+def test_torch_compile_state_dict_into_plain_and_back(tmp_path):
+    src = _model("mobilenet_v3_small")
+    compiled = torch.compile(src)  # compiling happens lazily on first call: no compile cost here
+    keys = list(compiled.state_dict())
+    assert keys[0].startswith("_orig_mod.")
+    path = tmp_path / "compiled.pt"
+    torch.save(compiled.state_dict(), path)
+    target = _fresh("mobilenet_v3_small")
+    report = load_into(target, path)
+    assert report.prefix_stripped == "_orig_mod." and report.complete
+    assert torch.equal(_out(target), _out(src))
+    # plain weights into a compiled (wrapped) model: the prefix is added
+    wrapped = torch.compile(_fresh("mobilenet_v3_small"))
+    report = load_into(wrapped, src.state_dict())
+    assert report.prefix_added == "_orig_mod." and report.complete
+
+
+def test_lightning_checkpoint_model_prefix_inside_state_dict(tmp_path):
+    src = _model("mobilenet_v3_small")
+    ckpt = {
+        "epoch": 3,
+        "global_step": 120,
+        "pytorch-lightning_version": "2.2.0",
+        "state_dict": {f"model.{k}": v for k, v in src.state_dict().items()},
+        "optimizer_states": [{"state": {}, "param_groups": [{"lr": 0.1}]}],
+        "hyper_parameters": {"lr": 0.1},
+    }
+    path = tmp_path / "epoch=3.ckpt"
+    torch.save(ckpt, path)
+    target = _fresh("mobilenet_v3_small")
+    report = load_into(target, path)
+    assert report.unwrapped == "state_dict" and report.prefix_stripped == "model."
+    assert report.complete and report.fraction == 1.0
+    assert torch.equal(_out(target), _out(src))
+    # the same checkpoint passed as a dict (not a file) is unwrapped by load_into itself
+    report = load_into(_fresh("mobilenet_v3_small"), ckpt)
+    assert report.unwrapped == "state_dict" and report.complete
+
+
+def test_combined_prefix_and_nested_checkpoint(resnet):
+    sd = {f"module._orig_mod.{k}": v for k, v in resnet.state_dict().items()}
+    target = _fresh()
+    report = load_into(target, {"model": {"model_state_dict": sd}, "epoch": 1, "ema": {"x": torch.ones(1)}})
+    assert report.unwrapped == "model.model_state_dict"
+    assert report.prefix_stripped == "module._orig_mod." and report.complete
+    assert any("EMA" in n for n in report.notes)
+    assert torch.equal(_out(target), _out(resnet))
+
+
+def test_nn_module_source_and_strip_none(resnet):
+    report = load_into(_fresh(), resnet)
+    assert report.source == "<ResNet module>" and report.complete
+    sd = {f"module.{k}": v for k, v in resnet.state_dict().items()}
+    with pytest.raises(CompatibilityError, match=r"only 0% of ResNet's parameters would load"):
+        load_into(_fresh(), sd, strip_prefix="none", match_by_order=False)
+
+
+def test_explicit_strip_prefix(resnet):
+    sd = {f"backbone.{k}": v for k, v in resnet.state_dict().items()}
+    report = load_into(_fresh(), sd, strip_prefix="backbone")
+    assert report.prefix_stripped == "backbone." and report.complete
+
+
+# -------------------------------------------------------------------------------------- new heads, shapes
+
+
+def test_1000_class_source_into_10_class_target_skips_exactly_the_head(resnet, tmp_path):
+    path = tmp_path / "imagenet.pth"
+    torch.save(resnet.state_dict(), path)
+    target = _fresh(num_classes=10)
+    report = load_into(target, path)
+    assert [(m.key, m.source_shape, m.target_shape) for m in report.shape_mismatched] == [
+        ("fc.weight", [1000, 512], [10, 512]),
+        ("fc.bias", [1000], [10]),
+    ]
+    assert not report.missing and not report.unexpected
+    assert report.params_expected - report.params_loaded == 10 * 512 + 10
+    assert report.verdict.startswith("PARTIAL") and "fc.{weight,bias}" in report.verdict
+    assert "100%" not in report.verdict  # 99.9...% is never rounded up to a lie
+    for k, v in target.state_dict().items():
+        if not k.startswith("fc."):
+            assert torch.equal(v, resnet.state_dict()[k]), k
+    with pytest.raises(CompatibilityError, match=r"fc\.weight: source \[1000, 512\] vs model \[10, 512\]"):
+        load_into(_fresh(num_classes=10), path, on_shape_mismatch="error")
+
+
+def test_vgg_head_skipped():
+    src = _model("vgg11")
+    target = _fresh("vgg11", num_classes=10)
+    report = load_into(target, src.state_dict())
+    assert report.collapsed("shape_mismatched") == ["classifier.6.{weight,bias}"]
+    assert report.fraction > 0.99
+
+
+def test_strict_and_dtype_conversion(resnet):
+    half = {k: v.half() if v.is_floating_point() else v for k, v in resnet.state_dict().items()}
+    report = load_into(_fresh(), half)
+    (change,) = report.dtype_converted
+    assert (change.source_dtype, change.target_dtype) == ("float16", "float32")
+    assert change.count == sum(1 for v in half.values() if v.is_floating_point())
+    with pytest.raises(CompatibilityError, match=r"strict load failed: 2 shape-mismatched \(fc\.weight"):
+        load_into(_fresh(num_classes=10), resnet, strict=True)
+
+
+# ----------------------------------------------------------------------------------- renames and by-order
+
+
+def test_rename_with_captured_groups(resnet):
+    sd = {k.replace("layer", "stage").replace("fc.", "head."): v for k, v in resnet.state_dict().items()}
+    target = _fresh()
+    report = load_into(target, sd, rename=[r"^stage(\d)\.=>layer\1.", "^head\\.=>fc."], match_by_order=False)
+    assert report.complete and report.matched_by_order == 0
+    assert report.renamed["stage1.0.conv1.weight"] == "layer1.0.conv1.weight"
+    assert report.renamed["head.bias"] == "fc.bias"
+    assert torch.equal(_out(target), _out(resnet))
+    # $1 works as well as \1; a rule that hits nothing is reported
+    report = load_into(_fresh(), sd, rename={r"^stage(\d)\.": "layer$1.", r"^head\.": "fc.", "nothing": "x"})
+    assert report.complete and any("'nothing=>x' matched no key" in n for n in report.notes)
+
+
+def test_rename_collision_is_an_error(resnet):
+    with pytest.raises(CompatibilityError, match=r"maps both 'layer1\.0\.conv1\.weight' and 'layer2\.0\.conv1"):
+        load_into(_fresh(), resnet.state_dict(), rename=[r"layer\d=>layer"])
+
+
+def test_parse_rename_errors():
+    assert parse_rename(r"a(\d)=>b$1") == (r"a(\d)", r"b\g<1>")
+    with pytest.raises(UsageError, match="has no '=>'"):
+        parse_rename("fc.=fc2.")
+    with pytest.raises(UsageError, match="not a valid regular expression"):
+        load_into(_fresh(), {"x": torch.ones(1)}, rename=["(=>x"])
+
+
+def test_match_by_order_when_names_differ_but_architecture_agrees(resnet):
+    sd = {f"p{i}": v for i, v in enumerate(resnet.state_dict().values())}
+    target = _fresh()
+    report = load_into(target, sd)
+    assert report.matched_by_order == len(sd) and report.complete
+    assert "matched by order" in report.verdict
+    assert any("by order and shape" in n for n in report.notes)
+    assert report.renamed["p0"] == "conv1.weight"
+    assert torch.equal(_out(target), _out(resnet))
+    with pytest.raises(CompatibilityError, match="cannot match by order"):
+        load_into(_fresh(num_classes=10), sd, match_by_order=True)
+
+
+def test_partial_below_threshold_is_refused_and_model_untouched(resnet):
+    target = _fresh("mobilenet_v3_small")
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(CompatibilityError, match=r"only \d+% of MobileNetV3's parameters would load \(threshold 50%\)"):
+        load_into(target, resnet)
+    assert all(torch.equal(v, before[k]) for k, v in target.state_dict().items())
+    report = load_into(target, resnet, allow_partial=True)
+    assert report.applied and report.verdict.startswith("PARTIAL") and report.fraction < 0.5
+
+
+def test_dry_run_leaves_model_unchanged(resnet):
+    target = _fresh()
+    before = _out(target)
+    report = load_into(target, resnet, dry_run=True)
+    assert report.complete and not report.applied
+    assert torch.equal(_out(target), before)
+
+
+def test_report_to_dict_is_json(resnet):
+    report = load_into(_fresh(num_classes=10), resnet)
+    d = json.loads(json.dumps(report.to_dict()))
+    assert d["shape_mismatched"][0] == {
+        "key": "fc.weight", "source_key": "fc.weight", "source_shape": [1000, 512], "target_shape": [10, 512]
+    }
+    assert d["collapsed"]["shape_mismatched"] == ["fc.{weight,bias}"]
+    assert d["params_expected"] > d["params_loaded"] > 0 and d["complete"] is False
+    assert d["verdict"] == report.verdict
+
+
+def test_collapse_keys_is_truthful(resnet):
+    keys = [k for k in resnet.state_dict() if k.endswith("conv1.weight") and k.startswith("layer")]
+    assert collapse_keys(keys) == ["layer{1..4}.{0,1}.conv1.weight"]
+    assert collapse_keys(["fc.weight", "fc.bias"]) == ["fc.{weight,bias}"]
+    # not a full product: layer1 has 2 blocks, layer2 has 3 -> never claim layer2.{0,1} only or layer1.2
+    out = collapse_keys(["layer1.0.w", "layer1.1.w", "layer2.0.w", "layer2.1.w", "layer2.2.w"])
+    assert out == ["layer1.{0,1}.w", "layer2.{0..2}.w"]
+
+
+def test_no_weights_in_source():
+    with pytest.raises(CompatibilityError, match="no tensors found in the source"):
+        load_into(_fresh(), {"epoch": 3, "lr": 0.1})
+    with pytest.raises(UsageError, match="cannot load weights from a int"):
+        load_into(_fresh(), 3)
+
+
+# ---------------------------------------------------------------------------------- errors that teach
+
+
+class Net(nn.Module):
+    def __init__(self, n: int = 10):
+        super().__init__()
+        self.fc = nn.Linear(4, n)
+
+
+def _raised(fn) -> BaseException:
+    with pytest.raises(Exception) as info:
+        fn()
+    return info.value
+
+
+def test_explain_size_mismatch():
+    exc = _raised(lambda: Net(5).load_state_dict(Net(10).state_dict()))
+    text = explain_error(exc)
+    assert text and "fc.weight is [10, 4] in the checkpoint but [5, 4] in the model" in text
+    assert "number of classes" in text and "on_shape_mismatch='skip'" in text and "--num-classes" in text
+
+
+@pytest.mark.parametrize(
+    ("prefix", "who"),
+    [("module.", "DataParallel"), ("_orig_mod.", "torch.compile"), ("model.", "Lightning")],
+)
+def test_explain_prefixed_keys(prefix, who):
+    exc = _raised(lambda: Net().load_state_dict({prefix + k: v for k, v in Net().state_dict().items()}))
+    assert "Missing key(s) in state_dict" in str(exc)
+    text = explain_error(exc)
+    assert text and repr(prefix) in text and who in text and "strip_prefix='auto'" in text
+
+
+def test_explain_missing_unexpected_and_renames():
+    exc = _raised(lambda: Net().load_state_dict({"head.weight": torch.ones(10, 4), "head.bias": torch.ones(10)}))
+    text = explain_error(exc)
+    assert text and "fc.{weight,bias}" in text and "head.{weight,bias}" in text and "--rename" in text
+    exc = _raised(lambda: Net().load_state_dict({"fc.weight": torch.ones(10, 4)}))
+    assert "lacks 1 of the model's tensors (fc.bias)" in (explain_error(exc) or "")
+    sd = {**Net().state_dict(), "extra.weight": torch.ones(1)}
+    exc = _raised(lambda: Net().load_state_dict(sd))
+    assert "1 tensors the model does not (extra.weight)" in (explain_error(exc) or "")
+
+
+def test_explain_cuda_file_and_load_into_reads_it_on_cpu(tmp_path, monkeypatch):
+    # A file exactly as a GPU machine writes it: every storage tagged "cuda:0".
+    import torch.serialization as ser
+
+    path = tmp_path / "gpu.pth"
+    src = Net()
+    with monkeypatch.context() as m:
+        m.setattr(ser, "location_tag", lambda storage: "cuda:0")
+        torch.save(src.state_dict(), path)
+    if not torch.cuda.is_available():
+        exc = _raised(lambda: torch.load(path))
+        text = explain_error(exc)
+        assert text and "saved from a GPU" in text and "map_location='cpu'" in text
+    target = Net()
+    report = load_into(target, path)
+    assert report.complete and target.fc.weight.device.type == "cpu"
+    assert torch.equal(target.fc.weight, src.fc.weight)
+
+
+def test_explain_full_pickled_model_class_missing_and_weights_only(tmp_path, monkeypatch):
+    # torch.save(model) from a script: the pickle names __main__.Net, which a later process lacks.
+    path = tmp_path / "full.pth"
+    main = sys.modules["__main__"]
+    monkeypatch.setattr(Net, "__module__", "__main__")
+    monkeypatch.setattr(main, "Net", Net, raising=False)
+    src = Net()
+    torch.save(src, path)
+    monkeypatch.delattr(main, "Net")
+
+    exc = _raised(lambda: torch.load(path))
+    assert "Weights only load failed" in str(exc)
+    text = explain_error(exc)
+    assert text and "__main__.Net" in text and "torchkeep.load_state_dict(path)" in text
+
+    exc = _raised(lambda: torch.load(path, weights_only=False))
+    assert "Can't get attribute 'Net'" in str(exc)
+    text = explain_error(exc)
+    assert text and "whole pickled model" in text and "the script that saved it" in text
+    assert "torchkeep adapt PATH --arch NAME" in text
+
+    # and torchkeep itself reads its weights without the class
+    monkeypatch.setattr(Net, "__module__", __name__)
+    target = Net()
+    report = load_into(target, path)
+    assert report.complete and torch.equal(target.fc.weight, src.fc.weight)
+    assert any("whole pickled model" in n for n in report.notes)
+
+
+def test_explain_not_a_torch_file(tmp_path):
+    path = tmp_path / "lfs.pth"
+    path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 12\n")
+    assert "Git LFS pointer" in (explain_error(_raised(lambda: torch.load(path))) or "")
+    exc = _raised(lambda: torch.load(path, weights_only=False))
+    assert "Git LFS pointer" in (explain_error(exc) or "")
+
+
+def test_explain_unknown_architecture_and_forward_errors():
+    exc = _raised(lambda: torchvision.models.get_model("resnt18"))
+    text = explain_error(exc)
+    assert text and "did you mean" in text and "resnet18" in text and "torchkeep models" in text
+    exc = _raised(lambda: nn.Linear(4, 2)(torch.ones(1, 5)))
+    assert "expected 4 input features but got 5" in (explain_error(exc) or "")
+    assert explain_error("something else entirely") is None
+    err = CompatibilityError("bad", fix="do this")
+    assert explain_error(err) == str(err)
+
+
+def test_public_api():
+    assert torchkeep.load_into is load_into
+    assert torchkeep.LoadReport.__name__ == "LoadReport"
+
