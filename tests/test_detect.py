@@ -103,7 +103,7 @@ def test_zip_without_data_pkl(tmp_path):
     p = tmp_path / "notmodel.pt"
     with zipfile.ZipFile(p, "w") as zf:
         zf.writestr("readme.txt", "hello")
-    with pytest.raises(UnknownFormatError, match="no data.pkl.*readme.txt"):
+    with pytest.raises(UnknownFormatError, match=r"no data.pkl.*readme.txt"):
         detect(p)
 
 

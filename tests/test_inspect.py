@@ -170,7 +170,7 @@ def test_cli_human_json_tree(tmp_path, cli):
 def test_cli_errors_are_one_line(tmp_path, cli):
     bad = tmp_path / "garbage.pt"
     bad.write_bytes(b"\x00\x01\x02" * 50)
-    code, out, err = cli("inspect", bad)
+    code, _, err = cli("inspect", bad)
     assert code == 3
     assert err.count("\n") == 1 and "garbage.pt" in err and "Traceback" not in err
     code, _, err = cli("inspect", tmp_path / "missing.pt")

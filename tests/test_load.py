@@ -112,7 +112,7 @@ def test_forged_tensor_beyond_storage(tmp_path):
 
 def test_no_weights_found_names_keys(tmp_path):
     torch.save({"epoch": 3, "note": "nothing here"}, tmp_path / "meta.pt")
-    with pytest.raises(InputError, match="found no model weights.*epoch, note"):
+    with pytest.raises(InputError, match=r"found no model weights.*epoch, note"):
         load_state_dict(tmp_path / "meta.pt")
 
 
