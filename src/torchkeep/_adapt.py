@@ -634,15 +634,51 @@ def load_into(
         CompatibilityError: shapes differ with ``on_shape_mismatch="error"``, ``strict`` and keys differ,
             rename collisions, or too little would load.
     """
-    import torch
-
     if on_shape_mismatch not in ("skip", "error"):
         raise UsageError(f"on_shape_mismatch must be 'skip' or 'error', not {on_shape_mismatch!r}")
     if not 0.0 <= min_match <= 1.0:
         raise UsageError(f"min_match must be between 0 and 1, not {min_match!r}")
     notes: list[str] = []
     raw, label, where = _read_source(source, trust, notes)
-    report = LoadReport(source=label, target=type(model).__name__, min_match=min_match, notes=notes)
+    return _load_weights(
+        model,
+        raw,
+        label=label,
+        where=where,
+        notes=notes,
+        is_file=isinstance(source, (str, os.PathLike)),
+        rename=rename,
+        strip_prefix=strip_prefix,
+        on_shape_mismatch=on_shape_mismatch,
+        strict=strict,
+        min_match=min_match,
+        match_by_order=match_by_order,
+        allow_partial=allow_partial,
+        dry_run=dry_run,
+    )
+
+
+def _load_weights(
+    model: nn.Module,
+    raw: Any,
+    *,
+    label: str,
+    where: str | None,
+    notes: list[str],
+    is_file: bool,
+    rename: RenameSpec,
+    strip_prefix: str | None,
+    on_shape_mismatch: str,
+    strict: bool,
+    min_match: float,
+    match_by_order: bool | Literal["auto"],
+    allow_partial: bool,
+    dry_run: bool,
+) -> LoadReport:
+    """``load_into`` once the source is read (``adapt`` reads a file once and may plan twice)."""
+    import torch
+
+    report = LoadReport(source=label, target=type(model).__name__, min_match=min_match, notes=list(notes))
     weights, unwrapped = _unwrap(raw, report.notes)
     report.unwrapped = where or unwrapped
     target = model.state_dict()
@@ -672,14 +708,14 @@ def load_into(
     if strict and not report.complete:
         raise CompatibilityError(
             f"strict load failed: {_problems(report)}",
-            path=report.source if isinstance(source, (str, os.PathLike)) else None,
+            path=report.source if is_file else None,
             fix="pass strict=False to load what matches (the report lists the rest)",
         )
     if report.fraction < min_match and not allow_partial:
         raise CompatibilityError(
             f"only {report.fraction:.0%} of {type(model).__name__}'s parameters would load "
             f"(threshold {min_match:.0%}): {_problems(report)}",
-            path=report.source if isinstance(source, (str, os.PathLike)) else None,
+            path=report.source if is_file else None,
             fix="check the architecture (and --num-classes), add renames ('REGEX=>REPL'), or accept it with "
             "allow_partial=True (CLI: --allow-partial)",
         )
@@ -725,10 +761,10 @@ def _count(n: int) -> str:
 def _verdict(r: LoadReport, allow_partial: bool = False) -> str:
     # floor, so that 99.96% never reads as "100%" when something was left out
     pct = f"{math.floor(r.fraction * 1000) / 10:.1f}%".replace(".0%", "%")
-    head = (
-        f"{r.tensors_loaded}/{r.tensors_expected} tensors, {_count(r.params_loaded)}/"
-        f"{_count(r.params_expected)} parameters ({pct})"
-    )
+    loaded, expected = _count(r.params_loaded), _count(r.params_expected)
+    if loaded == expected and r.params_loaded != r.params_expected:  # "11.18M/11.18M" would hide the gap
+        loaded, expected = f"{r.params_loaded:,}", f"{r.params_expected:,}"
+    head = f"{r.tensors_loaded}/{r.tensors_expected} tensors, {loaded}/{expected} parameters ({pct})"
     extra: list[str] = []
     if r.unwrapped:
         extra.append(f"from checkpoint[{r.unwrapped!r}]")
@@ -795,8 +831,147 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def adapt(*args: Any, **kwargs: Any) -> AdaptResult:  # replaced below once models land
-    raise TorchkeepError("adapt is not available yet")
+def _inferred_classes(model: nn.Module, report: LoadReport) -> int | None:
+    """The source's number of classes when only the model's head disagrees with it, else None."""
+    try:
+        from torchkeep.models import find_head
+
+        head_path = find_head(model).path
+    except Exception:  # no recognisable head: nothing to infer
+        return None
+    for m in report.shape_mismatched:
+        if m.key == f"{head_path}.weight" and m.source_shape[1:] == m.target_shape[1:]:
+            return m.source_shape[0]
+    return None
+
+
+def adapt(
+    src: str | os.PathLike[str],
+    *,
+    arch: str,
+    num_classes: int | None = None,
+    renames: RenameSpec = (),
+    strip_prefix: str | None = "auto",
+    allow_partial: bool = False,
+    out: str | os.PathLike[str] | None = None,
+    dry_run: bool = False,
+    class_names: Sequence[str] | None = None,
+    in_channels: int | None = None,
+    input_size: int | tuple[int, int] | None = None,
+    min_match: float = 0.5,
+    match_by_order: bool | Literal["auto"] = "auto",
+    on_shape_mismatch: Literal["skip", "error"] = "skip",
+    trust: bool = False,
+) -> AdaptResult:
+    """Build ``arch``, load the weights of ``src`` into it, and write a self-describing model file.
+
+    Args:
+        src: any file ``torchkeep.load_state_dict`` reads (state_dict, checkpoint, full pickled model,
+            safetensors, TorchScript, ...); no code in it runs.
+        arch: an architecture name from ``torchkeep models`` (``resnet18``, ``cifar10_cnn``, ...).
+        num_classes: outputs of the model; ``None`` takes them from ``class_names``, else from the source's
+            head when only the head differs, else the architecture's default.
+        renames: ``REGEX=>REPL`` rules (see :func:`load_into`).
+        strip_prefix: ``"auto"``, ``"none"`` or a prefix to strip (see :func:`load_into`).
+        allow_partial: write the file even if less than ``min_match`` of the parameters load.
+        out: the model file to write (``.safetensors``); required unless ``dry_run``.
+        dry_run: plan and report only; nothing is written.
+        class_names: class names in index order, stored in the spec.
+        in_channels: input channels, for architectures that take them.
+        input_size: ``(H, W)`` or one int, for architectures that take it.
+        min_match: refusal threshold on the share of parameters loaded.
+        match_by_order: see :func:`load_into`.
+        on_shape_mismatch: ``"skip"`` (a new head stays initialised) or ``"error"``.
+        trust: passed to ``torchkeep.load_state_dict`` (only for files whose classes you trust).
+
+    Returns:
+        An :class:`AdaptResult` with the :class:`LoadReport` and the file written.
+
+    Raises:
+        UsageError: no ``out`` without ``dry_run``, an unknown architecture (with close matches), or
+            ``class_names`` that disagree with ``num_classes``.
+        CompatibilityError: too little would load (see :func:`load_into`).
+    """
+    from torchkeep.models import build
+
+    if out is None and not dry_run:
+        raise UsageError("adapt needs an output file", fix="pass out=... (CLI: -o OUT.safetensors) or dry_run=True")
+    if class_names is not None:
+        class_names = [str(c) for c in class_names]
+        if num_classes is None:
+            num_classes = len(class_names)
+        elif len(class_names) != num_classes:
+            raise UsageError(
+                f"{len(class_names)} class names given for num_classes={num_classes}",
+                fix="give exactly one name per class, in index order",
+            )
+    path = Path(src)
+    notes: list[str] = []
+    raw, label, where = _read_source(path, trust, notes)
+
+    def _build(n: int | None) -> nn.Module:
+        return build(arch, n, in_channels=in_channels, input_size=input_size, class_names=class_names)
+
+    def _run(model: nn.Module, dry: bool, partial: bool, shapes: Literal["skip", "error"]) -> LoadReport:
+        return _load_weights(
+            model,
+            raw,
+            label=label,
+            where=where,
+            notes=notes,
+            is_file=True,
+            rename=renames,
+            strip_prefix=strip_prefix,
+            on_shape_mismatch=shapes,
+            strict=False,
+            min_match=min_match,
+            match_by_order=match_by_order,
+            allow_partial=partial,
+            dry_run=dry,
+        )
+
+    model = _build(num_classes)
+    if num_classes is None:
+        # A fine-tuned 10-class file adapted to "resnet18" must keep its trained head, not get a random
+        # 1000-class one: take the number of classes from the source when only the head disagrees.
+        try:
+            inferred = _inferred_classes(model, _run(model, True, True, "skip"))
+        except CompatibilityError:  # the real run below reports it
+            inferred = None
+        if inferred is not None:
+            model = _build(inferred)
+            notes.append(f"num_classes={inferred} taken from the source's head")
+            num_classes = inferred
+    report = _run(model, dry_run, allow_partial, on_shape_mismatch)
+    if report.shape_mismatched:
+        report.notes.append(
+            f"{', '.join(report.collapsed('shape_mismatched'))} keep their fresh initialisation: train "
+            "(fine-tune) the model before trusting its predictions"
+        )
+    sha = _sha256(path)
+    written: str | None = None
+    if not dry_run and out is not None:
+        from torchkeep._modelfile import save
+
+        spec = getattr(model, "torchkeep_spec", None)
+        if spec is not None:
+            spec.provenance.source_file = os.fspath(path)
+            spec.provenance.source_sha256 = sha
+            spec.provenance.notes = f"torchkeep adapt: {report.verdict}"
+            spec.extra["adapt"] = report.summary()
+            if class_names is not None:
+                spec.class_names = list(class_names)
+        written = os.fspath(save(model, out, spec))
+    actual_classes = getattr(getattr(model, "torchkeep_spec", None), "num_classes", None) or num_classes
+    return AdaptResult(
+        source=os.fspath(path),
+        arch=arch,
+        num_classes=actual_classes,
+        report=report,
+        out=written,
+        source_sha256=sha,
+        dry_run=dry_run,
+    )
 
 
 # --------------------------------------------------------------------------------------- explain_error
