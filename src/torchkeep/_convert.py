@@ -1,0 +1,218 @@
+"""``torchkeep.convert(src, dst)``: any readable model file into a weights-only file that is safe forever.
+
+The weights are read with :func:`torchkeep._load.read_weights` (scanned, no code runs) and written as
+safetensors (default) or a plain ``.pt`` state_dict. Values are kept bit for bit unless ``dtype`` asks
+for a cast (only floating-point tensors are cast). Tied tensors are stored once and their other names
+recorded in the metadata (``torchkeep.aliases``); overlapping views are copied. The safetensors file
+is streamed tensor by tensor from the loaded buffers, so peak memory stays about one copy of the
+weights (``safetensors.torch.save_file`` first builds a bytes copy of every tensor). The write is atomic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torchkeep._atomic import atomic_path
+from torchkeep._load import read_weights, torch_dtype
+from torchkeep.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["ConvertResult", "convert", "file_sha256", "strip_common_prefix", "write_safetensors"]
+
+DTYPES = {"fp16": "float16", "float16": "float16", "half": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16",
+          "fp32": "float32", "float32": "float32", "float": "float32"}
+
+_ST_CODES = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64", "int32": "I32",
+    "int16": "I16", "int8": "I8", "uint8": "U8", "uint16": "U16", "uint32": "U32", "uint64": "U64", "bool": "BOOL",
+    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2", "complex64": "C64",
+}
+
+
+@dataclass
+class ConvertResult:
+    """What ``convert`` wrote."""
+
+    source: str
+    destination: str
+    format: str  # "safetensors" | "pt"
+    source_format: str
+    source_kind: str
+    source_sha256: str
+    tensors: int
+    bytes: int
+    dtype: str | None = None
+    cast: int = 0  # tensors whose dtype was changed
+    stripped_prefix: str | None = None
+    aliases: dict[str, str] = field(default_factory=dict)
+    copied_views: list[str] = field(default_factory=list)
+    scan_verdict: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def strip_common_prefix(names: list[str], strip_prefix: str | None) -> str | None:
+    """The prefix to strip: ``"auto"`` finds a known wrapper prefix all names share; ``"none"``/None: nothing."""
+    if strip_prefix in (None, "none", ""):
+        return None
+    if strip_prefix == "auto":
+        from torchkeep._inspect import _prefixes
+
+        found = _prefixes(names)
+        return found[0] if found else None
+    return strip_prefix if strip_prefix.endswith(".") else strip_prefix + "."
+
+
+def _dedupe(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str], list[str]]:
+    """Store each tied tensor once; copy views that overlap another tensor's storage."""
+    kept: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    copied: list[str] = []
+    by_view: dict[tuple, str] = {}
+    storages: set[int] = set()
+    for name, t in tensors.items():
+        if t.device.type == "meta":
+            raise UsageError(f"tensor {name!r} is a meta tensor with no data; it cannot be converted")
+        sptr = t.untyped_storage().data_ptr() if t.numel() else 0
+        key = (sptr, t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if t.numel() and key in by_view:
+            aliases[name] = by_view[key]
+            continue
+        if t.numel() and (sptr in storages or not t.is_contiguous()):
+            t = t.contiguous() if not t.is_contiguous() else t.clone()
+            copied.append(name)
+        by_view[key] = name
+        storages.add(sptr)
+        kept[name] = t
+    return kept, aliases, copied
+
+
+def write_safetensors(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> int:
+    """Stream ``tensors`` (contiguous, CPU, no shared memory) into a safetensors file atomically.
+
+    Returns the number of bytes written. The file is read back by the ``safetensors`` library in tests.
+    """
+    import torch
+
+    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name, t in tensors.items():
+        code = _ST_CODES.get(str(t.dtype).removeprefix("torch."))
+        if code is None:
+            raise UsageError(f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot store",
+                             fix="convert to .pt instead, or cast with --dtype")
+        n = t.numel() * t.element_size()
+        header[name] = {"dtype": code, "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)))
+        fh.write(raw)
+        for t in tensors.values():
+            if t.numel():
+                fh.write(memoryview(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return 8 + len(raw) + offset
+
+
+def convert(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    dtype: str | None = None,
+    strip_prefix: str | None = "auto",
+    format: str | None = None,
+    trust: bool = False,
+    key: str | None = None,
+) -> ConvertResult:
+    """Convert any readable model file into weights-only safetensors or a ``.pt`` state_dict.
+
+    Args:
+        src: any file :func:`torchkeep.load_state_dict` reads (full pickled models included; no code runs).
+        dst: output path; its suffix picks the format (``.safetensors`` unless ``.pt``/``.pth``/``.bin``).
+        dtype: ``fp16`` | ``bf16`` | ``fp32`` to cast floating-point tensors; None keeps every value bit for bit.
+        strip_prefix: ``"auto"`` (strip ``module.``/``_orig_mod.``/``model.`` when every key has it),
+            ``"none"``, or an explicit prefix.
+        format: ``"safetensors"`` or ``"pt"`` to override the suffix.
+        trust: see :func:`torchkeep.load_state_dict`.
+        key: checkpoint entry holding the weights, if the automatic choice is wrong.
+
+    Returns:
+        A :class:`ConvertResult` (the source's sha256, kind and torchkeep version are also in the file).
+    """
+    import torch
+
+    from torchkeep import __version__
+
+    dst_path = Path(dst)
+    fmt = format or ("pt" if dst_path.suffix.lower() in (".pt", ".pth", ".bin", ".ckpt") else "safetensors")
+    if fmt not in ("safetensors", "pt"):
+        raise UsageError(f"unknown output format {fmt!r}", fix="use safetensors or pt")
+    target = None
+    if dtype is not None:
+        if dtype.lower() not in DTYPES:
+            raise UsageError(f"unknown dtype {dtype!r}", fix="use fp16, bf16 or fp32")
+        target = torch_dtype(DTYPES[dtype.lower()])
+    src_path = Path(src)
+    if dst_path.resolve() == src_path.resolve():
+        raise UsageError("the output would overwrite the input", path=dst_path, fix="choose another output path")
+    lw = read_weights(src_path, trust=trust, key=key)
+    from torchkeep._inspect import inspect as _inspect_file
+
+    kind = _inspect_file(src_path).kind
+    names = list(lw.tensors)
+    prefix = strip_common_prefix(names, strip_prefix)
+    tensors: dict[str, torch.Tensor] = {}
+    cast = 0
+    for name, t in lw.tensors.items():
+        new = name[len(prefix):] if prefix and name.startswith(prefix) else name
+        if new in tensors:
+            raise UsageError(f"stripping {prefix!r} makes two tensors named {new!r}", path=src_path,
+                             fix="use --strip-prefix none")
+        if target is not None and t.is_floating_point() and t.dtype != target:
+            t = t.to(target)
+            cast += 1
+        tensors[new] = t
+    kept, aliases, copied = _dedupe(tensors)
+    metadata = {
+        "format": "pt",
+        "torchkeep.version": __version__,
+        "torchkeep.source_sha256": file_sha256(src_path),
+        "torchkeep.source_kind": kind,
+        "torchkeep.source_format": lw.format,
+        "torchkeep.source_name": src_path.name,
+    }
+    if aliases:
+        metadata["torchkeep.aliases"] = json.dumps(aliases)
+    if "torchkeep.spec" in lw.metadata and not prefix:
+        metadata["torchkeep.spec"] = lw.metadata["torchkeep.spec"]
+    if fmt == "safetensors":
+        nbytes = write_safetensors(dst_path, kept, metadata)
+    else:
+        out = {n: t.contiguous() if not t.is_contiguous() else t for n, t in tensors.items()}
+        with atomic_path(dst_path) as tmp:
+            torch.save(out, tmp)
+        nbytes = dst_path.stat().st_size
+    return ConvertResult(
+        source=os.fspath(src_path), destination=os.fspath(dst_path), format=fmt, source_format=lw.format,
+        source_kind=kind, source_sha256=metadata["torchkeep.source_sha256"], tensors=len(tensors), bytes=nbytes,
+        dtype=DTYPES[dtype.lower()] if dtype else None, cast=cast, stripped_prefix=prefix, aliases=aliases,
+        copied_views=copied, scan_verdict=lw.scan_verdict, metadata=metadata,
+    )
