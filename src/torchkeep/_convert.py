@@ -126,7 +126,7 @@ def write_safetensors(path: str | os.PathLike[str], tensors: dict[str, torch.Ten
         fh.write(raw)
         for t in tensors.values():
             if t.numel():
-                fh.write(memoryview(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
+                fh.write(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
         fh.flush()
         os.fsync(fh.fileno())
     return 8 + len(raw) + offset
