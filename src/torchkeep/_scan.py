@@ -1,0 +1,392 @@
+"""``torchkeep.scan``: find the code a model file would run when loaded, without running anything.
+
+Every pickle stream of the file is found by content (:mod:`torchkeep._streams`) and followed opcode by
+opcode on an abstract stack (:mod:`torchkeep._pickle_vm`); each global it names is classified by
+:mod:`torchkeep._scan_rules` (allow-list first). The verdict of a file is the worst of its findings:
+
+- ``safe``: only tensor/storage rebuilding and plain containers/scalars;
+- ``custom-code``: imports classes not known to be safe (a full pickled model, ``argparse.Namespace``):
+  loading would import and run their code; they are listed;
+- ``dangerous``: can execute code or reach the OS, files, network, interpreter or import machinery, or
+  is structurally suspicious (computed global names, EXT/INST/OBJ opcodes, memo tricks, zip tricks);
+- ``error``: the file could not be read (missing, empty, corrupt, unknown format) and nothing dangerous
+  was seen in what could be read.
+
+Neither ``pickle.load`` nor ``torch`` is ever used here.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torchkeep._pickle_vm import StreamResult, analyze
+from torchkeep._streams import Sink, walk_file
+from torchkeep.errors import InputError, UnknownFormatError
+
+__all__ = [
+    "VERDICTS",
+    "Finding",
+    "ScanReport",
+    "exit_code",
+    "iter_files",
+    "scan",
+    "scan_paths",
+    "to_sarif",
+]
+
+#: Verdicts from best to worst, with the CLI exit code each one gives.
+VERDICTS: dict[str, int] = {"safe": 0, "custom-code": 1, "error": 3, "dangerous": 2}
+
+_ZIP_FORMATS = {"torch-zip", "torchscript", "torch-export", "numpy-npz", "zip"}
+# suffix -> formats it is expected to hold (a mismatch is a warning: detection is by content anyway)
+_SUFFIX_FORMATS = {
+    ".safetensors": {"safetensors"},
+    ".onnx": {"onnx"},
+    ".npy": {"numpy"},
+    ".npz": {"numpy-npz"},
+    ".pt2": {"torch-export"},
+    ".json": set(),
+    ".txt": set(),
+    ".zip": {"zip", "numpy-npz", "torch-zip", "torchscript", "torch-export"},
+}
+
+RULES: dict[str, str] = {
+    "dangerous-import": "Imports a module or function that can execute code or reach the OS, files, network or interpreter",
+    "custom-class": "Imports a class or function that is not known to be safe; loading runs its code",
+    "non-constant-global": "STACK_GLOBAL with a module or name computed at load time",
+    "indirect-call": "Calls the result of another call (getattr / attrgetter chains)",
+    "inst-obj": "INST/OBJ opcodes (import-and-call in one step, never written by Python 3)",
+    "ext-opcode": "EXT1/EXT2/EXT4 opcodes (imports through the copyreg extension registry)",
+    "build-on-global": "BUILD on an imported module or class (monkey-patching)",
+    "memo-overwrite": "A memo slot written twice",
+    "memo-missing": "A memo slot read before it is written",
+    "persistent-id": "A persistent id that is not a torch storage reference",
+    "unknown-opcode": "An opcode this scanner does not know",
+    "trailing-data": "Bytes after the pickle's STOP that are not a pickle",
+    "malformed-pickle": "A pickle stream that cannot be parsed to its end",
+    "polyglot": "A file that is both a pickle and a zip archive",
+    "zip-duplicate": "Two zip members with the same name",
+    "zip-prepended": "Data before the first zip member",
+    "zip-name-mismatch": "Local header and central directory disagree on a member's name",
+    "zip-bad-crc": "A zip member whose CRC-32 does not match its bytes",
+    "zip-bad-header": "A central directory entry that points at no local header",
+    "zip-method": "A zip member compressed with a method no model writer uses",
+    "zip-depth": "Archives nested deeper than the scan limit",
+    "zip-unreadable": "A zip archive whose directory cannot be read",
+    "zip-corrupt": "A zip member that cannot be inflated",
+    "npy-header": "A .npy header that cannot be read",
+    "legacy-magic": "A legacy torch file whose first pickle is not torch's magic number",
+    "legacy-keys": "A legacy torch file whose storage keys are not a list of strings",
+    "legacy-truncated": "A legacy torch file whose storage table runs past its end",
+    "extension-mismatch": "The file's extension does not match its content",
+    "unreadable": "The file could not be read",
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One reason a file is not ``safe``.
+
+    Attributes:
+        severity: ``"dangerous"``, ``"custom-code"``, ``"error"`` or ``"warning"`` (no effect on the verdict).
+        module: the module of the global concerned, or ``""`` for a structural finding.
+        name: the name of the global concerned, or ``""``.
+        stream: where: a zip member (``archive/data.pkl``), ``pickle``, ``legacy file: object pickle``, ...
+        offset: byte offset of the opcode in that stream (in the file for bare pickles, legacy files and
+            ``.npy``; in the member's uncompressed bytes for zip members), or ``None``.
+        why: one line saying why.
+        rule: a stable rule id (see ``torchkeep._scan.RULES`` and docs/scan.md).
+    """
+
+    severity: str
+    module: str
+    name: str
+    stream: str
+    offset: int | None
+    why: str
+    rule: str = "dangerous-import"
+
+    @property
+    def target(self) -> str:
+        """``module.name`` for an import, else the rule id (for one-line messages)."""
+        return f"{self.module}.{self.name}" if self.module else self.rule
+
+
+@dataclass
+class ScanReport:
+    """The result of :func:`scan` for one file.
+
+    Attributes:
+        path: the file scanned.
+        format: the detected container format (:data:`torchkeep._detect.FORMATS`, or ``"zip"``), ``None`` if unknown.
+        verdict: ``"safe"``, ``"custom-code"``, ``"dangerous"`` or ``"error"``.
+        findings: every finding, dangerous ones first.
+        imports: every global the file's pickles name (``module.name``), sorted, safe ones included.
+        streams: the pickle streams scanned.
+        error: why the file (or part of it) could not be read, if so.
+        notes: facts worth knowing that are not findings (nested archives scanned, storage table walked).
+    """
+
+    path: str
+    format: str | None
+    verdict: str
+    findings: list[Finding] = field(default_factory=list)
+    imports: list[str] = field(default_factory=list)
+    streams: list[str] = field(default_factory=list)
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def custom_classes(self) -> list[str]:
+        """The classes/functions loading would import (``custom-code`` findings), sorted."""
+        return sorted({f.target for f in self.findings if f.severity == "custom-code"})
+
+    @property
+    def dangerous(self) -> list[Finding]:
+        """The ``dangerous`` findings."""
+        return [f for f in self.findings if f.severity == "dangerous"]
+
+    @property
+    def exit_code(self) -> int:
+        """The CLI exit code for this file alone (0 safe, 1 custom-code, 2 dangerous, 3 error)."""
+        return VERDICTS[self.verdict]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (schema in docs/scan.md)."""
+        return {
+            "path": self.path,
+            "format": self.format,
+            "verdict": self.verdict,
+            "findings": [
+                {
+                    "severity": f.severity,
+                    "rule": f.rule,
+                    "module": f.module,
+                    "name": f.name,
+                    "stream": f.stream,
+                    "offset": f.offset,
+                    "why": f.why,
+                }
+                for f in self.findings
+            ],
+            "custom_classes": self.custom_classes,
+            "imports": self.imports,
+            "streams": self.streams,
+            "error": self.error,
+            "notes": self.notes,
+        }
+
+
+_ORDER = {"dangerous": 0, "error": 1, "custom-code": 2, "warning": 3}
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.findings: dict[tuple[str, str, str, str, str], Finding] = {}
+        self.imports: set[str] = set()
+        self.streams: list[str] = []
+        self.notes: list[str] = []
+        self.sink = Sink(self.on_stream, self.on_finding, self.notes)
+
+    def add(self, f: Finding) -> None:
+        key = (f.severity, f.rule, f.module, f.name, f.stream)
+        self.findings.setdefault(key, f)
+
+    def on_stream(self, name: str, res: StreamResult, base: int) -> None:
+        self.streams.append(name)
+        for module, gname in res.imports:
+            self.imports.add(f"{module}.{gname}")
+        for r in res.findings:
+            offset = None if r.offset is None or r.offset < 0 else base + r.offset
+            self.add(Finding(r.severity, r.module, r.name, name, offset, r.why, r.rule))
+
+    def on_finding(self, severity: str, rule: str, place: str, offset: int | None, why: str) -> None:
+        self.add(Finding(severity, "", "", place, offset, why, rule))
+
+    def report(self, path: str, fmt: str | None, error: str | None = None) -> ScanReport:
+        findings = sorted(self.findings.values(), key=lambda f: (_ORDER.get(f.severity, 9), f.stream, f.offset or 0))
+        severities = {f.severity for f in findings}
+        errors = [f"{f.stream}: {f.why}" for f in findings if f.severity == "error"]
+        if "dangerous" in severities:
+            verdict = "dangerous"
+        elif error or errors:
+            verdict = "error"
+        elif "custom-code" in severities:
+            verdict = "custom-code"
+        else:
+            verdict = "safe"
+        return ScanReport(
+            path=path,
+            format=fmt,
+            verdict=verdict,
+            findings=findings,
+            imports=sorted(self.imports),
+            streams=self.streams,
+            error=error or (errors[0] if errors else None),
+            notes=self.notes,
+        )
+
+
+def _parses_as_pickle(path: Path) -> bool:
+    """For files no signature matched: does the start parse as a pickle (as pickle.load would read it)?"""
+    with open(path, "rb") as fh:
+        res = analyze(fh)
+    return res.end is not None or any(f.rule == "dangerous-import" for f in res.findings)
+
+
+def scan(path: str | os.PathLike[str]) -> ScanReport:
+    """Statically analyse every pickle stream in a model file.
+
+    Never imports ``torch``, never unpickles, never raises for a bad file: unreadable files get the
+    verdict ``"error"`` with ``error`` set.
+
+    Args:
+        path: any file (torch zip/legacy, TorchScript, ``.pt2``, safetensors, ONNX, ``.npy``/``.npz``,
+            a bare pickle, any zip).
+
+    Returns:
+        A :class:`ScanReport` with the verdict and every finding.
+    """
+    from torchkeep._detect import detect
+
+    p = Path(path)
+    col = _Collector()
+    fmt: str | None
+    try:
+        fmt = detect(p).format
+    except UnknownFormatError as exc:
+        if zipfile.is_zipfile(p):
+            fmt = "zip"
+        elif _parses_as_pickle(p):
+            fmt = "pickle"
+        else:
+            return col.report(str(path), None, error=str(exc))
+    except InputError as exc:
+        return col.report(str(path), None, error=str(exc))
+    except OSError as exc:
+        return col.report(str(path), None, error=f"{path}: cannot read the file ({exc})")
+
+    expected = _SUFFIX_FORMATS.get(p.suffix.lower())
+    if expected is not None and fmt not in expected:
+        col.add(
+            Finding(
+                "warning",
+                "",
+                "",
+                "file",
+                None,
+                f"the extension {p.suffix} does not match the content ({fmt}); loaders that go by content "
+                "(torch.load) and tools that go by name see different files",
+                "extension-mismatch",
+            )
+        )
+    try:
+        walk_file(p, fmt, col.sink)
+    except OSError as exc:
+        return col.report(str(path), fmt, error=f"{path}: cannot read the file ({exc})")
+    return col.report(str(path), fmt)
+
+
+def iter_files(paths: Iterable[str | os.PathLike[str]], recursive: bool = False) -> Iterator[Path]:
+    """Expand ``paths``: files as given, directories into their files (all levels with ``recursive``)."""
+    for path in paths:
+        p = Path(path)
+        if p.is_dir():
+            children = p.rglob("*") if recursive else p.iterdir()
+            yield from sorted(c for c in children if c.is_file())
+        else:
+            yield p
+
+
+def scan_paths(paths: Iterable[str | os.PathLike[str]], recursive: bool = False) -> list[ScanReport]:
+    """Scan files and directories.
+
+    Args:
+        paths: files and/or directories.
+        recursive: descend into subdirectories of directories.
+
+    Returns:
+        One :class:`ScanReport` per file, in order (missing paths give an ``"error"`` report).
+    """
+    return [scan(p) for p in iter_files(paths, recursive)]
+
+
+def exit_code(reports: Iterable[ScanReport]) -> int:
+    """CLI exit code for several files: 2 if any is dangerous, else 3 if any is unreadable, else 1 if any
+    has custom code, else 0."""
+    verdicts = {r.verdict for r in reports}
+    for verdict, code in (("dangerous", 2), ("error", 3), ("custom-code", 1)):
+        if verdict in verdicts:
+            return code
+    return 0
+
+
+_SARIF_LEVEL = {"dangerous": "error", "error": "error", "custom-code": "warning", "warning": "note"}
+
+
+def to_sarif(reports: Iterable[ScanReport]) -> dict[str, Any]:
+    """A SARIF 2.1.0 log of the findings (for code scanning in CI); mapping documented in docs/scan.md."""
+    from torchkeep import __version__
+
+    results: list[dict[str, Any]] = []
+    used: set[str] = set()
+    for rep in reports:
+        uri = Path(rep.path).as_posix()
+        items = list(rep.findings)
+        if rep.verdict == "error" and not any(f.severity == "error" for f in items):
+            items.append(Finding("error", "", "", "file", None, rep.error or "cannot read the file", "unreadable"))
+        for f in items:
+            used.add(f.rule)
+            location: dict[str, Any] = {"physicalLocation": {"artifactLocation": {"uri": uri}}}
+            if f.offset is not None and rep.format not in _ZIP_FORMATS:
+                location["physicalLocation"]["region"] = {"byteOffset": f.offset}
+            location["logicalLocations"] = [{"fullyQualifiedName": f.stream, "kind": "module"}]
+            text = f"{f.target}: {f.why}" if f.module else f.why
+            results.append(
+                {
+                    "ruleId": f.rule,
+                    "level": _SARIF_LEVEL.get(f.severity, "note"),
+                    "message": {"text": f"{rep.verdict}: {text} [{f.stream}" + (f" @ {f.offset}]" if f.offset is not None else "]")},
+                    "locations": [location],
+                    "properties": {
+                        "severity": f.severity,
+                        "verdict": rep.verdict,
+                        "module": f.module,
+                        "name": f.name,
+                        "stream": f.stream,
+                        "offset": f.offset,
+                        "format": rep.format,
+                    },
+                }
+            )
+    rules = [
+        {
+            "id": rule,
+            "name": "".join(w.capitalize() for w in rule.split("-")),
+            "shortDescription": {"text": RULES.get(rule, rule)},
+            "helpUri": "https://github.com/torchkeep/torchkeep/blob/main/docs/scan.md",
+        }
+        for rule in sorted(used)
+    ]
+    return {
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [
+            {
+                "tool": {
+                    "driver": {
+                        "name": "torchkeep",
+                        "version": __version__,
+                        "informationUri": "https://github.com/torchkeep/torchkeep",
+                        "rules": rules,
+                    }
+                },
+                "results": results,
+            }
+        ],
+    }

@@ -1,0 +1,456 @@
+"""Find every pickle stream a file holds, by content, and the container tricks around them.
+
+Containers walked (nothing is decompressed beyond the pickles themselves, tensor bytes are skipped):
+
+- zip archives (torch zip, TorchScript, ``.pt2``, ``.npz``, any zip): every member is peeked at; members
+  that parse as a pickle are scanned whatever their name; members that are zips are walked recursively
+  (up to :data:`MAX_DEPTH`); ``.npy`` members are checked for object arrays. The central directory is
+  compared with the local headers (name mismatch, duplicates, bad CRC, data before the archive).
+- legacy torch files: the five stacked pickles (magic, protocol, sys_info, the object, the storage keys),
+  then the storage table is walked record by record (its raw bytes are not pickles).
+- bare pickles: stacked pickles one after another; bytes after the last ``STOP`` that are not a pickle.
+- ``.npy``: the pickle after the header of an object (``O``) array.
+
+The walker reports through :class:`Sink`; the pickle analysis itself lives in :mod:`torchkeep._pickle_vm`.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import os
+import struct
+import zipfile
+import zlib
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from torchkeep._pickle_vm import StreamResult, analyze, concrete
+
+__all__ = ["MAX_DEPTH", "Sink", "walk_file"]
+
+MAX_DEPTH = 3  # zip inside zip inside zip: deeper nesting is refused, not silently skipped
+MAX_PICKLE_BYTES = 2 << 30  # a compressed member is inflated for scanning only up to this size
+_ZIP_LOCAL = b"PK\x03\x04"
+_NPY_MAGIC = b"\x93NUMPY"
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_PICKLE_FIRST = {op.code.encode("latin-1") for op in __import__("pickletools").opcodes}
+_PICKLE_NAMES = ("data.pkl", "constants.pkl")
+
+# element sizes of legacy storage types (the storage table stores element counts)
+_ELEMENT_SIZE = {
+    "Double": 8, "Float": 4, "Half": 2, "BFloat16": 2, "Long": 8, "Int": 4, "Short": 2, "Char": 1, "Byte": 1,
+    "Bool": 1, "ComplexDouble": 16, "ComplexFloat": 8, "QUInt8": 1, "QInt8": 1, "QInt32": 4, "QUInt4x2": 1,
+    "QUInt2x4": 1, "Untyped": 1, "Typed": 1,
+}  # fmt: skip
+
+
+@dataclass
+class Sink:
+    """Collects what the walker finds.
+
+    ``on_stream(name, result, base)`` is called for each pickle stream scanned (``base`` is added to the
+    stream's offsets to report them relative to the file or member named); ``on_finding`` for container
+    findings.
+    """
+
+    on_stream: Callable[[str, StreamResult, int], None]
+    on_finding: Callable[[str, str, str, int | None, str], None]  # severity, rule, stream/place, offset, why
+    notes: list[str] = field(default_factory=list)
+
+
+class _Window(io.RawIOBase):
+    """A read-only view of ``[start, end)`` of a seekable binary file; offsets are relative to ``start``."""
+
+    def __init__(self, fh: IO[bytes], start: int, end: int) -> None:
+        self._fh, self._start, self._end, self._pos = fh, start, end, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._end - self._start}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def read(self, n: int | None = -1) -> bytes:
+        left = self._end - self._start - self._pos
+        if left <= 0:
+            return b""
+        n = left if n is None or n < 0 else min(n, left)
+        self._fh.seek(self._start + self._pos)
+        data = self._fh.read(n)
+        self._pos += len(data)
+        return data
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        # pickletools reads protocol-0 arguments with readline; read in chunks so it stays fast.
+        out = bytearray()
+        while size is None or size < 0 or len(out) < size:
+            chunk = self.read(256 if size is None or size < 0 else min(256, size - len(out)))
+            if not chunk:
+                break
+            nl = chunk.find(b"\n")
+            if nl >= 0:
+                out += chunk[: nl + 1]
+                self._pos -= len(chunk) - nl - 1
+                break
+            out += chunk
+        return bytes(out)
+
+    def size(self) -> int:
+        return self._end - self._start
+
+
+def _looks_like_pickle_start(head: bytes) -> bool:
+    if not head:
+        return False
+    if head[:1] == b"\x80":
+        return len(head) > 1 and head[1] <= 5
+    return head[:1] in _PICKLE_FIRST
+
+
+def _only_padding(fh: IO[bytes], start: int, end: int) -> bool:
+    """True if ``[start, end)`` is empty or only whitespace/NUL bytes (harmless padding)."""
+    fh.seek(start)
+    left = end - start
+    while left > 0:
+        chunk = fh.read(min(left, 1 << 16))
+        if not chunk:
+            break
+        if chunk.strip(b" \t\r\n\x00"):
+            return False
+        left -= len(chunk)
+    return True
+
+
+class Walker:
+    """Walks one file; see the module docstring."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+
+    # -- pickles ---------------------------------------------------------------------------------
+    def stacked(
+        self,
+        fh: IO[bytes],
+        start: int,
+        end: int,
+        name: str,
+        *,
+        required: bool,
+        torchscript: bool = False,
+        base: int = 0,
+        what: str = "pickle",
+    ) -> list[StreamResult] | None:
+        """Scan stacked pickles in ``[start, end)`` of ``fh``.
+
+        ``required``: a loader unpickles the first stream, so a malformed stream or bytes after ``STOP``
+        that are not a pickle are findings. Otherwise the region is only a candidate (a zip member, tensor
+        bytes): if it does not parse as a pickle, only deny-listed imports seen before the error are kept
+        and ``None`` is returned.
+        """
+        results: list[StreamResult] = []
+        pos = start
+        index = 0
+        while pos < end:
+            fh.seek(pos)
+            win = _Window(fh, pos, end)
+            res = analyze(win, torchscript=torchscript)  # type: ignore[arg-type]
+            label = name if index == 0 else f"{name} (stacked {what} {index + 1} at byte {base + pos})"
+            if res.end is None:
+                dangerous = [f for f in res.findings if f.rule == "dangerous-import"]
+                if index == 0 and not required:
+                    if not dangerous:
+                        return None
+                    res.findings[:] = dangerous
+                    self.sink.on_stream(label, res, base + pos)
+                    return [res]
+                if index > 0:
+                    # Not another pickle: garbage after STOP (keep deny-listed imports it happens to name).
+                    self.sink.on_finding(
+                        "dangerous",
+                        "trailing-data",
+                        name,
+                        base + pos,
+                        f"{end - pos} bytes after the pickle's STOP are not a pickle: loaders ignore them, "
+                        "scanners that stop at the first error miss what follows; writers never add them",
+                    )
+                    if dangerous:
+                        res.findings[:] = dangerous
+                        self.sink.on_stream(label, res, base + pos)
+                    return results
+                self.sink.on_stream(label, res, base + pos)
+                self.sink.on_finding(
+                    "error",
+                    "malformed-pickle",
+                    label,
+                    base + pos,
+                    f"malformed pickle: {res.error} (a loader runs every opcode before this point)",
+                )
+                results.append(res)
+                return results
+            # A candidate that is a tiny valid pickle followed by more bytes is tensor data by chance.
+            if (
+                index == 0
+                and not required
+                and not _only_padding(fh, pos + res.end, end)
+                and not any(f.severity in ("dangerous", "custom-code") for f in res.findings)
+            ):
+                return None
+            self.sink.on_stream(label, res, base + pos)
+            results.append(res)
+            pos += res.end
+            index += 1
+            if _only_padding(fh, pos, end):
+                break
+        return results
+
+    # -- zip archives ----------------------------------------------------------------------------
+    def zip_archive(self, fh: IO[bytes], prefix: str, depth: int, *, torchscript_root: bool) -> None:
+        try:
+            zf = zipfile.ZipFile(fh)
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            self.sink.on_finding("error", "zip-unreadable", prefix or "archive", None, f"zip directory unreadable: {exc}")
+            return
+        infos = zf.infolist()
+        names = [i.filename for i in infos]
+        for dup, count in Counter(names).items():
+            if count > 1:
+                self.sink.on_finding(
+                    "dangerous",
+                    "zip-duplicate",
+                    prefix + dup,
+                    None,
+                    f"the archive holds {count} members named {dup!r}: different readers pick different ones",
+                )
+        if infos:
+            first = min(i.header_offset for i in infos)
+            if first > 0:
+                self.sink.on_finding(
+                    "dangerous",
+                    "zip-prepended",
+                    prefix or "archive",
+                    0,
+                    f"{first} bytes before the first zip member: torch.load reads such a file as a legacy pickle",
+                )
+                self.stacked(fh, 0, first, f"{prefix}<{first} bytes before the archive>", required=False)
+        for info in infos:
+            self.zip_member(fh, info, prefix, depth, torchscript_root)
+
+    def zip_member(self, fh: IO[bytes], info: zipfile.ZipInfo, prefix: str, depth: int, torchscript: bool) -> None:
+        place = prefix + info.filename
+        fh.seek(info.header_offset)
+        header = fh.read(30)
+        if len(header) < 30 or header[:4] != _ZIP_LOCAL:
+            self.sink.on_finding("dangerous", "zip-bad-header", place, info.header_offset, "no local header where the directory points")
+            return
+        (_, _, _, flags, _method, _, _, _crc, _csize, _usize, nlen, xlen) = struct.unpack("<4s2B4HL2L2H", header)
+        raw_name = fh.read(nlen)
+        local_name = raw_name.decode("utf-8" if flags & 0x800 else "cp437", "replace")
+        if local_name != info.filename:
+            self.sink.on_finding(
+                "dangerous",
+                "zip-name-mismatch",
+                place,
+                info.header_offset,
+                f"the local header names this member {local_name!r}, the central directory {info.filename!r}: "
+                "readers disagree on what the file holds",
+            )
+        data_start = info.header_offset + 30 + nlen + xlen
+        size = info.compress_size
+        if info.compress_type == zipfile.ZIP_STORED:
+            region: IO[bytes] = _Window(fh, data_start, data_start + size)  # type: ignore[assignment]
+            length = size
+        elif info.compress_type == zipfile.ZIP_DEFLATED:
+            fh.seek(data_start)
+            try:
+                data = zlib.decompressobj(-15).decompress(fh.read(size), MAX_PICKLE_BYTES)
+            except zlib.error as exc:
+                self.sink.on_finding("error", "zip-corrupt", place, None, f"cannot inflate the member: {exc}")
+                return
+            region, length = io.BytesIO(data), len(data)
+        else:
+            self.sink.on_finding(
+                "dangerous",
+                "zip-method",
+                place,
+                None,
+                f"compression method {info.compress_type} cannot be scanned; no model writer uses it",
+            )
+            return
+        region.seek(0)
+        head = region.read(16)
+        if head.startswith(_ZIP_LOCAL):
+            self.nested_zip(region, length, place, depth)
+        elif head.startswith(_NPY_MAGIC):
+            self.npy(region, 0, length, place)
+        elif _looks_like_pickle_start(head):
+            required = info.filename.rsplit("/", 1)[-1] in _PICKLE_NAMES or info.filename.endswith((".pkl", ".pickle"))
+            results = self.stacked(region, 0, length, place, required=required, torchscript=torchscript)
+            if results is not None:
+                self._check_crc(region, length, info, place)
+
+    def _check_crc(self, region: IO[bytes], length: int, info: zipfile.ZipInfo, place: str) -> None:
+        region.seek(0)
+        crc = 0
+        left = length
+        while left > 0:
+            chunk = region.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            crc = zlib.crc32(chunk, crc)
+            left -= len(chunk)
+        if crc != info.CRC:
+            self.sink.on_finding(
+                "dangerous",
+                "zip-bad-crc",
+                place,
+                None,
+                f"the member's CRC-32 is {crc:08x}, the archive says {info.CRC:08x}: it was edited after writing "
+                "(torch.load ignores CRCs; scanners that check them give up on the file)",
+            )
+
+    def nested_zip(self, region: IO[bytes], length: int, place: str, depth: int) -> None:
+        if depth >= MAX_DEPTH:
+            self.sink.on_finding(
+                "dangerous",
+                "zip-depth",
+                place,
+                None,
+                f"an archive nested {depth + 1} levels deep was not scanned (limit {MAX_DEPTH})",
+            )
+            return
+        self.sink.notes.append(f"{place}: a zip archive inside the archive, scanned")
+        region.seek(0)
+        data = region.read(min(length, MAX_PICKLE_BYTES))
+        inner = io.BytesIO(data)
+        torchscript = _is_torchscript(inner)
+        self.zip_archive(inner, place + "!/", depth + 1, torchscript_root=torchscript)
+
+    # -- numpy -------------------------------------------------------------------------------------
+    def npy(self, fh: IO[bytes], start: int, end: int, place: str) -> None:
+        fh.seek(start)
+        pre = fh.read(10)
+        if len(pre) < 10 or not pre.startswith(_NPY_MAGIC):
+            self.sink.on_finding("error", "npy-header", place, start, "not a .npy header")
+            return
+        major = pre[6]
+        if major == 1:
+            (hlen,) = struct.unpack("<H", pre[8:10])
+            header_start = start + 10
+        else:
+            fh.seek(start + 8)
+            (hlen,) = struct.unpack("<I", fh.read(4))
+            header_start = start + 12
+        fh.seek(header_start)
+        text = fh.read(hlen).decode("latin-1", "replace")
+        try:
+            header = ast.literal_eval(text.strip())  # a dict literal: literal_eval evaluates no code
+            descr = header["descr"]
+        except (ValueError, SyntaxError, KeyError, TypeError, MemoryError, RecursionError):
+            self.sink.on_finding("error", "npy-header", place, start, "the .npy header is not a readable dict")
+            return
+        if "O" in repr(descr):
+            self.stacked(
+                fh, header_start + hlen, end, f"{place} (object array pickle)", required=True, base=0
+            )
+
+    # -- legacy torch --------------------------------------------------------------------------------
+    def legacy(self, fh: IO[bytes], size: int, place: str) -> None:
+        labels = ["magic number", "protocol version", "sys_info", "object", "storage keys"]
+        pos = 0
+        results: list[StreamResult] = []
+        for label in labels:
+            fh.seek(pos)
+            win = _Window(fh, pos, size)
+            res = analyze(win)  # type: ignore[arg-type]
+            self.sink.on_stream(f"{place}: {label} pickle", res, pos)
+            if res.end is None:
+                self.sink.on_finding(
+                    "error", "malformed-pickle", f"{place}: {label} pickle", pos, f"malformed pickle: {res.error}"
+                )
+                return
+            results.append(res)
+            pos += res.end
+        if concrete(results[0].value) != _LEGACY_MAGIC:
+            self.sink.on_finding("dangerous", "legacy-magic", place, 0, "the first pickle is not torch's magic number")
+        self._storage_table(fh, pos, size, place, results[3], results[4])
+
+    def _storage_table(self, fh: IO[bytes], pos: int, size: int, place: str, obj: StreamResult, keys_res: StreamResult) -> None:
+        keys = concrete(keys_res.value)
+        sizes: dict[str, int] = {}
+        for pid in obj.pids:
+            items = getattr(pid, "items", None)
+            if not items or len(items) < 5:
+                continue
+            stype = getattr(items[1], "name", "")
+            key = concrete(items[2])
+            elem = _ELEMENT_SIZE.get(stype.replace("Storage", ""))
+            if isinstance(key, str) and elem:
+                sizes[key] = elem
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            self.sink.on_finding("dangerous", "legacy-keys", place, pos, "the storage keys pickle is not a list of strings")
+            return
+        for key in keys:
+            fh.seek(pos)
+            raw = fh.read(8)
+            elem = sizes.get(key)
+            if len(raw) < 8 or elem is None:
+                self.sink.notes.append(f"{place}: storage table not walked past key {key!r}; stopped after the keys list")
+                return
+            (numel,) = struct.unpack("<q", raw)
+            pos += 8 + numel * elem
+            if numel < 0 or pos > size:
+                self.sink.on_finding("error", "legacy-truncated", place, pos, f"storage {key!r} runs past the end of the file")
+                return
+        if pos < size and not _only_padding(fh, pos, size):
+            self.sink.notes.append(f"{place}: {size - pos} bytes after the storage table (torch.load never reads them)")
+            self.stacked(fh, pos, size, f"{place}: bytes after the storage table", required=False)
+
+
+def _is_torchscript(fh: IO[bytes]) -> bool:
+    try:
+        names = zipfile.ZipFile(fh).namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+    fh.seek(0)
+    return any(n.endswith("constants.pkl") for n in names) and any("/code/" in n or n.startswith("code/") for n in names)
+
+
+def walk_file(path: os.PathLike[str] | str, fmt: str, sink: Sink) -> None:
+    """Scan every pickle stream of ``path`` (detected format ``fmt``) into ``sink``."""
+    walker = Walker(sink)
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        if fmt in ("torch-zip", "torchscript", "torch-export", "numpy-npz", "zip"):
+            walker.zip_archive(fh, "", 0, torchscript_root=fmt == "torchscript")
+        elif fmt == "torch-legacy":
+            walker.legacy(fh, size, "legacy file")
+        elif fmt == "numpy":
+            walker.npy(fh, 0, size, "array")
+        elif fmt == "pickle":
+            walker.stacked(fh, 0, size, "pickle", required=True)
+            if zipfile.is_zipfile(fh):  # a pickle glued in front of a zip: each reader sees one of them
+                sink.on_finding(
+                    "dangerous",
+                    "polyglot",
+                    "file",
+                    None,
+                    "the file is both a pickle and a zip archive: torch.load and unzip see different contents",
+                )
+                walker.zip_archive(fh, "zip part: ", 0, torchscript_root=False)
+        # safetensors / onnx hold no pickles: nothing to walk.
