@@ -572,14 +572,6 @@ def _plan(
                 fix="use renames ('REGEX=>REPL') for the layers whose names differ",
             )
 
-    if report.shape_mismatched and on_shape_mismatch == "error":
-        m = report.shape_mismatched[0]
-        raise CompatibilityError(
-            f"{len(report.shape_mismatched)} tensors differ in shape, e.g. {m.key}: source "
-            f"{m.source_shape} vs model {m.target_shape}",
-            fix="skip them with on_shape_mismatch='skip' (a new head; CLI: adapt skips by default) or build the "
-            "model with the source's number of classes",
-        )
 
     report.matched = [k for k in tgt_keys if k in pairs]
     report.missing = missing
@@ -705,14 +697,26 @@ def _load_weights(
     report.dtype_converted = [DtypeChange(a, b, len(ks), collapse_keys(ks)) for (a, b), ks in changes.items()]
     report.verdict = _verdict(report, allow_partial)
 
+    if report.shape_mismatched and on_shape_mismatch == "error":
+        m = report.shape_mismatched[0]
+        raise _refusal(
+            report,
+            f"{len(report.shape_mismatched)} tensors differ in shape, e.g. {m.key}: source "
+            f"{m.source_shape} vs model {m.target_shape}",
+            path=report.source if is_file else None,
+            fix="skip them with on_shape_mismatch='skip' (a new head; CLI: --on-shape-mismatch skip) or build the "
+            "model with the source's number of classes (CLI: --num-classes)",
+        )
     if strict and not report.complete:
-        raise CompatibilityError(
+        raise _refusal(
+            report,
             f"strict load failed: {_problems(report)}",
             path=report.source if is_file else None,
             fix="pass strict=False to load what matches (the report lists the rest)",
         )
     if report.fraction < min_match and not allow_partial:
-        raise CompatibilityError(
+        raise _refusal(
+            report,
             f"only {report.fraction:.0%} of {type(model).__name__}'s parameters would load "
             f"(threshold {min_match:.0%}): {_problems(report)}",
             path=report.source if is_file else None,
@@ -736,12 +740,21 @@ def _load_weights(
     return report
 
 
+def _refusal(report: LoadReport, what: str, **kw: Any) -> CompatibilityError:
+    # The report rides along so that the CLI can still show what would have loaded (table or --json).
+    if not report.verdict.startswith("REFUSED"):
+        report.verdict = "REFUSED: " + report.verdict.split(": ", 1)[-1]
+    err = CompatibilityError(what, **kw)
+    err.report = report  # type: ignore[attr-defined]
+    return err
+
+
 def _problems(r: LoadReport) -> str:
     parts = []
     if r.missing:
-        parts.append(f"{len(r.missing)} missing ({', '.join(r.collapsed('missing')[:3])})")
+        parts.append(f"{len(r.missing)} missing ({', '.join(r.collapsed('missing')[:2])})")
     if r.unexpected:
-        parts.append(f"{len(r.unexpected)} unexpected ({', '.join(r.collapsed('unexpected')[:3])})")
+        parts.append(f"{len(r.unexpected)} unexpected ({', '.join(r.collapsed('unexpected')[:2])})")
     if r.shape_mismatched:
         m = r.shape_mismatched[0]
         parts.append(
