@@ -1,0 +1,375 @@
+"""Self-describing model files: safetensors weights + the model's spec in the header metadata.
+
+``save(model, path)`` writes the weights with ``safetensors.torch.save_file`` and the spec JSON under
+the metadata key ``torchkeep.spec``; ``load(path)`` rebuilds the architecture from that spec and loads
+the weights strictly — no pickle anywhere, so nothing in the file can run code, and the code that
+defined the model is not needed. ``read_spec(path)`` reads only the JSON header (no torch import).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torchkeep._spec import METADATA_KEY, ModelSpec
+from torchkeep.errors import CompatibilityError, InputError, UntrustedCodeError, UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+__all__ = ["load", "read_spec", "resolve_device", "save"]
+
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+
+
+# --------------------------------------------------------------------------- header (no torch)
+
+
+def _read_header(path: Path) -> dict[str, Any] | None:
+    """The safetensors JSON header of ``path``, or None if the file is not safetensors."""
+    try:
+        with open(path, "rb") as fh:
+            prefix = fh.read(8)
+            if len(prefix) < 8:
+                return None
+            (n,) = struct.unpack("<Q", prefix)
+            size = path.stat().st_size
+            if n < 2 or n > _MAX_HEADER or n > size - 8:
+                return None
+            raw = fh.read(n)
+    except OSError as exc:
+        raise InputError(f"cannot read the file ({exc.strerror})", path=path) from None
+    if not raw.lstrip().startswith(b"{"):
+        return None
+    try:
+        header = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InputError(
+            "the safetensors header is not valid JSON (the file is corrupt or truncated)",
+            path=path,
+            fix="re-create the file",
+        ) from None
+    return header if isinstance(header, dict) else None
+
+
+def _check_path(path: str | os.PathLike[str]) -> Path:
+    p = Path(os.fspath(path)).expanduser()
+    if not p.exists():
+        raise InputError("no such file", path=p, fix="check the path")
+    if p.is_dir():
+        raise InputError(
+            "is a directory, not a model file", path=p, fix="name the .safetensors file inside it"
+        )
+    return p
+
+
+def read_spec(path: str | os.PathLike[str]) -> ModelSpec | None:
+    """Read the model spec stored in a safetensors file's header, without torch and without tensor bytes.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The spec, or None when the file is not safetensors or carries no torchkeep spec.
+
+    Raises:
+        InputError: missing file, corrupt header, or a malformed / too new spec.
+    """
+    p = _check_path(path)
+    header = _read_header(p)
+    if header is None:
+        return None
+    meta = header.get("__metadata__") or {}
+    text = meta.get(METADATA_KEY) if isinstance(meta, dict) else None
+    if text is None:
+        return None
+    return ModelSpec.from_json(text, path=p)
+
+
+# --------------------------------------------------------------------------- save
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The user's model inside torch.compile / DataParallel / DDP wrappers (their keys carry prefixes)."""
+    from torch import nn
+
+    while True:
+        inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
+        if isinstance(inner, nn.Module):
+            model = inner
+            continue
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+            continue
+        return model
+
+
+def _dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Make tensors safetensors can write: CPU, contiguous, no shared memory.
+
+    Keys that are the *same* tensor (tied weights: ``decoder.weight is encoder.weight``) are stored once and
+    returned as ``{alias: canonical}`` so ``load`` re-ties them; different views of one storage are cloned.
+    """
+    groups: dict[tuple[str, int], list[str]] = {}
+    for key, t in state.items():
+        if t.numel() == 0:
+            continue
+        groups.setdefault((str(t.device), t.untyped_storage().data_ptr()), []).append(key)
+    aliases: dict[str, str] = {}
+    clone: set[str] = set()
+    for keys in groups.values():
+        if len(keys) < 2:
+            continue
+        views: dict[tuple, str] = {}
+        for key in keys:
+            t = state[key]
+            view = (t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+            if view in views:
+                aliases[key] = views[view]
+            else:
+                views[view] = key
+        if len(views) > 1:  # overlapping but different views: each gets its own copy
+            clone.update(views.values())
+    out: dict[str, torch.Tensor] = {}
+    for key, t in state.items():
+        if key in aliases:
+            continue
+        t = t.detach().to("cpu")
+        out[key] = t.clone().contiguous() if key in clone else t.contiguous()
+    return out, aliases
+
+
+def save(model: nn.Module, path: str | os.PathLike[str], spec: ModelSpec | None = None) -> Path:
+    """Write a self-describing model file: safetensors weights with the spec in the header.
+
+    Args:
+        model: the model (wrappers from ``torch.compile``/DataParallel/DDP are unwrapped first).
+        path: the output file (conventionally ``*.safetensors``); written atomically.
+        spec: the spec to store; defaults to ``model.torchkeep_spec`` (set by ``torchkeep.models.build``
+            and ``torchkeep.load``).
+
+    Returns:
+        The path written.
+
+    Raises:
+        UsageError: no spec given and the model has none.
+    """
+    from safetensors.torch import save_file
+
+    from torchkeep._atomic import atomic_path
+    from torchkeep.models._build import current_versions
+
+    model = _unwrap(model)
+    spec = spec if spec is not None else getattr(model, "torchkeep_spec", None)
+    if spec is None:
+        raise UsageError(
+            f"{type(model).__name__} has no model spec, so the file could not be loaded back without its code",
+            fix="build it with torchkeep.models.build(...), or pass spec=ModelSpec(arch='package.module:Class', "
+            "arch_kwargs={...}); for weights only use safetensors.torch.save_file(model.state_dict(), path)",
+        )
+    if not isinstance(spec, ModelSpec):
+        raise UsageError(f"spec must be a torchkeep.ModelSpec, not {type(spec).__name__}")
+    tensors, aliases = _dedupe(model.state_dict())
+    stored = spec.replace(tied=aliases, versions=current_versions())
+    metadata = {METADATA_KEY: stored.to_json(), "format": "pt"}
+    target = Path(os.fspath(path)).expanduser()
+    with atomic_path(target) as tmp:
+        save_file(tensors, os.fspath(tmp), metadata=metadata)
+    return target
+
+
+# --------------------------------------------------------------------------- load
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"`` (or None) -> CUDA if available, else MPS, else CPU; other values are checked.
+
+    Raises:
+        CompatibilityError: the requested accelerator is not available on this machine.
+    """
+    import torch
+
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"unknown device {device!r}", fix="use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CompatibilityError(
+            f"device {device!r} was requested but this machine has no CUDA GPU",
+            fix="pass device='cpu' (CLI: --device cpu) or device='auto'",
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise CompatibilityError(
+            f"device {device!r} does not exist (this machine has {torch.cuda.device_count()} GPU(s))",
+            fix="pass device='cuda:0' or device='auto'",
+        )
+    return dev
+
+
+def _dtype(dtype: Any) -> torch.dtype | None:
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    aliases = {
+        "half": "float16",
+        "fp16": "float16",
+        "bf16": "bfloat16",
+        "float": "float32",
+        "fp32": "float32",
+    }
+    value = getattr(torch, aliases.get(name, name), None)
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise UsageError(f"unknown dtype {dtype!r}", fix="use float32, float16 or bfloat16")
+    return value
+
+
+def _explain_not_model_file(p: Path) -> InputError:
+    """The error for a file ``load`` cannot rebuild, saying what it is and what to do instead."""
+    from torchkeep._detect import detect
+
+    try:
+        fmt = detect(p).format
+    except InputError as exc:
+        return exc
+    adapt = f"torchkeep adapt {p} --arch NAME -o model.safetensors"
+    if fmt == "onnx":
+        return InputError(
+            "is an ONNX model, not a torchkeep model file; it runs without PyTorch",
+            path=p,
+            fix=f"torchkeep predict {p} IMAGES (ONNX Runtime), or onnxruntime.InferenceSession(path)",
+        )
+    if fmt == "torchscript":
+        return InputError(
+            "is a TorchScript archive, not a torchkeep model file",
+            path=p,
+            fix=f"torch.jit.load(path) runs it without its source; or `{adapt}` to rebuild it as a model file",
+        )
+    if fmt == "safetensors":
+        return InputError(
+            "holds weights only (safetensors without a torchkeep spec): a bare state_dict has no architecture",
+            path=p,
+            fix=f"`{adapt}` (or torchkeep.load_state_dict + torchkeep.load_into your model)",
+        )
+    return InputError(
+        f"is a {fmt} file, not a torchkeep model file: a state_dict or checkpoint has no architecture",
+        path=p,
+        fix=f"`{adapt}` turns it into one (torchkeep.load_state_dict reads its weights without running code)",
+    )
+
+
+def _has_meta(model: nn.Module) -> bool:
+    import torch
+
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.is_meta:
+            return True
+    # Plain tensor attributes made in __init__ (not parameters or buffers) stay on meta too.
+    return any(isinstance(v, torch.Tensor) and v.is_meta for m in model.modules() for v in vars(m).values())
+
+
+def _strict_load(model: nn.Module, tensors: dict[str, torch.Tensor], p: Path, *, assign: bool) -> None:
+    import torch
+
+    expected = model.state_dict().keys()
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    if missing or unexpected:
+        raise CompatibilityError(
+            f"the weights do not match the architecture its spec describes: missing {missing[:3]}"
+            f"{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}",
+            path=p,
+            fix="the spec was edited or written for another model; re-save it with torchkeep.save, "
+            "or recover the weights with torchkeep.load_state_dict",
+        )
+    try:
+        with torch.no_grad():
+            model.load_state_dict(tensors, strict=True, assign=assign)
+    except RuntimeError as exc:
+        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
+        raise CompatibilityError(
+            f"the weights do not fit the architecture its spec describes: {first}",
+            path=p,
+            fix="the spec's arch_kwargs/num_classes disagree with the weights; re-save with torchkeep.save",
+        ) from None
+
+
+def load(
+    path: str | os.PathLike[str],
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = None,
+    *,
+    trust: bool = False,
+) -> nn.Module:
+    """Rebuild a model from a self-describing model file: no pickle, no source code needed.
+
+    Args:
+        path: a file written by ``torchkeep.save`` (or ``torchkeep adapt`` / ``train``).
+        device: ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``. Files are
+            device-independent: a model saved on a GPU loads on a CPU-only machine.
+        dtype: cast floating-point weights (``"float16"``, ``torch.bfloat16``); None keeps the stored dtype.
+        trust: allow the spec to import a user class (``package.module:Class``); needed for user models only.
+
+    Returns:
+        The model in eval mode on ``device``, with ``model.torchkeep_spec`` set.
+
+    Raises:
+        InputError: missing file, not a model file (the message says what it is and how to use it).
+        UntrustedCodeError: the spec names a user class and ``trust`` is False.
+        CompatibilityError: weights and spec disagree, or the device is not available.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from torchkeep.models._build import build_from_spec
+
+    p = _check_path(path)
+    spec = read_spec(p)
+    if spec is None:
+        raise _explain_not_model_file(p)
+    dev = resolve_device(device)
+    want = _dtype(dtype)
+    try:
+        tensors = load_file(os.fspath(p), device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise InputError(f"cannot read the weights ({exc})", path=p, fix="re-create the file") from None
+    for alias, canonical in spec.tied.items():
+        if canonical not in tensors:
+            raise InputError(f"tied weight {alias!r} points to missing {canonical!r}", path=p)
+        tensors[alias] = tensors[canonical]
+
+    # Build on the meta device and adopt the loaded tensors (assign=True): no time spent initialising
+    # weights that are overwritten anyway (seconds for VGG16). Tied weights need the normal path,
+    # since assign would replace each tied Parameter separately and untie them.
+    model = None
+    if not spec.tied:
+        try:
+            model = build_from_spec(spec, trust=trust, device="meta")
+            _strict_load(model, tensors, p, assign=True)
+            if _has_meta(model):
+                model = None
+        except UntrustedCodeError:
+            raise
+        except Exception:
+            model = None  # some constructors compute with tensors in __init__ (RegNet): build for real
+    if model is None:
+        model = build_from_spec(spec, trust=trust)
+        _strict_load(model, tensors, p, assign=False)
+    model.to(device=dev)
+    if want is not None:
+        model.to(dtype=want)
+    model.eval()
+    model.torchkeep_spec = spec  # type: ignore[assignment]
+    return model
