@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from torch.utils.data import Dataset
 
 from torchkeep.errors import InputError, UsageError
 
@@ -75,7 +76,7 @@ class ImageSource:
         return self.get_image(index)
 
 
-class TransformedSubset:
+class TransformedSubset(Dataset):
     """A torch-style dataset over ``indices`` of an :class:`ImageSource`, applying ``transform``.
 
     ``cache=True`` keeps transformed samples in memory: only for deterministic transforms (validation),
@@ -269,7 +270,8 @@ def _cifar10(root: Path, split: str, download: bool) -> ImageSource:
             CIFAR10(root=str(root), train=split == "train", download=True)
         except Exception as exc:
             raise _not_found("cifar10", base, "run once with internet access, or pass --data-root DIR", exc) from exc
-    data, targets = [], []
+    data: list[np.ndarray] = []
+    targets: list[int] = []
     for f in files:
         entry = _read_cifar_pickle(base / f)
         data.append(np.asarray(entry["data"], dtype=np.uint8))

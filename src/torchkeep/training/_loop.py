@@ -1,0 +1,659 @@
+"""``train(config)``: the training loop, with kill-safe checkpoints and exact resume.
+
+Order of work per epoch (why: the checkpoint is the single source of truth, written last):
+
+1. train on the epoch's batches (data order = f(seed, epoch), independent of global RNG state);
+2. validate in ``eval()`` mode under ``torch.inference_mode()``;
+3. update the in-memory state (history, best, scheduler, epoch counter);
+4. write ``best`` / top-k / ``last`` model files, then ``checkpoint.pt``, then ``metrics.csv`` - each atomic.
+
+A kill before 4 finishes leaves the previous checkpoint; resuming replays the epoch and, since every
+RNG and the data order are restored, produces the very same numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from torchkeep._atomic import atomic_write_bytes
+from torchkeep.data import ImageSource, TransformedSubset, open_dataset, split_indices
+from torchkeep.errors import CompatibilityError, TorchkeepError, UsageError
+from torchkeep.training._checkpoint import (
+    CheckpointWriteError,
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+    write_checkpoint,
+)
+from torchkeep.training._config import IDENTITY_FIELDS, TrainConfig, TrainResult
+
+__all__ = ["TrainingInterrupted", "train"]
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.safetensors"
+LAST = "last.safetensors"
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: a resumable checkpoint was saved; ``message`` says how to resume."""
+
+    def __init__(self, message: str, run_dir: Path):
+        super().__init__(message)
+        self.message = message
+        self.run_dir = run_dir
+
+
+# --------------------------------------------------------------------------- small pieces
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """Shuffles ``n`` indices with a permutation that depends only on ``(seed, epoch)``.
+
+    ``start`` skips the first ``start`` samples (resuming in the middle of an epoch).
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n = n
+        self.seed = seed
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch = epoch
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        perm = torch.randperm(self.n, generator=g).tolist()
+        return iter(perm[self.start :])
+
+    def __len__(self) -> int:
+        return self.n - self.start
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A per-epoch seed (data order, worker seeds) that does not depend on any global RNG."""
+    return (int(seed) * 1_000_003 + int(epoch) * 7919 + 12345) % (2**63 - 1)
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` -> cuda, then mps, then cpu; an explicit device that is not there is a usage error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but CUDA is not available", fix="use --device auto or cpu")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps was asked for but MPS is not available", fix="use --device auto or cpu")
+    return dev
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _make_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    assert cfg.lr is not None and cfg.weight_decay is not None
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> Any:
+    epochs = int(cfg.epochs or 1)
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, math.ceil(epochs / 3)), gamma=0.1)
+    return None
+
+
+def _with_defaults_for_scratch(spec: Any) -> Any:
+    """A model trained from scratch gets inputs centred on 0 (mean/std 0.5), recorded in its spec."""
+    pre = spec.preprocessing
+    if pre.mean is not None:
+        return spec
+    c = len(pre.channels)
+    new_pre = type(pre)(
+        resize=pre.resize, crop=pre.crop, interpolation=pre.interpolation, mean=[0.5] * c, std=[0.5] * c,
+        channels=pre.channels,
+    )
+    return spec.replace(preprocessing=new_pre)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class _Run:
+    """State of one training run; methods are the steps of :func:`train`."""
+
+    def __init__(self, cfg: TrainConfig, ckpt: dict[str, Any] | None, console: Any):
+        self.cfg = cfg
+        self.ckpt = ckpt
+        self.console = console
+        self.dir = Path(os.fspath(cfg.out or "."))
+        self.notes: list[str] = []
+
+    # ---- setup
+    def setup(self) -> None:
+        from torchkeep._preprocess import transform_for
+        from torchkeep.models import build
+
+        cfg = self.cfg
+        assert cfg.seed is not None and cfg.data is not None and cfg.arch is not None
+        self.device = pick_device(cfg.device)
+        self.amp = bool(cfg.amp if cfg.amp is not None else self.device.type == "cuda")
+        if self.amp and self.device.type != "cuda":
+            self.notes.append(f"--amp has an effect on CUDA only; training in float32 on {self.device.type}")
+            self.amp = False
+
+        src = open_dataset(cfg.data, root=cfg.data_root, split="train", download=cfg.download)
+        if cfg.subset is not None and cfg.subset < len(src):
+            src = _head(src, cfg.subset)
+        self.source = src
+        assert cfg.val_fraction is not None
+        train_idx, val_idx = split_indices(len(src), cfg.val_fraction, cfg.seed)
+        if not train_idx:
+            raise UsageError("no training images left after the validation split", fix="lower --val-fraction")
+        num_classes = cfg.num_classes or src.num_classes
+        if num_classes < src.num_classes:
+            raise UsageError(
+                f"--num-classes {num_classes} is smaller than the {src.num_classes} classes of {cfg.data}",
+                fix=f"use --num-classes {src.num_classes} or leave it out",
+            )
+        class_names = list(src.classes) + [f"class_{i}" for i in range(src.num_classes, num_classes)]
+
+        _seed_everything(cfg.seed)  # initialisation of a fresh model depends on the seed only
+        input_size = cfg.input_size if cfg.input_size is not None else src.image_size
+        model = build(
+            cfg.arch,
+            num_classes=num_classes,
+            in_channels=src.channels,
+            input_size=input_size,
+            pretrained=cfg.pretrained,
+            freeze=cfg.freeze,
+            class_names=class_names,
+        )
+        spec: Any = model.torchkeep_spec
+        if cfg.pretrained is None:
+            spec = _with_defaults_for_scratch(spec)
+        spec.provenance.dataset = cfg.data
+        spec.extra["training"] = {
+            "seed": cfg.seed,
+            "val_fraction": cfg.val_fraction,
+            "subset": cfg.subset,
+            "data": cfg.data,
+        }
+        model.torchkeep_spec = spec
+        self.spec = spec
+        self.model = model.to(self.device)
+        self.classes = class_names
+
+        augment = bool(cfg.augment)
+        tf_train = transform_for(spec, train=True, augment=augment)
+        tf_val = transform_for(spec, train=False)
+        # deterministic transforms are cached in memory (same values, no per-epoch decode) for small
+        # datasets and in-process loading
+        cache_ok = cfg.workers == 0 and len(src) <= 60_000
+        self.train_ds = TransformedSubset(src, train_idx, tf_train, cache=cache_ok and not augment)
+        self.val_ds = TransformedSubset(src, val_idx, tf_val, cache=cache_ok)
+        self.sampler = EpochSampler(len(self.train_ds), cfg.seed)
+        self.loader_gen = torch.Generator()
+        pin = self.device.type == "cuda"
+        assert cfg.batch_size is not None
+        self.loader: torch.utils.data.DataLoader = torch.utils.data.DataLoader(
+            self.train_ds, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=cfg.workers,
+            pin_memory=pin, generator=self.loader_gen, persistent_workers=False,
+        )
+        self.val_loader: torch.utils.data.DataLoader = torch.utils.data.DataLoader(
+            self.val_ds, batch_size=max(256, cfg.batch_size), shuffle=False, num_workers=cfg.workers, pin_memory=pin
+        )
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise UsageError(f"{cfg.arch} has no trainable parameters (all frozen)", fix="leave out --freeze")
+        self.opt = _make_optimizer(cfg, params)
+        self.sched = _make_scheduler(cfg, self.opt)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.criterion = nn.CrossEntropyLoss()
+
+        # bookkeeping (replaced by the checkpoint's on resume)
+        self.epoch = 0  # epochs completed
+        self.batch_in_epoch = 0  # batches done in the epoch in progress (Ctrl-C mid-epoch)
+        self.step = 0
+        self.partial: dict[str, float] = {"loss_sum": 0.0, "correct": 0, "seen": 0}
+        self.history: list[dict[str, Any]] = []
+        self.best_value: float | None = None
+        self.best_epoch = 0
+        self.best_cm: list[list[int]] | None = None
+        self.top_k: list[dict[str, Any]] = []  # {"value", "epoch", "file"}
+        self.resumed_from = 0
+        self.files_pending = False
+        if self.ckpt is not None:
+            self._restore(self.ckpt)
+        else:
+            _seed_everything(cfg.seed)
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.opt.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CompatibilityError(
+                f"the checkpoint does not fit this model ({str(exc).splitlines()[0]})",
+                path=self.dir / CHECKPOINT,
+                fix="resume with the run's own --arch/--num-classes, or start a new run with another --out",
+            ) from exc
+        if self.sched is not None and ckpt.get("scheduler"):
+            self.sched.load_state_dict(ckpt["scheduler"])
+            # a longer run (--epochs raised on resume): the cosine schedule now ends at the new total
+            if hasattr(self.sched, "T_max"):
+                self.sched.T_max = int(self.cfg.epochs or 1)
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch = int(ckpt["epoch"])
+        self.batch_in_epoch = int(ckpt.get("batch_in_epoch", 0))
+        self.step = int(ckpt["step"])
+        self.partial = dict(ckpt.get("partial") or self.partial)
+        self.history = [dict(h) for h in ckpt.get("history", [])]
+        self.best_value = ckpt.get("best_value")
+        self.best_epoch = int(ckpt.get("best_epoch", 0))
+        cm = ckpt.get("best_confusion")
+        self.best_cm = cm.tolist() if isinstance(cm, torch.Tensor) and cm.numel() else None
+        self.top_k = [dict(t) for t in ckpt.get("top_k", [])]
+        self.resumed_from = self.epoch
+        restore_rng(ckpt["rng"])
+
+    # ---- helpers
+    def _lr(self) -> float:
+        return float(self.opt.param_groups[0]["lr"])
+
+    def _improved(self, value: float) -> bool:
+        if self.best_value is None or math.isnan(self.best_value):
+            return not math.isnan(value)
+        return value < self.best_value if self.cfg.metric.endswith("loss") else value > self.best_value  # type: ignore[union-attr]
+
+    def _payload(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict() if self.sched is not None else {},
+            "scaler": self.scaler.state_dict() if self.amp else {},
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "step": self.step,
+            "partial": dict(self.partial),
+            "history": self.history,
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "best_confusion": torch.tensor(self.best_cm or [], dtype=torch.int64),
+            "top_k": self.top_k,
+            "rng": capture_rng(),
+            "config": {k: v for k, v in cfg.to_dict().items() if isinstance(v, (str, int, float, bool, list)) or v is None},
+            "classes": list(self.classes),
+            "spec": self.spec.to_json(),
+        }
+
+    def _save_model(self, path: Path) -> None:
+        from torchkeep._modelfile import save
+
+        try:
+            save(self.model, path, spec=self.spec)
+        except OSError as exc:
+            raise CheckpointWriteError(
+                f"could not write {path.name} ({exc.strerror or exc}); the previous file is intact",
+                path=path,
+                fix=f"free space, then continue with: torchkeep train --resume {self.dir}",
+            ) from exc
+
+    def save_checkpoint(self) -> None:
+        write_checkpoint(self.dir / CHECKPOINT, self._payload())
+
+    def save_interrupted(self) -> None:
+        """The Ctrl-C checkpoint; finishes the epoch's model files first if the interrupt cut them short."""
+        if self.files_pending:
+            if self.best_epoch == self.epoch:
+                self._save_model(self.dir / BEST)
+            self._save_model(self.dir / LAST)
+            self.files_pending = False
+        self.save_checkpoint()
+
+    # ---- one epoch
+    def train_epoch(self, bar: Any) -> dict[str, float]:
+        cfg = self.cfg
+        model, opt, scaler, crit, dev = self.model, self.opt, self.scaler, self.criterion, self.device
+        epoch = self.epoch + 1
+        start = self.batch_in_epoch * int(cfg.batch_size or 1)
+        self.sampler.set_epoch(epoch, start=start)
+        # the loader's generator seeds worker processes: per-epoch, so resumed epochs see the same seeds
+        self.loader_gen.manual_seed(epoch_seed(cfg.seed or 0, epoch) + 1)
+        model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        correct = torch.zeros((), dtype=torch.int64, device=dev)
+        seen = 0
+        base: dict[str, float] = dict(self.partial)
+        task = bar.start_epoch(epoch, len(self.loader), self.batch_in_epoch) if bar else None
+        try:
+            for x, y in self.loader:
+                x = x.to(dev, non_blocking=True)
+                y = y.to(dev, non_blocking=True)
+                with torch.autocast(device_type=dev.type, enabled=self.amp):
+                    out = model(x)
+                    loss = crit(out, y)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                n = y.shape[0]
+                # accumulate on the device: no host sync per step
+                loss_sum += loss.detach().double() * n
+                correct += (out.detach().argmax(1) == y).sum()
+                seen += n
+                self.step += 1
+                self.batch_in_epoch += 1
+                if task is not None and (self.batch_in_epoch % 10 == 0 or self.batch_in_epoch == len(self.sampler)):
+                    tot = base["seen"] + seen
+                    bar.update(task, self.batch_in_epoch, (base["loss_sum"] + float(loss_sum)) / tot,
+                               (base["correct"] + int(correct)) / tot)
+        except BaseException:
+            # keep what this epoch has done so far, for the Ctrl-C checkpoint
+            self.partial = {
+                "loss_sum": base["loss_sum"] + float(loss_sum),
+                "correct": base["correct"] + int(correct),
+                "seen": base["seen"] + seen,
+            }
+            raise
+        tot = base["seen"] + seen
+        return {
+            "train_loss": (base["loss_sum"] + float(loss_sum)) / max(tot, 1),
+            "train_acc": (base["correct"] + int(correct)) / max(tot, 1),
+            "seen": tot,
+        }
+
+    def validate(self) -> tuple[float, float, list[list[int]]]:
+        """Loss, accuracy and confusion matrix on the validation split (eval mode, inference_mode)."""
+        model, dev = self.model, self.device
+        n_cls = len(self.classes)
+        cm = torch.zeros((n_cls, n_cls), dtype=torch.int64)
+        if len(self.val_ds) == 0:
+            return float("nan"), float("nan"), cm.tolist()
+        was_training = model.training
+        model.eval()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        with torch.inference_mode():
+            for x, y in self.val_loader:
+                x = x.to(dev, non_blocking=True)
+                y = y.to(dev, non_blocking=True)
+                with torch.autocast(device_type=dev.type, enabled=self.amp):
+                    out = model(x)
+                loss_sum += nn.functional.cross_entropy(out.float(), y, reduction="sum").double()
+                pred = out.argmax(1)
+                cm += torch.bincount(y.cpu() * n_cls + pred.cpu(), minlength=n_cls * n_cls).reshape(n_cls, n_cls)
+        model.train(was_training)
+        n = len(self.val_ds)
+        return float(loss_sum) / n, float(cm.diag().sum()) / n, cm.tolist()
+
+    def end_epoch(self, train_m: dict[str, float], seconds: float, writer: Any) -> dict[str, Any]:
+        cfg = self.cfg
+        val_loss, val_acc, cm = self.validate()
+        lr = self._lr()
+        self.epoch += 1
+        row = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "train_loss": train_m["train_loss"],
+            "train_acc": train_m["train_acc"],
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": lr,
+            "seconds": round(seconds, 3),
+        }
+        self.history.append(row)
+        if self.sched is not None:
+            self.sched.step()
+        self.batch_in_epoch = 0
+        self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0}
+        value = float(row[cfg.metric or "val_acc"])
+        improved = self._improved(value)
+        if improved:
+            self.best_value, self.best_epoch, self.best_cm = value, self.epoch, cm
+        # files: models first, the checkpoint last (it is what resume trusts)
+        self.files_pending = True
+        if improved:
+            self._save_model(self.dir / BEST)
+        self._update_top_k(value)
+        self._save_model(self.dir / LAST)
+        self.save_checkpoint()
+        self.files_pending = False
+        from torchkeep.training._plots import write_metrics_csv
+
+        with contextlib.suppress(OSError):  # metrics.csv is rebuilt from the checkpoint on resume
+            write_metrics_csv(self.history, self.dir / "metrics.csv")
+        if writer is not None:
+            writer.epoch(row)
+        return row
+
+    def _update_top_k(self, value: float) -> None:
+        keep = int(self.cfg.keep or 1)
+        if keep <= 1:
+            return
+        entries = [*self.top_k, {"value": value, "epoch": self.epoch, "file": ""}]
+        lower_better = (self.cfg.metric or "").endswith("loss")
+        entries.sort(key=lambda e: (e["value"] if lower_better else -e["value"], e["epoch"]))
+        kept, dropped = entries[:keep], entries[keep:]
+        for e in kept:
+            if e["epoch"] == self.epoch:
+                e["file"] = f"top/epoch{self.epoch:03d}-{self.cfg.metric}={value:.4f}.safetensors"
+                self._save_model(self.dir / e["file"])
+        for e in dropped:
+            if e["file"]:
+                with contextlib.suppress(OSError):
+                    (self.dir / e["file"]).unlink()
+        self.top_k = kept
+
+
+def _head(src: ImageSource, n: int) -> ImageSource:
+    """The first ``n`` images of ``src`` (``--subset``)."""
+    import dataclasses
+
+    return dataclasses.replace(src, targets=src.targets[:n])
+
+
+def _clean_stale_temp(run_dir: Path) -> None:
+    """Temporary files left by a process killed mid-write (the real files are intact)."""
+    for d in (run_dir, run_dir / "top"):
+        if d.is_dir():
+            for p in d.glob(".*.tmp"):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+
+
+def _check_identity(given: TrainConfig, saved: dict[str, Any], path: Path) -> None:
+    """Refuse to resume with a different architecture, dataset, ... (the state would not fit or mean anything)."""
+    for name in IDENTITY_FIELDS:
+        v = getattr(given, name)
+        if v is None:
+            continue
+        old = saved.get(name)
+        if isinstance(v, tuple):
+            v = list(v)
+        if v != old:
+            flag = "--" + name.replace("_", "-")
+            raise CompatibilityError(
+                f"cannot resume: this run was trained with {flag} {old}, not {v}",
+                path=path,
+                fix=f"leave out {flag} to continue the run, or start a new run with a different --out",
+            )
+
+
+# --------------------------------------------------------------------------- public entry point
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train an image classifier; every epoch writes model files and a resume checkpoint atomically.
+
+    Args:
+        config: the run's settings; ``config.resume`` continues a run exactly where its checkpoint left it.
+
+    Returns:
+        A :class:`TrainResult` naming the run's files and metrics.
+
+    Raises:
+        UsageError: unknown architecture / dataset / option values.
+        InputError: the dataset or checkpoint cannot be read.
+        CompatibilityError: resuming with a different architecture, dataset or class count.
+        CheckpointWriteError: a file could not be written (disk full); the previous checkpoint is intact.
+        TrainingInterrupted: Ctrl-C; a resumable checkpoint was written first.
+    """
+    t_start = time.perf_counter()
+    ckpt = None
+    saved: dict[str, Any] | None = None
+    if config.resume is not None:
+        ckpt_path = Path(os.fspath(config.resume))
+        ckpt = load_checkpoint(ckpt_path)
+        saved = dict(ckpt.get("config") or {})
+        run_dir = ckpt_path if ckpt_path.is_dir() else ckpt_path.parent
+        _check_identity(config, saved, run_dir / CHECKPOINT)
+        if config.out is not None and Path(os.fspath(config.out)).resolve() != run_dir.resolve():
+            raise UsageError(
+                f"--resume {run_dir} continues that run in place; --out {config.out} is another directory",
+                fix="leave out --out when resuming",
+            )
+        saved["out"] = os.fspath(run_dir)
+    cfg = config.resolved(saved)
+    run_dir = Path(os.fspath(cfg.out or "."))
+    if ckpt is None and (run_dir / CHECKPOINT).exists() and not cfg.overwrite:
+        raise UsageError(
+            "this directory already holds a training run",
+            path=run_dir,
+            fix=f"continue it with --resume {run_dir}, pick another --out, or pass --overwrite",
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _clean_stale_temp(run_dir)
+
+    console = _console(cfg.progress)
+    run = _Run(cfg, ckpt, console)
+    run.setup()
+    if ckpt is not None and run.epoch >= int(cfg.epochs or 0) and run.batch_in_epoch == 0:
+        run.notes.append(f"the run already completed {run.epoch} epochs; raise --epochs to train further")
+    atomic_write_bytes(run_dir / "config.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
+
+    writer = None
+    if cfg.tensorboard:
+        from torchkeep.training._tensorboard import TensorBoard
+
+        writer = TensorBoard(run_dir / "tensorboard", purge_step=run.epoch + 1 if ckpt is not None else None)
+        if ckpt is None:
+            writer.first_batch(run.model, run.train_ds, run.device)
+
+    from torchkeep.training._progress import Bar
+
+    bar = Bar(console, int(cfg.epochs or 0)) if cfg.progress else None
+    stopped_early = False
+    train_seconds = 0.0
+    train_images = 0
+    epochs_this_run = 0
+    try:
+        with bar if bar is not None else contextlib.nullcontext():
+            while run.epoch < int(cfg.epochs or 0):
+                t0 = time.perf_counter()
+                tm = run.train_epoch(bar)
+                dt = time.perf_counter() - t0
+                train_seconds += dt
+                train_images += int(tm["seen"])
+                row = run.end_epoch(tm, dt, writer)
+                epochs_this_run += 1
+                if bar is not None:
+                    bar.epoch_done(row, improved=run.best_epoch == run.epoch)
+                if cfg.on_epoch_end is not None and cfg.on_epoch_end(dict(row)) and run.epoch < int(cfg.epochs or 0):
+                    stopped_early = True
+                    break
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, TrainingInterrupted):
+            raise
+        # Ctrl-C: write where we are (mid-epoch included) so --resume continues from here
+        run.save_interrupted()
+        if writer is not None:
+            writer.close()
+        msg = (
+            f"interrupted at epoch {run.epoch + (1 if run.batch_in_epoch else 0)}, step {run.step}; "
+            f"checkpoint saved to {run_dir / CHECKPOINT}. Resume with: torchkeep train --resume {run_dir}"
+        )
+        raise TrainingInterrupted(msg, run_dir) from None
+    except TorchkeepError:
+        if writer is not None:
+            writer.close()
+        raise
+    if writer is not None:
+        writer.close()
+
+    curves = confusion = None
+    if cfg.plots and run.history:
+        from torchkeep.training._plots import plot_confusion, plot_curves
+
+        title = f"{cfg.arch} on {cfg.data}"
+        curves = plot_curves(run.history, run_dir / "curves.png", title=title)
+        if run.best_cm is not None:
+            confusion = plot_confusion(
+                run.best_cm, run.classes, run_dir / "confusion.png",
+                title=f"{title}: validation, best epoch {run.best_epoch}",
+            )
+    final = dict(run.history[-1]) if run.history else {}
+    return TrainResult(
+        run_dir=run_dir,
+        best_path=run_dir / BEST,
+        last_path=run_dir / LAST,
+        checkpoint_path=run_dir / CHECKPOINT,
+        metric=str(cfg.metric),
+        best_value=float(run.best_value) if run.best_value is not None else float("nan"),
+        best_epoch=run.best_epoch,
+        epochs=int(cfg.epochs or 0),
+        epochs_done=run.epoch,
+        epochs_this_run=epochs_this_run,
+        resumed_from=run.resumed_from,
+        stopped_early=stopped_early,
+        final=final,
+        history=run.history,
+        classes=run.classes,
+        train_size=len(run.train_ds),
+        val_size=len(run.val_ds),
+        skipped_files=len(run.source.skipped),
+        device=str(run.device),
+        amp=run.amp,
+        seconds=time.perf_counter() - t_start,
+        images_per_second=train_images / train_seconds if train_seconds > 0 else 0.0,
+        top_k=[run_dir / e["file"] for e in run.top_k if e.get("file")],
+        config_path=run_dir / "config.json",
+        metrics_csv=run_dir / "metrics.csv",
+        tensorboard_dir=(run_dir / "tensorboard") if cfg.tensorboard else None,
+        curves_png=curves,
+        confusion_png=confusion,
+        notes=run.notes + ([f"skipped {len(run.source.skipped)} unreadable files"] if run.source.skipped else []),
+    )
+
+
+def _console(enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, file=sys.stderr)
