@@ -94,7 +94,7 @@ _SEEDS = {"cifar10_cnn", "fashion_mlp"}
 
 def _first_line(doc: str | None) -> str:
     text = (doc or "").strip().split("\n\n")[0]
-    text = re.sub(r"`([^`<]*?)\s*<[^>]*>`_+", r"\1", text)  # RST links -> their text
+    text = re.sub(r"`([^`]*?)\s*<[^<>`]*>`_+", r"\1", text)  # RST links -> their text
     text = re.sub(r":\w+:`~?([^`]*)`", r"\1", text).replace("``", "")
     return " ".join(text.split())
 
@@ -149,7 +149,10 @@ def list_models(filter: str | None = None) -> list[ArchInfo]:
             rx = re.compile(filter)
         except re.error as exc:
             raise UsageError(f"invalid --filter regular expression {filter!r}: {exc}") from None
-    out = [info for info, _ in _seed_infos()]
+    out = []
+    for info, factory in _seed_infos():
+        info.num_params = sum(p.numel() for p in factory().parameters())  # tiny: build to count
+        out.append(info)
     out += [_torchvision_info(n) for n in _torchvision_names()]
     return [i for i in out if rx is None or rx.search(i.name)]
 
