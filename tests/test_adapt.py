@@ -361,3 +361,136 @@ def test_public_api():
     assert torchkeep.load_into is load_into
     assert torchkeep.LoadReport.__name__ == "LoadReport"
 
+
+
+# ----------------------------------------------------------------------------------------- adapt + CLI
+
+
+class UserCNN(nn.Module):
+    """The seeds' CIFAR-10 CNN as a user writes it: named layers, not the registry's Sequential."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 32, 5, padding=2)
+        self.conv2 = nn.Conv2d(32, 32, 5, padding=2)
+        self.conv3 = nn.Conv2d(32, 64, 5, padding=2)
+        self.fc1 = nn.Linear(1024, 64)
+        self.fc2 = nn.Linear(64, 10)
+
+    def forward(self, x):
+        pool = nn.functional.max_pool2d
+        x = pool(self.conv3(pool(self.conv2(pool(self.conv1(x), 2)), 2)), 2)
+        return self.fc2(self.fc1(x.flatten(1)))
+
+
+def test_adapt_ddp_file_to_model_file_round_trip(resnet, tmp_path):
+    import hashlib
+
+    src = tmp_path / "ddp.pth"
+    torch.save({"model_state_dict": {f"module.{k}": v for k, v in resnet.state_dict().items()}, "epoch": 9}, src)
+    out = tmp_path / "resnet18.safetensors"
+    result = torchkeep.adapt(src, arch="resnet18", out=out)
+    assert result.out == str(out) and result.num_classes == 1000 and result.report.complete
+    model = torchkeep.load(out, device="cpu")
+    assert torch.equal(_out(model), _out(resnet))
+    spec = model.torchkeep_spec
+    assert spec.provenance.source_file == str(src)
+    assert spec.provenance.source_sha256 == hashlib.sha256(src.read_bytes()).hexdigest() == result.source_sha256
+    assert spec.extra["adapt"]["verdict"] == result.report.verdict
+    assert spec.extra["adapt"]["prefix_stripped"] == "module."
+
+
+def test_adapt_user_cnn_by_order_into_the_registry_architecture(tmp_path):
+    torch.manual_seed(3)
+    user = UserCNN().eval()
+    src = tmp_path / "tudui.pth"
+    torch.save(user.state_dict(), src)
+    result = torchkeep.adapt(src, arch="cifar10_cnn", out=tmp_path / "cnn.safetensors",
+                             class_names=[f"c{i}" for i in range(10)])
+    assert result.report.matched_by_order == 10 and result.report.complete
+    assert result.report.renamed["conv1.weight"] == "model.0.weight"
+    model = torchkeep.load(tmp_path / "cnn.safetensors", device="cpu")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), user(x))
+    assert model.torchkeep_spec.class_names[3] == "c3"
+
+
+def test_adapt_infers_classes_from_a_fine_tuned_head(tmp_path):
+    src_model = _model("mobilenet_v3_small", num_classes=7)
+    src = tmp_path / "ft.pt"
+    torch.save(src_model.state_dict(), src)
+    result = torchkeep.adapt(src, arch="mobilenet_v3_small", dry_run=True)
+    assert result.num_classes == 7 and result.report.complete and result.out is None
+    assert any("num_classes=7 taken from the source's head" in n for n in result.report.notes)
+
+
+def test_cli_adapt_1000_to_10_classes_json(tmp_path, cli):
+    src_model = _model("mobilenet_v3_small")
+    src = tmp_path / "imagenet.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in src_model.state_dict().items()}, src)
+    out = tmp_path / "m10.safetensors"
+    code, stdout, err = cli("adapt", src, "--arch", "mobilenet_v3_small", "--num-classes", "10", "-o", out, "--json")
+    assert code == 0, err
+    d = json.loads(stdout)
+    assert d["out"] == str(out) and d["num_classes"] == 10 and d["verdict"].startswith("PARTIAL")
+    assert d["report"]["collapsed"]["shape_mismatched"] == ["classifier.3.{weight,bias}"]
+    assert [m["source_shape"] for m in d["report"]["shape_mismatched"]] == [[1000, 1024], [1000]]
+    assert d["report"]["missing"] == [] and d["report"]["unexpected"] == []
+    assert out.exists()
+    # human output: the table and the verdict line
+    code, stdout, _ = cli("adapt", src, "--arch", "mobilenet_v3_small", "--num-classes", "10", "-o", out)
+    assert code == 0 and "shape mismatch" in stdout and "verdict: PARTIAL" in stdout and f"wrote {out}" in stdout
+
+
+def test_cli_adapt_rename_dry_run(resnet, tmp_path, cli):
+    src = tmp_path / "renamed.pt"
+    torch.save({k.replace("fc.", "head."): v for k, v in resnet.state_dict().items()}, src)
+    out = tmp_path / "never.safetensors"
+    code, stdout, err = cli("adapt", src, "--arch", "resnet18", "--rename", r"^head\.=>fc.", "--dry-run",
+                            "--no-match-by-order", "-o", out, "--json")
+    assert code == 0, err
+    d = json.loads(stdout)
+    assert d["dry_run"] is True and d["out"] is None and not out.exists()
+    assert d["report"]["renamed"] == {"head.weight": "fc.weight", "head.bias": "fc.bias"}
+    assert d["report"]["complete"] is True
+
+
+def test_cli_adapt_refusals_and_usage_errors(resnet, tmp_path, cli):
+    src = tmp_path / "resnet.pth"
+    torch.save(resnet.state_dict(), src)
+    out = tmp_path / "m.safetensors"
+    code, stdout, err = cli("adapt", src, "--arch", "mobilenet_v3_small", "-o", out, "--json")
+    assert code == 4 and not out.exists()
+    d = json.loads(stdout)
+    assert d["refused"] is True and d["verdict"].startswith("REFUSED") and d["report"]["params_loaded"] == 0
+    assert "threshold 50%" in err and "--allow-partial" in err and len(err.strip().splitlines()) == 1
+    code, stdout, err = cli("adapt", src, "--arch", "mobilenet_v3_small", "-o", out)
+    assert code == 4 and "refused: nothing written" in stdout
+    code, _, err = cli("adapt", src, "--arch", "mobilenet_v3_small", "-o", out, "--allow-partial")
+    assert code == 0 and out.exists()
+    code, _, err = cli("adapt", src, "--arch", "resnet18", "--num-classes", "10", "--on-shape-mismatch", "error",
+                       "-o", out)
+    assert code == 4 and "fc.weight: source [1000, 512] vs model [10, 512]" in err
+    code, _, err = cli("adapt", src, "--arch", "resnet18")
+    assert code == 64 and "-o OUT.safetensors" in err
+    code, _, err = cli("adapt", src, "--arch", "resnt18", "--dry-run")
+    assert code == 64 and "resnet18" in err
+    code, _, err = cli("adapt", src, "--arch", "resnet18", "--rename", "fc.", "--dry-run")
+    assert code == 64 and "has no '=>'" in err
+    code, _, err = cli("adapt", tmp_path / "nope.pth", "--arch", "resnet18", "--dry-run")
+    assert code == 3
+
+
+def test_alphabetical_safetensors_order_is_not_trusted_for_by_order(tmp_path):
+    from safetensors.torch import save_file
+
+    from torchkeep.models import build
+
+    src = tmp_path / "user.safetensors"
+    save_file(UserCNN().state_dict(), src)  # safetensors stores keys sorted: conv1.bias, conv1.weight, ...
+    with pytest.raises(CompatibilityError, match="only 0%") as info:
+        load_into(build("cifar10_cnn"), src)
+    assert any("alphabetical order" in n for n in info.value.report.notes)

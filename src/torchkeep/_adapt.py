@@ -545,11 +545,21 @@ def _plan(
             report.shape_mismatched.append(ShapeMismatch(new, src, list(s.shape), list(t.shape)))
         else:
             pairs[new] = src
+    tgt_order = {k: i for i, k in enumerate(tgt_keys)}
+    report.shape_mismatched.sort(key=lambda m: tgt_order[m.key])  # model order, whatever the file's order
     mismatched_targets = {m.key for m in report.shape_mismatched}
     missing = [k for k in tgt_keys if k not in pairs and k not in mismatched_targets]
 
     # 4. names differ but the architectures agree: pair the leftovers by order when their shapes line up.
-    if match_by_order and missing and unexpected:
+    # Safetensors files store keys alphabetically ("layer10" before "layer2"): their order is not the
+    # model's, so "auto" does not trust it unless the model's own keys are sorted the same way.
+    alphabetical = len(src_keys) > 2 and src_keys == sorted(src_keys) and tgt_keys != sorted(tgt_keys)
+    if match_by_order == "auto" and alphabetical and missing and unexpected:
+        report.notes.append(
+            "not matching by order: the source's keys are in alphabetical order (as safetensors stores them), "
+            "not the model's; use renames, or match_by_order=True to force it"
+        )
+    elif match_by_order and missing and unexpected:
         src_order = {k: i for i, k in enumerate(src_keys)}
         left_src = sorted(unexpected, key=src_order.__getitem__)
         lined_up = len(left_src) == len(missing) and all(
