@@ -197,8 +197,12 @@ def test_match_by_order_when_names_differ_but_architecture_agrees(resnet):
     assert any("by order and shape" in n for n in report.notes)
     assert report.renamed["p0"] == "conv1.weight"
     assert torch.equal(_out(target), _out(resnet))
+    # a re-headed copy: pairs by order, the head becomes a shape mismatch
+    report = load_into(_fresh(num_classes=10), sd)
+    assert [m.source_key for m in report.shape_mismatched] == ["p120", "p121"]
+    assert report.matched_by_order == len(sd) - 2
     with pytest.raises(CompatibilityError, match="cannot match by order"):
-        load_into(_fresh(num_classes=10), sd, match_by_order=True)
+        load_into(_fresh(), dict(list(sd.items())[1:]), match_by_order=True)
 
 
 def test_partial_below_threshold_is_refused_and_model_untouched(resnet):
@@ -494,3 +498,20 @@ def test_alphabetical_safetensors_order_is_not_trusted_for_by_order(tmp_path):
     with pytest.raises(CompatibilityError, match="only 0%") as info:
         load_into(build("cifar10_cnn"), src)
     assert any("alphabetical order" in n for n in info.value.report.notes)
+
+
+def test_by_order_with_a_new_head(tmp_path):
+    torch.manual_seed(3)
+    user = UserCNN()
+    src = tmp_path / "tudui.pth"
+    torch.save(user.state_dict(), src)
+    result = torchkeep.adapt(src, arch="cifar10_cnn", num_classes=5, dry_run=True)
+    r = result.report
+    assert r.matched_by_order == 8 and not r.missing and not r.unexpected
+    assert [(m.key, m.source_key, m.source_shape, m.target_shape) for m in r.shape_mismatched] == [
+        ("model.8.weight", "fc2.weight", [10, 64], [5, 64]),
+        ("model.8.bias", "fc2.bias", [10], [5]),
+    ]
+    # without --num-classes the source's 10 classes are kept, names matched by order
+    result = torchkeep.adapt(src, arch="cifar10_cnn", dry_run=True)
+    assert result.num_classes == 10 and result.report.complete

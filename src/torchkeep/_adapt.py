@@ -562,14 +562,27 @@ def _plan(
     elif match_by_order and missing and unexpected:
         src_order = {k: i for i, k in enumerate(src_keys)}
         left_src = sorted(unexpected, key=src_order.__getitem__)
-        lined_up = len(left_src) == len(missing) and all(
-            tuple(source[sk].shape) == tuple(target[tk].shape) for sk, tk in zip(left_src, missing)
+        # Pairs must agree in shape, except a trailing head (at most its weight and bias) that differs only
+        # in size: a re-headed copy of the same architecture. Those become shape mismatches.
+        same = [tuple(source[sk].shape) == tuple(target[tk].shape) for sk, tk in zip(left_src, missing)]
+        bad = [i for i, ok in enumerate(same) if not ok]
+        n_head = len(same) - bad[0] if bad else 0  # every mismatch lies in the last n_head pairs
+        lined_up = (
+            len(left_src) == len(missing)
+            and n_head <= 2
+            and sum(same) > n_head
+            and all(source[sk].dim() == target[tk].dim() for sk, tk in zip(left_src, missing))
         )
         if lined_up:
-            for sk, tk in zip(left_src, missing):
-                pairs[tk] = sk
+            for i, (sk, tk) in enumerate(zip(left_src, missing)):
                 report.renamed[sk] = tk
-            report.matched_by_order = len(missing)
+                if same[i]:
+                    pairs[tk] = sk
+                else:
+                    report.shape_mismatched.append(
+                        ShapeMismatch(tk, sk, list(source[sk].shape), list(target[tk].shape))
+                    )
+            report.matched_by_order = sum(same)
             report.notes.append(
                 f"matched {len(missing)} tensors by order and shape because their names differ "
                 f"(e.g. {left_src[0]!r} -> {missing[0]!r}); check the renamed list"
