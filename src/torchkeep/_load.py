@@ -11,7 +11,9 @@ on the CPU: storage locations are ignored unless ``map_location`` asks for a dev
 from __future__ import annotations
 
 import os
+import struct
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +78,31 @@ def _check_safety(det: Detected, trust: bool) -> str | None:
     return str(report.verdict)
 
 
+def _read_member_into(zf: zipfile.ZipFile, info: zipfile.ZipInfo, buf: Any) -> int:
+    """Read a zip member into ``buf``. Stored members (torch archives store storages uncompressed) are
+    read straight from the file into the buffer: no intermediate bytes object, so no second copy."""
+    if info.compress_type != zipfile.ZIP_STORED or zf.fp is None:
+        with zf.open(info) as fh:
+            data = fh.read()
+        buf[: len(data)] = data
+        return len(data)
+    fp = zf.fp
+    fp.seek(info.header_offset)
+    local = fp.read(30)
+    if len(local) < 30 or local[:4] != b"PK\x03\x04":
+        raise zipfile.BadZipFile(f"bad local header for {info.filename}")
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    fp.seek(info.header_offset + 30 + name_len + extra_len)
+    view = memoryview(buf)
+    got = 0
+    while got < len(buf):
+        n = fp.readinto(view[got:])  # type: ignore[attr-defined]
+        if not n:
+            break
+        got += n
+    return got
+
+
 def _storage_reader_zip(fs: FileStructure):
     import torch
 
@@ -98,16 +125,20 @@ def _storage_reader_zip(fs: FileStructure):
                 f"storage {name} should hold {need} bytes but the archive member has {info.file_size}",
                 path=fs.path, fix="the file is truncated or corrupt; re-save or re-download it",
             )
-        buf = bytearray(info.file_size)
+        # torch.empty: no zero-filling of a buffer that is about to be overwritten
+        tbuf = torch.empty(info.file_size, dtype=torch.uint8)
+        buf = tbuf.numpy()
         try:
-            with zf.open(info) as fh:
-                got = fh.readinto(buf)  # type: ignore[attr-defined]
+            got = _read_member_into(zf, info, buf)
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
             raise InputError(f"cannot read {name}: {exc}", path=fs.path,
                              fix="the file is truncated or corrupt; re-save or re-download it") from None
         if got != info.file_size:
             raise InputError(f"{name} is truncated", path=fs.path, fix="re-save or re-download the file")
-        storage = torch.frombuffer(buf, dtype=torch.uint8).untyped_storage() if buf else torch.UntypedStorage(0)
+        if zlib.crc32(buf) != info.CRC:
+            raise InputError(f"{name} fails its CRC check: the bytes are corrupt", path=fs.path,
+                             fix="re-save or re-download the file")
+        storage = tbuf.untyped_storage()
         cache[key] = storage
         return storage
 
