@@ -130,6 +130,8 @@ class ScanReport:
         streams: the pickle streams scanned.
         error: why the file (or part of it) could not be read, if so.
         notes: facts worth knowing that are not findings (nested archives scanned, storage table walked).
+        unknown_format: the bytes match no model format and do not parse as a pickle (a README, a
+            config file): the verdict is ``"error"``; the CLI skips such files found inside directories.
     """
 
     path: str
@@ -140,6 +142,7 @@ class ScanReport:
     streams: list[str] = field(default_factory=list)
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    unknown_format: bool = False
 
     @property
     def custom_classes(self) -> list[str]:
@@ -179,6 +182,7 @@ class ScanReport:
             "streams": self.streams,
             "error": self.error,
             "notes": self.notes,
+            "unknown_format": self.unknown_format,
         }
 
 
@@ -265,7 +269,9 @@ def scan(path: str | os.PathLike[str]) -> ScanReport:
         elif _parses_as_pickle(p):
             fmt = "pickle"
         else:
-            return col.report(str(path), None, error=str(exc))
+            rep = col.report(str(path), None, error=str(exc))
+            rep.unknown_format = True
+            return rep
     except InputError as exc:
         return col.report(str(path), None, error=str(exc))
     except OSError as exc:

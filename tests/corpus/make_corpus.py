@@ -721,10 +721,10 @@ def _torchscript_bytes() -> bytes:
     if "ts" not in _CACHE:
         import torch
 
+        buf = io.BytesIO()
         with _quiet():
             scripted = torch.jit.script(_tiny_net()().eval())
-        buf = io.BytesIO()
-        torch.jit.save(scripted, buf)
+            torch.jit.save(scripted, buf)
         _CACHE["ts"] = buf.getvalue()
     return _CACHE["ts"]
 
