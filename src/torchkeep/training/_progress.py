@@ -43,9 +43,11 @@ class Bar:
         self.progress.update(task, completed=completed, loss=f"{loss:.4f}", acc=f"{100 * acc:.2f}%")
 
     def epoch_done(self, row: dict[str, Any], improved: bool) -> None:
-        star = " *best*" if improved else ""
+        star = "  best" if improved else ""
+        w = len(str(self.epochs))
+        # one line under 80 columns (logs, CI); the learning rate is in metrics.csv and TensorBoard
         self.progress.console.print(
-            f"epoch {row['epoch']:>3}/{self.epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%"
-            f"  val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%  lr {row['lr']:.2e}"
-            f"  {row['seconds']:.1f}s{star}"
+            f"epoch {row['epoch']:>{w}}/{self.epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.1f}%"
+            f"  val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.1f}%  {row['seconds']:.1f}s{star}",
+            soft_wrap=True,
         )

@@ -1,0 +1,100 @@
+"""``torchkeep train``: train an image classifier with kill-safe checkpoints, TensorBoard and plots."""
+
+from __future__ import annotations
+
+import click
+
+from torchkeep._cli.common import console, emit, json_option
+
+
+def _human(result) -> None:
+    from rich.table import Table
+
+    out = console()
+    for note in result.notes:
+        out.print(f"[yellow]note:[/yellow] {note}")
+    metric = result.metric
+    value = f"{100 * result.best_value:.2f}%" if metric.endswith("acc") else f"{result.best_value:.4f}"
+    what = "stopped early" if result.stopped_early else "done"
+    resumed = f", resumed from epoch {result.resumed_from}" if result.resumed_from else ""
+    out.print(
+        f"[bold]{what}[/bold]: {result.epochs_done}/{result.epochs} epochs{resumed} in {result.seconds:.1f}s "
+        f"on {result.device}{' (amp)' if result.amp else ''}, {result.images_per_second:,.0f} images/s; "
+        f"best {metric} {value} at epoch {result.best_epoch}"
+    )
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    rows = [
+        ("best model", result.best_path),
+        ("last model", result.last_path),
+        ("resume", f"{result.checkpoint_path}  (torchkeep train --resume {result.run_dir})"),
+        ("metrics", result.metrics_csv),
+        ("plots", "  ".join(str(p) for p in (result.curves_png, result.confusion_png) if p) or "-"),
+        ("tensorboard", f"tensorboard --logdir {result.tensorboard_dir}" if result.tensorboard_dir else "-"),
+    ]
+    if result.top_k:
+        rows.insert(2, ("top-k", "  ".join(str(p) for p in result.top_k)))
+    for k, v in rows:
+        table.add_row(k, str(v))
+    out.print(table)
+
+
+@click.command(
+    help="Train an image classifier. Every epoch writes best/last model files and a resume checkpoint "
+    "atomically; --resume RUN_DIR continues exactly (model, optimizer, scheduler, RNG, data order).\n\n"
+    "DATA: digits (embedded), cifar10, fashion-mnist, or folder:PATH (one sub-folder per class).\n\n"
+    "Example: torchkeep train --arch cifar10_cnn --data digits --out runs/digits"
+)
+@click.option("--arch", help="Architecture (torchkeep models lists them). [default: cifar10_cnn]")
+@click.option("--data", help="Dataset: digits, cifar10, fashion-mnist or folder:PATH. [default: digits]")
+@click.option("--out", type=click.Path(file_okay=False), help="Run directory. [default: runs/ARCH-DATA]")
+@click.option("--epochs", type=click.IntRange(min=1), help="Total epochs (raise it on --resume to train longer). [default: 15]")
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), help="[default: 32]")
+@click.option("--lr", type=float, help="Learning rate. [default: 3e-3 adamw, 0.05 sgd]")
+@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), help="[default: adamw]")
+@click.option("--weight-decay", type=float, help="[default: 0.01 adamw, 5e-4 sgd]")
+@click.option("--scheduler", type=click.Choice(["cosine", "step", "none"]), help="[default: cosine]")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--amp/--no-amp", default=None, help="Mixed precision (CUDA only). [default: on with CUDA]")
+@click.option("--pretrained", help="Start from a weights file or a torchvision weights name (IMAGENET1K_V1).")
+@click.option("--freeze", type=click.Choice(["backbone"]), help="Train only the head.")
+@click.option("--num-classes", type=click.IntRange(min=1), help="Model outputs. [default: the dataset's classes]")
+@click.option("--input-size", type=click.IntRange(min=1), help="Model input size. [default: the dataset's native size]")
+@click.option("--seed", type=int, help="Seeds the split, init, data order and augmentation. [default: 0]")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), help="Held out for validation. [default: 0.2]")
+@click.option("--subset", type=click.IntRange(min=2), help="Use only the first N images (quick runs).")
+@click.option("--augment/--no-augment", default=None, help="Standard augmentation from the model's transform.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="DataLoader worker processes.")
+@click.option("--data-root", type=click.Path(file_okay=False), help="Where cifar10 / fashion-mnist are (or go).")
+@click.option("--no-download", is_flag=True, help="Never download datasets.")
+@click.option("--keep", type=click.IntRange(min=1), help="Keep the K best model files (top/). [default: 1]")
+@click.option("--metric", type=click.Choice(["val_acc", "val_loss", "train_acc", "train_loss"]), help="What 'best' means. [default: val_acc]")
+@click.option("--resume", type=click.Path(), help="Continue the run in this directory exactly.")
+@click.option("--overwrite", is_flag=True, help="Start a new run in a directory that already holds one.")
+@click.option("--no-tensorboard", is_flag=True, help="Do not write TensorBoard event files.")
+@click.option("--no-plots", is_flag=True, help="Do not write curves.png / confusion.png.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
+@json_option
+def command(
+    arch, data, out, epochs, batch_size, lr, optimizer, weight_decay, scheduler, device, amp, pretrained, freeze,
+    num_classes, input_size, seed, val_fraction, subset, augment, workers, data_root, no_download, keep, metric,
+    resume, overwrite, no_tensorboard, no_plots, quiet, as_json,
+) -> int:
+    from torchkeep.training import TrainConfig, TrainingInterrupted, train
+
+    config = TrainConfig(
+        arch=arch, data=data, out=out, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+        weight_decay=weight_decay, scheduler=scheduler, device=device, amp=amp, pretrained=pretrained,
+        freeze=freeze, num_classes=num_classes, input_size=input_size, seed=seed, val_fraction=val_fraction,
+        subset=subset, augment=augment, workers=workers, data_root=data_root, download=not no_download,
+        keep=keep, metric=metric, resume=resume, overwrite=overwrite, progress=not quiet,
+        tensorboard=not no_tensorboard, plots=not no_plots,
+    )
+    try:
+        result = train(config)
+    except TrainingInterrupted as exc:
+        click.echo(f"torchkeep: {exc.message}", err=True)
+        return 130
+    emit(result, as_json, _human)
+    return 0
