@@ -135,7 +135,7 @@ def _storage_reader_zip(fs: FileStructure):
                              fix="the file is truncated or corrupt; re-save or re-download it") from None
         if got != info.file_size:
             raise InputError(f"{name} is truncated", path=fs.path, fix="re-save or re-download the file")
-        if zlib.crc32(buf) != info.CRC:
+        if zlib.crc32(buf.data) != info.CRC:
             raise InputError(f"{name} fails its CRC check: the bytes are corrupt", path=fs.path,
                              fix="re-save or re-download the file")
         storage = tbuf.untyped_storage()
