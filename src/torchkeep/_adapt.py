@@ -984,6 +984,8 @@ def adapt(
             f"{', '.join(report.collapsed('shape_mismatched'))} keep their fresh initialisation: train "
             "(fine-tune) the model before trusting its predictions"
         )
+    if isinstance(raw, dict):
+        raw.clear()  # the model holds copies now; dropping the source halves peak memory while saving
     sha = _sha256(path)
     written: str | None = None
     if not dry_run and out is not None:
