@@ -200,7 +200,7 @@ def test_match_by_order_when_names_differ_but_architecture_agrees(resnet):
     # a re-headed copy: pairs by order, the head becomes a shape mismatch
     report = load_into(_fresh(num_classes=10), sd)
     assert [m.source_key for m in report.shape_mismatched] == ["p120", "p121"]
-    assert report.matched_by_order == len(sd) - 2
+    assert report.matched_by_order == len(sd)
     with pytest.raises(CompatibilityError, match="cannot match by order"):
         load_into(_fresh(), dict(list(sd.items())[1:]), match_by_order=True)
 
@@ -507,7 +507,8 @@ def test_by_order_with_a_new_head(tmp_path):
     torch.save(user.state_dict(), src)
     result = torchkeep.adapt(src, arch="cifar10_cnn", num_classes=5, dry_run=True)
     r = result.report
-    assert r.matched_by_order == 8 and not r.missing and not r.unexpected
+    assert r.matched_by_order == 10 and not r.missing and not r.unexpected
+    assert "renamed" not in r.verdict and "10 matched by order" in r.verdict
     assert [(m.key, m.source_key, m.source_shape, m.target_shape) for m in r.shape_mismatched] == [
         ("model.8.weight", "fc2.weight", [10, 64], [5, 64]),
         ("model.8.bias", "fc2.bias", [10], [5]),

@@ -582,7 +582,7 @@ def _plan(
                     report.shape_mismatched.append(
                         ShapeMismatch(tk, sk, list(source[sk].shape), list(target[tk].shape))
                     )
-            report.matched_by_order = sum(same)
+            report.matched_by_order = len(same)
             report.notes.append(
                 f"matched {len(missing)} tensors by order and shape because their names differ "
                 f"(e.g. {left_src[0]!r} -> {missing[0]!r}); check the renamed list"

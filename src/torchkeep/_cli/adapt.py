@@ -13,7 +13,7 @@ from torchkeep._cli.common import console, emit, json_option, to_jsonable
 
 def _keys_cell(keys: list[str], limit: int) -> str:
     shown = ", ".join(keys[:limit])
-    return shown + (f", … ({len(keys)} patterns)" if len(keys) > limit else "")
+    return shown + (f", … ({len(keys)} in all; --limit 0 shows all)" if len(keys) > limit else "")
 
 
 def _human(result, limit: int) -> None:
