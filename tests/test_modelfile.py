@@ -108,14 +108,6 @@ def test_read_spec_needs_no_torch(tmp_path: Path):
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-class TiedNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.enc = nn.Embedding(6, 4)
-        self.dec = nn.Linear(4, 6, bias=False)
-        self.dec.weight = self.enc.weight
-
-
 def test_tied_weights_are_saved_once_and_re_tied(tmp_path: Path, monkeypatch):
     (tmp_path / "tiedmod.py").write_text(
         "from torch import nn\n"

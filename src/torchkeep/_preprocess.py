@@ -125,6 +125,10 @@ class ToModelImage:
         return tv_tensors.Image(t)
 
 
+def _clamp01(t: torch.Tensor) -> torch.Tensor:
+    return t.clamp(0.0, 1.0)
+
+
 def _to_plain(t: torch.Tensor) -> torch.Tensor:
     # tv_tensors.Image is a Tensor subclass; models and users want a plain tensor.
     return t.as_subclass(torch.Tensor)
@@ -172,6 +176,8 @@ def transform_for(spec: Any, *, train: bool = False, augment: bool = False) -> C
         if crop is not None:
             steps.append(v2.CenterCrop(tuple(crop)))
     steps.append(v2.ToDtype(torch.float32, scale=True))
+    # float sources (16-bit PNGs) overshoot [0, 1] slightly when resized with antialias/bicubic
+    steps.append(v2.Lambda(_clamp01))
     if pre.mean is not None and pre.std is not None:
         for name, values in (("mean", pre.mean), ("std", pre.std)):
             if len(values) not in (1, channels):
