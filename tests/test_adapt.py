@@ -516,3 +516,24 @@ def test_by_order_with_a_new_head(tmp_path):
     # without --num-classes the source's 10 classes are kept, names matched by order
     result = torchkeep.adapt(src, arch="cifar10_cnn", dry_run=True)
     assert result.num_classes == 10 and result.report.complete
+
+
+def test_explain_class_module_moved(tmp_path, monkeypatch):
+    # torch.save(model) where the class lived in a module that has since been renamed/moved
+    pkg = tmp_path / "oldmodels.py"
+    pkg.write_text("import torch.nn as nn\nclass Net(nn.Module):\n    def __init__(self):\n"
+                   "        super().__init__()\n        self.fc = nn.Linear(4, 2)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    mod = importlib.import_module("oldmodels")
+    path = tmp_path / "full.pt"
+    torch.save(mod.Net(), path)
+    monkeypatch.delitem(sys.modules, "oldmodels")
+    pkg.unlink()
+    exc = _raised(lambda: torch.load(path, weights_only=False))
+    assert "No module named 'oldmodels'" in str(exc)
+    text = explain_error(exc)
+    assert text and "module 'oldmodels'" in text and "torchkeep.load_state_dict(path)" in text
+    # the same words from a plain import are not blamed on a file
+    assert explain_error(_raised(lambda: importlib.import_module("surely_not_a_module_xyz"))) is None

@@ -1086,6 +1086,11 @@ def explain_error(exc_or_text: BaseException | str) -> str | None:
         while e is not None and id(e) not in seen:
             seen.add(id(e))
             parts.append(f"{type(e).__name__}: {e}")
+            # where it was raised matters ("No module named" while unpickling vs a plain import)
+            tb = e.__traceback__
+            while tb is not None:
+                parts.append(f'  File "{tb.tb_frame.f_code.co_filename}", in {tb.tb_frame.f_code.co_name}')
+                tb = tb.tb_next
             e = e.__cause__ or e.__context__
         text = "\n".join(parts)
     else:
@@ -1130,7 +1135,8 @@ def explain_error(exc_or_text: BaseException | str) -> str | None:
             "`torchkeep scan PATH`, then torchkeep.load_state_dict(path) or `torchkeep convert PATH OUT.safetensors`."
         )
     m = _NOMODULE_RX.search(text)
-    if m and ("unpickl" in text.lower() or "load" in text.lower() or "pickle" in text.lower()):
+    # only when it happened while unpickling (torch.load / pickle in the traceback or the pasted text)
+    if m and re.search(r"unpickl|pickle|torch\.load|serialization\.py|in load\b", text, re.IGNORECASE):
         return (
             f"The file is a pickled object whose class lives in module {m.group(1)!r}, which is not importable "
             f"here (moved or renamed). Fix: torchkeep.load_state_dict(path) extracts the weights without importing "
