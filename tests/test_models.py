@@ -285,9 +285,18 @@ def test_replace_and_append_on_resnet18():
     assert list(again.state_dict()) == list(appended.state_dict())
 
 
-def test_torchvision_rejects_other_channel_counts():
-    with pytest.raises(UsageError, match=r"3-channel input.*converted to RGB"):
-        build("resnet18", in_channels=1)
+def test_torchvision_models_take_gray_data_as_rgb():
+    from PIL import Image
+
+    from torchkeep._preprocess import load_image
+
+    m = build("resnet18", num_classes=10, in_channels=1, input_size=8)
+    spec = m.torchkeep_spec
+    assert (spec.in_channels, spec.preprocessing.channels, spec.input_size) == (3, "RGB", (8, 8))
+    x = load_image(Image.new("L", (8, 8), 100), m)
+    assert x.shape == (3, 8, 8) and m.eval()(x.unsqueeze(0)).shape == (1, 10)
+    with pytest.raises(UsageError, match=r"3-channel input; in_channels=2 cannot be converted"):
+        build("resnet18", in_channels=2)
 
 
 def test_class_names_set_num_classes():

@@ -256,8 +256,8 @@ def build(
     Args:
         arch: a name from ``list_models()`` (``"cifar10_cnn"``, ``"resnet18"``) or ``"package.module:Class"``.
         num_classes: outputs of the final model; None keeps the architecture's (or the weights') own.
-        in_channels: input channels (seed and user models; torchvision models take 3 and grayscale images
-            are converted to RGB by the preprocessing).
+        in_channels: input channels of seed and user models. torchvision models always take 3: for them
+            1 or 4 means "my images are grayscale/RGBA", and the preprocessing converts those to RGB.
         input_size: input ``H`` or ``(H, W)``; sets the seeds' flatten size, ViT's ``image_size`` and the
             preprocessing's resize.
         pretrained: a local weights file in any format ``torchkeep.load_state_dict`` reads, or a torchvision
@@ -303,11 +303,14 @@ def build(
     kwargs = dict(arch_kwargs)
     accepts = resolved.accepts
     if info.source == "torchvision":
-        if in_channels not in (None, 3):
+        # torchvision classifiers (and their pretrained stems) take RGB. Grayscale or RGBA data is fed to
+        # them converted to RGB by the spec's preprocessing, so the trainer can pass its data's channels.
+        if in_channels not in (None, 1, 3, 4):
             raise UsageError(
-                f"torchvision's {arch} takes 3-channel input, not in_channels={in_channels}",
-                fix="leave in_channels unset: grayscale images are converted to RGB by the preprocessing",
+                f"torchvision's {arch} takes 3-channel input; in_channels={in_channels} cannot be converted",
+                fix="use images with 1 (grayscale), 3 (RGB) or 4 (RGBA) channels: they are converted to RGB",
             )
+        in_channels = 3
         if hw is not None and arch.startswith("vit_"):
             if hw[0] != hw[1]:
                 raise UsageError(f"{arch} needs a square input_size, not {hw}")
