@@ -157,6 +157,8 @@ def test_parity_failure_exits_4_and_writes_nothing(images, tmp_path, cli):
     report = info.value.result.parity
     assert not report.passed and report.max_abs_diff > report.tolerance
     assert info.value.exit_code == 4
+    assert any("tracer warned" in n for n in info.value.result.notes)
+    assert "torch.where" in str(info.value)
 
     # the CLI: a torchkeep model file whose half export is held to a tolerance fp16 cannot meet
     torch.manual_seed(0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import time
 import warnings
@@ -147,14 +148,32 @@ class ExportResult:
 
 # ---------------------------------------------------------------------------------------------- runners
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence torch's deprecation chatter (jit, legacy ONNX) and the dynamo exporter's progress prints."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
+def _quiet(record: list[str] | None = None) -> Iterator[None]:
+    """Silence torch's deprecation chatter (jit, legacy ONNX) and the dynamo exporter's progress prints.
+
+    Tracer warnings ("converting a tensor to a Python float might cause the trace to be incorrect")
+    matter to the user: with ``record``, their first lines are appended to it.
+    """
+    # torch.export logs failed guards (whole graphs) through logging; the fallback handles them
+    loggers = [logging.getLogger(name) for name in ("torch", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("ignore")
+            warnings.filterwarnings("always", message=r".*(trace|Trace).*")
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+    if record is not None:
+        for w in caught:
+            if type(w.message).__name__ == "TracerWarning":
+                line = str(w.message).split(". ")[0].splitlines()[0]
+                if line not in record:
+                    record.append(line)
 
 
 def resolve_device(device: str | None) -> str:
@@ -281,7 +300,11 @@ def _torch_dtype(name: str) -> torch.dtype:
 
 
 def to_torchscript(
-    module: nn.Module, example: torch.Tensor, *, optimize: bool = False
+    module: nn.Module,
+    example: torch.Tensor,
+    *,
+    optimize: bool = False,
+    tracer_warnings: list[str] | None = None,
 ) -> torch.jit.ScriptModule:
     """Trace ``module`` (eval mode) on ``example``; with ``optimize``, freeze and ``optimize_for_inference``.
 
@@ -291,7 +314,7 @@ def to_torchscript(
     import torch
 
     module = module.eval()
-    with _quiet(), torch.inference_mode(False), torch.no_grad():
+    with _quiet(tracer_warnings), torch.inference_mode(False), torch.no_grad():
         try:
             traced = torch.jit.trace(module, example, check_trace=False)
         except Exception as exc:
@@ -305,7 +328,12 @@ def to_torchscript(
 
 
 def to_onnx_bytes(
-    module: nn.Module, example: torch.Tensor, *, dynamic_batch: bool, opset: int | None = None
+    module: nn.Module,
+    example: torch.Tensor,
+    *,
+    dynamic_batch: bool,
+    opset: int | None = None,
+    tracer_warnings: list[str] | None = None,
 ) -> tuple[bytes, str]:
     """Export ``module`` to ONNX in memory; returns (serialized ModelProto, exporter description).
 
@@ -317,7 +345,7 @@ def to_onnx_bytes(
 
     module = module.eval()
     errors: list[str] = []
-    with _quiet(), torch.inference_mode(False), torch.no_grad():
+    with _quiet(tracer_warnings), torch.inference_mode(False), torch.no_grad():
         try:
             kwargs: dict[str, Any] = {}
             if dynamic_batch:
@@ -658,18 +686,21 @@ def export(
     example = example.to(_torch_dtype(dtype))
     spec_json = spec.to_json()
 
+    traced_warnings: list[str] = []
     with atomic_path(out_path) as tmp:
         runner: Runner
         batch_sizes = [x.shape[0], 1] if dynamic_batch else [1]
         if fmt == "torchscript":
-            traced = to_torchscript(work, example)
+            traced = to_torchscript(work, example, tracer_warnings=traced_warnings)
             with _quiet():
                 torch.jit.save(traced, os.fspath(tmp), _extra_files={TORCHSCRIPT_SPEC_FILE: spec_json})
             result.exporter = "torch.jit.trace + torch.jit.save"
             runner, _, _ = load_exported(tmp)
             batch_sizes = [x.shape[0], 1]  # a trace is batch-agnostic unless the model bakes N in
         elif fmt == "onnx":
-            data, result.exporter = to_onnx_bytes(work, example, dynamic_batch=dynamic_batch, opset=opset)
+            data, result.exporter = to_onnx_bytes(
+                work, example, dynamic_batch=dynamic_batch, opset=opset, tracer_warnings=traced_warnings
+            )
             import onnx
 
             onnx.save(_embed_onnx_spec(data, spec_json), os.fspath(tmp))
@@ -690,6 +721,7 @@ def export(
             )
             runner = EagerRunner(_reload_state_dict(spec, tmp, dtype), dtype=dtype)
             batch_sizes = [x.shape[0]]
+        result.notes += [f"the tracer warned: {w}" for w in traced_warnings[:3]]
         if check:
             result.parity = parity(
                 reference, runner, x, inputs=inputs, tolerance=tolerance, k=topk, batch_sizes=batch_sizes
@@ -699,7 +731,12 @@ def export(
                 raise ParityError(
                     f"parity check failed: {result.parity.summary}; nothing was written",
                     path=out_path,
-                    fix="raise --tolerance if the difference is acceptable, or try another --format"
+                    fix=(
+                        "the model takes Python decisions on tensor values, which a trace records as one "
+                        "fixed path; express them with torch.where, or use --format safetensors"
+                    )
+                    if traced_warnings
+                    else "raise --tolerance if the difference is acceptable, or try another --format"
                     + (" or drop --half" if half else ""),
                     result=result,
                 )
