@@ -181,36 +181,37 @@ class LoadReport:
 _DIGITS = re.compile(r"\d+")
 
 
-def _fmt_numbers(values: list[int]) -> str:
-    vals = sorted(set(values))
+def _fmt_numbers(values: Iterable[str]) -> str:
+    vals = sorted(set(values), key=lambda v: (int(v), v))
     if len(vals) == 1:
-        return str(vals[0])
-    if len(vals) >= 3 and vals == list(range(vals[0], vals[-1] + 1)):
+        return vals[0]
+    ints = [int(v) for v in vals]
+    # a range only when the numbers are written plainly ("01".."03" would not read back the same)
+    if len(vals) >= 3 and ints == list(range(ints[0], ints[-1] + 1)) and all(v == str(int(v)) for v in vals):
         return "{" + f"{vals[0]}..{vals[-1]}" + "}"
-    return "{" + ",".join(str(v) for v in vals) + "}"
+    return "{" + ",".join(vals) + "}"
 
 
 def _collapse_numeric(keys: list[str]) -> list[str]:
     # Group keys that differ only in their numbers ("layer1.0.conv1.weight" ~ "layer{}.{}.conv1.weight").
-    groups: dict[str, list[tuple[int, ...]]] = {}
+    groups: dict[str, list[tuple[str, ...]]] = {}
     for k in keys:
-        template = _DIGITS.sub("{}", k)
-        groups.setdefault(template, []).append(tuple(int(n) for n in _DIGITS.findall(k)))
+        template = _DIGITS.sub("\x00", k)
+        groups.setdefault(template, []).append(tuple(_DIGITS.findall(k)))
     out: list[str] = []
     for template, nums in groups.items():
         out.extend(_render_group(template, nums))
     return out
 
 
-def _render_group(template: str, nums: list[tuple[int, ...]]) -> list[str]:
+def _render_group(template: str, nums: list[tuple[str, ...]]) -> list[str]:
+    # template: the key with each number replaced by "\x00"; nums: the numbers of each key of the group
     if not nums[0]:
         return [template]
-    positions = list(zip(*nums))
-    sets = [sorted(set(p)) for p in positions]
-    size = math.prod(len(s) for s in sets)
-    if size == len(set(nums)):
+    sets = [sorted(set(p), key=lambda v: (int(v), v)) for p in zip(*nums)]
+    parts = template.split("\x00")
+    if math.prod(len(s) for s in sets) == len(set(nums)):
         # The group is a full product of its number sets: one pattern says it truthfully.
-        parts = template.split("{}")
         text = parts[0]
         for i, s in enumerate(sets):
             text += _fmt_numbers(s) + parts[i + 1]
@@ -219,12 +220,9 @@ def _render_group(template: str, nums: list[tuple[int, ...]]) -> list[str]:
     pos = next(i for i, s in enumerate(sets) if len(s) > 1)
     out: list[str] = []
     for value in sets[pos]:
-        sub = [n for n in nums if n[pos] == value]
-        filled = template
-        # fix that position's number in the template, keep the others as placeholders
-        pieces = filled.split("{}")
-        filled = "{}".join(pieces[: pos + 1]) + str(value) + "{}".join(pieces[pos + 1 :])
-        out.extend(_render_group(filled, [n[:pos] + n[pos + 1 :] for n in sub]))
+        sub = [n[:pos] + n[pos + 1 :] for n in nums if n[pos] == value]
+        filled = "\x00".join(parts[: pos + 1]) + value + "\x00".join(parts[pos + 1 :])
+        out.extend(_render_group(filled, sub))
     return out
 
 
@@ -243,18 +241,19 @@ def collapse_keys(keys: Iterable[str]) -> list[str]:
     """
     numeric = _collapse_numeric(list(dict.fromkeys(keys)))
     # Second pass: siblings that differ only in their last segment (weight/bias/running_mean...).
-    by_parent: dict[str, list[str]] = {}
+    by_parent: dict[tuple[str, bool], list[str]] = {}
     for pattern in numeric:
         parent, _, leaf = pattern.rpartition(".")
-        if "{" in leaf:  # already a pattern in the last segment: leave it alone
-            parent, leaf = pattern, ""
-        by_parent.setdefault(parent, []).append(leaf)
+        if "{" in leaf or not parent:  # a pattern already, or no parent: kept as it is
+            by_parent.setdefault((pattern, False), []).append("")
+        else:
+            by_parent.setdefault((parent, True), []).append(leaf)
     out: list[str] = []
-    for parent, leaves in by_parent.items():
-        if len(leaves) == 1:
-            out.append(f"{parent}.{leaves[0]}" if leaves[0] and parent else (parent or leaves[0]))
-        elif not parent:
-            out.extend(leaves)
+    for (parent, grouped), leaves in by_parent.items():
+        if not grouped:
+            out.append(parent)
+        elif len(leaves) == 1:
+            out.append(f"{parent}.{leaves[0]}")
         else:
             out.append(parent + ".{" + ",".join(leaves) + "}")
     return out
@@ -365,8 +364,11 @@ def _tensor_share(m: Mapping) -> float:
     return sum(1 for v in m.values() if _is_tensor(v)) / len(m)
 
 
-def _unwrap(obj: Any, notes: list[str]) -> tuple[dict[str, Any], str | None]:
-    """Find the weights in ``obj``: a state_dict, a checkpoint dict (nested), or an nn.Module."""
+def _unwrap(obj: Any, notes: list[str]) -> tuple[dict[str, Any], str | None, list[str]]:
+    """Find the weights in ``obj`` (a state_dict, a checkpoint dict, nested, or an nn.Module).
+
+    Returns (tensors, where they were found, keys of non-tensor entries beside them).
+    """
     from torch import nn
 
     trail: list[str] = []
@@ -413,7 +415,7 @@ def _unwrap(obj: Any, notes: list[str]) -> tuple[dict[str, Any], str | None]:
     skipped = [str(k) for k, v in obj.items() if not _is_tensor(v)]
     if skipped:
         notes.append(f"ignored {len(skipped)} non-tensor entries: {', '.join(collapse_keys(skipped)[:5])}")
-    return tensors, ".".join(trail) or None
+    return tensors, ".".join(trail) or None, skipped
 
 
 def _holds_tensors(v: Any) -> bool:
@@ -694,7 +696,7 @@ def _load_weights(
     import torch
 
     report = LoadReport(source=label, target=type(model).__name__, min_match=min_match, notes=list(notes))
-    weights, unwrapped = _unwrap(raw, report.notes)
+    weights, unwrapped, report.non_tensor = _unwrap(raw, report.notes)
     report.unwrapped = where or unwrapped
     target = model.state_dict()
     pairs = _plan(
