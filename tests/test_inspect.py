@@ -197,3 +197,16 @@ def test_bare_pickles_of_any_protocol(tmp_path, proto):
     p.write_bytes(pickle.dumps({"epoch": 3, "lr": 0.1, "classes": ["a", "b"]}, protocol=proto))
     r = inspect(p)
     assert r.format == "pickle" and r.kind == "object" and r.tensors == []
+
+
+def test_forged_lengths_in_a_pickle_allocate_nothing(tmp_path):
+    import struct
+
+    from torchkeep.errors import InputError
+
+    p = tmp_path / "forged.pkl"
+    # BINBYTES8 / BYTEARRAY8 claiming a terabyte, followed by three bytes
+    for opcode in (b"\x8e", b"\x96"):
+        p.write_bytes(b"\x80\x05" + opcode + struct.pack("<Q", 2**40) + b"abc")
+        with pytest.raises(InputError, match="cannot parse the pickle"):
+            inspect(p)

@@ -401,6 +401,44 @@ def _default_storage(pid: Any) -> Any:
     raise PickleReadError(f"unexpected persistent id of kind {tag!r}")
 
 
+class _BoundedReader:
+    """File wrapper whose reads never ask for more than what is left in the file.
+
+    The unpickler passes lengths taken from the pickle itself to ``read``; a buffered file would
+    allocate that many bytes first, so a forged length could claim terabytes.
+    """
+
+    def __init__(self, fh: Any):
+        self._fh = fh
+        pos = fh.tell()
+        fh.seek(0, io.SEEK_END)
+        self._end = fh.tell()
+        fh.seek(pos)
+
+    def _left(self) -> int:
+        return max(0, self._end - self._fh.tell())
+
+    def read(self, n: int = -1) -> bytes:
+        left = self._left()
+        return self._fh.read(left if n is None or n < 0 else min(n, left))
+
+    def readinto(self, buf: Any) -> int:
+        view = memoryview(buf)
+        left = self._left()
+        if len(view) > left:
+            view = view[:left]
+        return int(self._fh.readinto(view))
+
+    def readline(self, limit: int = -1) -> bytes:
+        return bytes(self._fh.readline(limit))
+
+    def peek(self, n: int = 0) -> bytes:
+        return bytes(self._fh.peek(n)) if hasattr(self._fh, "peek") else b""
+
+    def tell(self) -> int:
+        return int(self._fh.tell())
+
+
 @dataclass
 class PickleResult:
     obj: Any
@@ -414,7 +452,7 @@ def read_pickle(data: bytes | memoryview | io.BufferedIOBase, *, storage_resolve
     Raises:
         PickleReadError: the stream is truncated or corrupt.
     """
-    stream = io.BytesIO(data) if isinstance(data, bytes | memoryview | bytearray) else data
+    stream = io.BytesIO(data) if isinstance(data, bytes | memoryview | bytearray) else _BoundedReader(data)
     up = RestrictedUnpickler(stream, storage_resolver=storage_resolver)  # type: ignore[arg-type]
     try:
         obj = up.load()
