@@ -698,7 +698,8 @@ def _load_weights(
     report = LoadReport(source=label, target=type(model).__name__, min_match=min_match, notes=list(notes))
     weights, unwrapped, report.non_tensor = _unwrap(raw, report.notes)
     report.unwrapped = where or unwrapped
-    target = model.state_dict()
+    # tensors only: some modules put non-tensor "_extra_state" entries in their state_dict
+    target = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
     pairs = _plan(
         target,
         weights,
