@@ -321,7 +321,7 @@ def build(
         if in_channels is not None and (accepts is None or "in_channels" in accepts):
             kwargs["in_channels"] = in_channels
         if hw is not None and (accepts is None or "input_size" in accepts):
-            kwargs["input_size"] = list(hw)
+            kwargs["input_size"] = input_size if isinstance(input_size, int) else list(hw)
     channels = in_channels if in_channels is not None else info.in_channels
 
     # What pretrained names: a file, or one of the architecture's torchvision weights.
