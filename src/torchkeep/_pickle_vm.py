@@ -45,6 +45,8 @@ class StreamResult:
         value: the abstract value on the stack at ``STOP`` (see :func:`concrete`).
         pids: abstract persistent ids (``BINPERSID`` arguments), for the storage table of legacy files.
         opcodes: number of opcodes read.
+        nested: ``(offset, bytes)`` of files embedded in the pickle that a load unpickles too
+            (``torch.storage._load_from_bytes(b)`` calls ``torch.load(b, weights_only=False)``).
     """
 
     findings: list[RawFinding] = field(default_factory=list)
@@ -54,6 +56,7 @@ class StreamResult:
     value: Any = None
     pids: list[Any] = field(default_factory=list)
     opcodes: int = 0
+    nested: list[tuple[int, bytes]] = field(default_factory=list)
 
 
 class _Mark:
@@ -186,6 +189,22 @@ class _Machine:
             )
         return Call(func, args)
 
+    def load_from_bytes(self, args: Any, pos: int) -> None:
+        # Plain pickle.dumps(tensor) embeds a torch.save file and unpickles it with torch.load: the
+        # embedded file is scanned like any other (constant bytes only; computed bytes are refused).
+        data = args.items[0] if isinstance(args, Seq) and len(args.items) == 1 else None
+        if isinstance(data, Const) and isinstance(data.value, (bytes, bytearray)):
+            self.result.nested.append((pos, bytes(data.value)))
+        else:
+            self.find(
+                "dangerous",
+                "nested-load",
+                "torch.storage._load_from_bytes (torch.load) on bytes computed at load time",
+                pos,
+                "torch.storage",
+                "_load_from_bytes",
+            )
+
     @staticmethod
     def _append(container: Any, values: list[Any]) -> None:
         if isinstance(container, Seq) and len(container.items) < _MAX_ITEMS:
@@ -197,6 +216,23 @@ class _Machine:
         st = self.stack
         if opname in _CONST_OPS:
             st.append(Const(arg))
+        elif opname in ("GET", "BINGET", "LONG_BINGET"):
+            idx = int(arg)
+            if idx not in self.memo:
+                self.find("dangerous", "memo-missing", f"{opname} {idx} reads a memo slot never written", pos)
+                st.append(Unknown("missing memo"))
+            else:
+                st.append(self.memo[idx])
+        elif opname in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+            idx = len(self.memo) if opname == "MEMOIZE" else int(arg)
+            if idx in self.memo:
+                self.find(
+                    "dangerous",
+                    "memo-overwrite",
+                    f"{opname} overwrites memo slot {idx}: picklers never reuse a slot; scanners that track the memo loosely are fooled",
+                    pos,
+                )
+            self.memo[idx] = self.top()
         elif opname == "PROTO":
             self.proto = int(arg)
         elif opname in ("FRAME", "READONLY_BUFFER"):
@@ -244,23 +280,6 @@ class _Machine:
             self.pop_mark()
         elif opname == "DUP":
             st.append(self.top())
-        elif opname in ("GET", "BINGET", "LONG_BINGET"):
-            idx = int(arg)
-            if idx not in self.memo:
-                self.find("dangerous", "memo-missing", f"{opname} {idx} reads a memo slot never written", pos)
-                st.append(Unknown("missing memo"))
-            else:
-                st.append(self.memo[idx])
-        elif opname in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
-            idx = len(self.memo) if opname == "MEMOIZE" else int(arg)
-            if idx in self.memo:
-                self.find(
-                    "dangerous",
-                    "memo-overwrite",
-                    f"{opname} overwrites memo slot {idx}: picklers never reuse a slot; scanners that track the memo loosely are fooled",
-                    pos,
-                )
-            self.memo[idx] = self.top()
         elif opname == "GLOBAL":
             module, _, name = str(arg).partition(" ")
             st.append(self.add_global(module, name, pos, "GLOBAL"))
@@ -320,6 +339,8 @@ class _Machine:
         elif opname == "REDUCE":
             args = self.pop()
             func = self.pop()
+            if isinstance(func, Global) and (func.module, func.name) == ("torch.storage", "_load_from_bytes"):
+                self.load_from_bytes(args, pos)
             st.append(self.call(func, args, pos, "REDUCE"))
         elif opname == "NEWOBJ":
             args = self.pop()

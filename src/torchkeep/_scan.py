@@ -66,6 +66,7 @@ RULES: dict[str, str] = {
     "memo-overwrite": "A memo slot written twice",
     "memo-missing": "A memo slot read before it is written",
     "persistent-id": "A persistent id that is not a torch storage reference",
+    "nested-load": "torch.storage._load_from_bytes (torch.load) on bytes computed at load time",
     "unknown-opcode": "An opcode this scanner does not know",
     "trailing-data": "Bytes after the pickle's STOP that are not a pickle",
     "malformed-pickle": "A pickle stream that cannot be parsed to its end",

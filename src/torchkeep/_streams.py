@@ -36,6 +36,7 @@ MAX_PICKLE_BYTES = 2 << 30  # a compressed member is inflated for scanning only 
 _ZIP_LOCAL = b"PK\x03\x04"
 _NPY_MAGIC = b"\x93NUMPY"
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_MAGIC_BYTES = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # LONG1 of the magic number
 _PICKLE_FIRST = {op.code.encode("latin-1") for op in __import__("pickletools").opcodes}
 _PICKLE_NAMES = ("data.pkl", "constants.pkl")
 
@@ -64,8 +65,11 @@ class Sink:
 class _Window(io.RawIOBase):
     """A read-only view of ``[start, end)`` of a seekable binary file; offsets are relative to ``start``."""
 
+    _CHUNK = 1 << 16  # pickletools reads opcode by opcode: serve small reads from a buffer
+
     def __init__(self, fh: IO[bytes], start: int, end: int) -> None:
         self._fh, self._start, self._end, self._pos = fh, start, end, 0
+        self._buf, self._buf_pos = b"", 0  # buffered bytes and their offset (relative to start)
 
     def readable(self) -> bool:
         return True
@@ -86,8 +90,17 @@ class _Window(io.RawIOBase):
         if left <= 0:
             return b""
         n = left if n is None or n < 0 else min(n, left)
-        self._fh.seek(self._start + self._pos)
-        data = self._fh.read(n)
+        rel = self._pos - self._buf_pos
+        if rel >= 0 and rel + n <= len(self._buf):
+            data = self._buf[rel : rel + n]
+        elif n < self._CHUNK:
+            self._fh.seek(self._start + self._pos)
+            self._buf = self._fh.read(min(self._CHUNK, left))
+            self._buf_pos = self._pos
+            data = self._buf[:n]
+        else:
+            self._fh.seek(self._start + self._pos)
+            data = self._fh.read(n)
         self._pos += len(data)
         return data
 
@@ -142,6 +155,31 @@ class Walker:
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
+        self.blob_depth = 0
+
+    def _emit(self, label: str, res: StreamResult, base: int) -> None:
+        """Report a stream, then scan the files it embeds (``torch.storage._load_from_bytes``)."""
+        self.sink.on_stream(label, res, base)
+        for offset, data in res.nested:
+            place = f"{label} @ {base + offset}: embedded torch file"
+            if self.blob_depth >= MAX_DEPTH:
+                self.sink.on_finding("dangerous", "zip-depth", place, None, f"embedded files nested deeper than {MAX_DEPTH}")
+                continue
+            self.blob_depth += 1
+            try:
+                self.blob(data, place)
+            finally:
+                self.blob_depth -= 1
+
+    def blob(self, data: bytes, place: str) -> None:
+        """Scan an in-memory file (a torch zip, a legacy torch file or a bare pickle)."""
+        fh = io.BytesIO(data)
+        if data.startswith(_ZIP_LOCAL):
+            self.zip_archive(fh, place + "!/", self.blob_depth, torchscript_root=False)
+        elif data[2:14] == _LEGACY_MAGIC_BYTES:
+            self.legacy(fh, len(data), place)
+        else:
+            self.stacked(fh, 0, len(data), place, required=True)
 
     # -- pickles ---------------------------------------------------------------------------------
     def stacked(
@@ -177,7 +215,7 @@ class Walker:
                     if not dangerous:
                         return None
                     res.findings[:] = dangerous
-                    self.sink.on_stream(label, res, base + pos)
+                    self._emit(label, res, base + pos)
                     return [res]
                 if index > 0:
                     # Not another pickle: garbage after STOP (keep deny-listed imports it happens to name).
@@ -191,9 +229,9 @@ class Walker:
                     )
                     if dangerous:
                         res.findings[:] = dangerous
-                        self.sink.on_stream(label, res, base + pos)
+                        self._emit(label, res, base + pos)
                     return results
-                self.sink.on_stream(label, res, base + pos)
+                self._emit(label, res, base + pos)
                 self.sink.on_finding(
                     "error",
                     "malformed-pickle",
@@ -211,7 +249,7 @@ class Walker:
                 and not any(f.severity in ("dangerous", "custom-code") for f in res.findings)
             ):
                 return None
-            self.sink.on_stream(label, res, base + pos)
+            self._emit(label, res, base + pos)
             results.append(res)
             pos += res.end
             index += 1
@@ -378,7 +416,7 @@ class Walker:
             fh.seek(pos)
             win = _Window(fh, pos, size)
             res = analyze(win)  # type: ignore[arg-type]
-            self.sink.on_stream(f"{place}: {label} pickle", res, pos)
+            self._emit(f"{place}: {label} pickle", res, pos)
             if res.end is None:
                 self.sink.on_finding(
                     "error", "malformed-pickle", f"{place}: {label} pickle", pos, f"malformed pickle: {res.error}"
@@ -431,6 +469,15 @@ def _is_torchscript(fh: IO[bytes]) -> bool:
     return any(n.endswith("constants.pkl") for n in names) and any("/code/" in n or n.startswith("code/") for n in names)
 
 
+def _zip_start(fh: IO[bytes]) -> int:
+    """Offset of the first member of the zip archive at the end of ``fh``, or -1 if there is none."""
+    try:
+        infos = zipfile.ZipFile(fh).infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return -1
+    return min((i.header_offset for i in infos), default=-1)
+
+
 def walk_file(path: os.PathLike[str] | str, fmt: str, sink: Sink) -> None:
     """Scan every pickle stream of ``path`` (detected format ``fmt``) into ``sink``."""
     walker = Walker(sink)
@@ -443,8 +490,11 @@ def walk_file(path: os.PathLike[str] | str, fmt: str, sink: Sink) -> None:
         elif fmt == "numpy":
             walker.npy(fh, 0, size, "array")
         elif fmt == "pickle":
-            walker.stacked(fh, 0, size, "pickle", required=True)
-            if zipfile.is_zipfile(fh):  # a pickle glued in front of a zip: each reader sees one of them
+            results = walker.stacked(fh, 0, size, "pickle", required=True) or []
+            parsed = sum(r.end or 0 for r in results)
+            # A pickle glued in front of a zip: each reader sees one of them. (A zip embedded *inside*
+            # the pickle's bytes, as plain pickle.dumps(tensor) writes, is scanned as a nested file.)
+            if _zip_start(fh) >= parsed > 0:
                 sink.on_finding(
                     "dangerous",
                     "polyglot",

@@ -626,6 +626,19 @@ def _malicious(
                 ),
             ),
             (
+                "embedded_torch_load.pkl",
+                "torch.storage._load_from_bytes(bytes): torch.load(weights_only=False) of an embedded malicious torch zip",
+                "pickle",
+                "pickle",
+                "pickle.dumps(tensor) format; nested loads",
+                lambda: pk(
+                    call(
+                        G("torch.storage", "_load_from_bytes"),
+                        B(torch_zip_bytes(p.os_system("embedded_load"))),
+                    )
+                ),
+            ),
+            (
                 "collect_env_run.pt",
                 "torch.utils.collect_env.run(cmd) inside a torch zip",
                 "torch-zip",
@@ -865,6 +878,13 @@ def _benign(out: Path) -> list[dict[str, Any]]:
             lambda p, proto=proto: p.write_bytes(pickle.dumps(plain, protocol=proto)),
         )
     add(
+        "plain_pickled_tensors.pkl",
+        "safe",
+        "pickle",
+        "pickle.dumps of tensors (each embeds a torch file loaded by torch.storage._load_from_bytes)",
+        lambda p: p.write_bytes(pickle.dumps({"w": sd["fc.weight"], "b": sd["fc.bias"]})),
+    )
+    add(
         "weights.safetensors",
         "safe",
         "safetensors",
@@ -977,7 +997,7 @@ _MARKER_IDS = {
     "torchzip_bad_crc.pt": "bad_crc", "torchzip_name_mismatch.pt": "name_mismatch",
     "torchzip_duplicate_member.pt": "duplicate", "torchzip_hidden_member.pt": "hidden", "zip_in_zip.zip": "zip_in_zip",
     "pickle_zip_polyglot.pt": "polyglot", "npy_object_payload.npy": "npy", "npz_object_payload.npz": "npz",
-    "torchscript_constants_payload.pt": "torchscript", "pt2_nested_payload.pt2": "pt2", "collect_env_run.pt": "collect_env",
+    "torchscript_constants_payload.pt": "torchscript", "pt2_nested_payload.pt2": "pt2", "collect_env_run.pt": "collect_env", "embedded_torch_load.pkl": "embedded_load",
 }  # fmt: skip
 
 
