@@ -21,7 +21,6 @@ the torchkeep fix.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
@@ -862,14 +861,6 @@ class AdaptResult:
         }
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _inferred_classes(model: nn.Module, report: LoadReport) -> int | None:
     """The source's number of classes when only the model's head disagrees with it, else None."""
     try:
@@ -989,7 +980,9 @@ def adapt(
         )
     if isinstance(raw, dict):
         raw.clear()  # the model holds copies now; dropping the source halves peak memory while saving
-    sha = _sha256(path)
+    from torchkeep._convert import file_sha256
+
+    sha = file_sha256(path)
     written: str | None = None
     if not dry_run and out is not None:
         from torchkeep._modelfile import save
