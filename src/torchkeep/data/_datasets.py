@@ -216,6 +216,8 @@ class _SafeNumpyUnpickler(pickle.Unpickler):
         ("numpy", "dtype"),
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
+        # protocol-2 pickles written by Python 3 store bytes as _codecs.encode(str, "latin1"): a pure transform
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module: str, name: str) -> Any:
@@ -224,6 +226,10 @@ class _SafeNumpyUnpickler(pickle.Unpickler):
                 return _np_reconstruct()
             if name == "scalar":
                 return _np_scalar()
+            if module == "_codecs":
+                import codecs
+
+                return codecs.encode
             return getattr(np, name)
         raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch file")
 

@@ -69,9 +69,37 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
+class _Writer:
+    """A file wrapper that remembers the OSError of a failed write.
+
+    ``torch.save`` turns a failed write (disk full, file too large) into an opaque RuntimeError
+    ("unexpected pos ..."); keeping the OSError lets the user read "no space left on device".
+    """
+
+    def __init__(self, fh: Any):
+        self.fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
 def _torch_save(payload: dict[str, Any], path: Path) -> None:
-    # one place that writes bytes, so the out-of-disk path is a single code path
-    torch.save(payload, path)
+    with open(path, "wb") as fh:
+        writer = _Writer(fh)
+        try:
+            torch.save(payload, writer)  # type: ignore[arg-type]
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
 
 
 def write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -89,8 +117,19 @@ def write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 
 def _write_error(path: Path, exc: OSError) -> CheckpointWriteError:
-    reason = "no space left on device" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else str(exc)
-    kept = "the previous checkpoint is intact" if path.exists() else "no previous checkpoint existed"
+    return write_error(path, exc, "checkpoint")
+
+
+def write_error(path: Path, exc: BaseException, what: str = "file") -> CheckpointWriteError:
+    """The one-line error for a failed write of ``path`` (disk full, permissions...)."""
+    err = getattr(exc, "errno", None)
+    if err in (errno.ENOSPC, errno.EDQUOT) or "os error 28" in str(exc):
+        reason = "no space left on device"
+    elif err == errno.EFBIG or "os error 27" in str(exc):
+        reason = "file too large: a file size limit was reached"
+    else:
+        reason = getattr(exc, "strerror", None) or str(exc)
+    kept = f"the previous {what} is intact" if path.exists() else f"no previous {what} existed"
     return CheckpointWriteError(
         f"could not write {path.name} ({reason}); {kept}",
         path=path,

@@ -32,11 +32,11 @@ from torchkeep._atomic import atomic_write_bytes
 from torchkeep.data import ImageSource, TransformedSubset, open_dataset, split_indices
 from torchkeep.errors import CompatibilityError, TorchkeepError, UsageError
 from torchkeep.training._checkpoint import (
-    CheckpointWriteError,
     capture_rng,
     load_checkpoint,
     restore_rng,
     write_checkpoint,
+    write_error,
 )
 from torchkeep.training._config import IDENTITY_FIELDS, TrainConfig, TrainResult
 
@@ -318,12 +318,13 @@ class _Run:
 
         try:
             save(self.model, path, spec=self.spec)
-        except OSError as exc:
-            raise CheckpointWriteError(
-                f"could not write {path.name} ({exc.strerror or exc}); the previous file is intact",
-                path=path,
-                fix=f"free space, then continue with: torchkeep train --resume {self.dir}",
-            ) from exc
+        except TorchkeepError:
+            raise
+        except Exception as exc:
+            # safetensors reports a full disk as SafetensorError("... I/O error: ... (os error 28)")
+            if isinstance(exc, OSError) or "I/O error" in str(exc) or "os error" in str(exc):
+                raise write_error(path, exc, "model file") from exc
+            raise
 
     def save_checkpoint(self) -> None:
         write_checkpoint(self.dir / CHECKPOINT, self._payload())
