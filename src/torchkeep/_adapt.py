@@ -477,9 +477,9 @@ def _plan(
     *,
     rename: RenameSpec,
     strip_prefix: str | None,
-    on_shape_mismatch: str,
     match_by_order: bool | Literal["auto"],
 ) -> dict[str, str]:
+    """Decide which source tensor goes where (model key -> source key); fills the report's key lists."""
     src_keys = list(source)
     tgt_keys = list(target)
 
@@ -705,7 +705,6 @@ def _load_weights(
         report,
         rename=rename,
         strip_prefix=strip_prefix,
-        on_shape_mismatch=on_shape_mismatch,
         match_by_order=match_by_order,
     )
 
@@ -742,7 +741,7 @@ def _load_weights(
     if report.fraction < min_match and not allow_partial:
         raise _refusal(
             report,
-            f"only {report.fraction:.0%} of {type(model).__name__}'s parameters would load "
+            f"only {_pct(report.fraction)} of {type(model).__name__}'s parameters would load "
             f"(threshold {min_match:.0%}): {_problems(report)}",
             path=report.source if is_file else None,
             fix="check the architecture (and --num-classes), add renames ('REGEX=>REPL'), or accept it with "
@@ -796,9 +795,13 @@ def _count(n: int) -> str:
     return str(n)
 
 
+def _pct(fraction: float) -> str:
+    # floor, so that 99.96% never reads as "100%" (nor 49.96% as "50%") when something was left out
+    return f"{math.floor(fraction * 1000) / 10:.1f}%".replace(".0%", "%")
+
+
 def _verdict(r: LoadReport, allow_partial: bool = False) -> str:
-    # floor, so that 99.96% never reads as "100%" when something was left out
-    pct = f"{math.floor(r.fraction * 1000) / 10:.1f}%".replace(".0%", "%")
+    pct = _pct(r.fraction)
     loaded, expected = _count(r.params_loaded), _count(r.params_expected)
     if loaded == expected and r.params_loaded != r.params_expected:  # "11.18M/11.18M" would hide the gap
         loaded, expected = f"{r.params_loaded:,}", f"{r.params_expected:,}"
