@@ -169,6 +169,11 @@ def test_saving_needs_a_spec(tmp_path: Path):
     with pytest.raises(UsageError, match=r"Linear has no model spec.*torchkeep\.models\.build"):
         save(nn.Linear(2, 2), tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
+    with torch.device("meta"):
+        empty = build("fashion_mlp")
+    with pytest.raises(UsageError, match="on the meta device and hold no data"):
+        save(empty, tmp_path / "x.safetensors")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
 
 
 def test_a_bare_state_dict_explains_adapt(tmp_path: Path):
@@ -239,3 +244,13 @@ def test_weights_that_disagree_with_the_spec(tmp_path: Path):
     path = save(m, tmp_path / "o.safetensors", spec=other)
     with pytest.raises(CompatibilityError, match=r"missing \['linear_relu_stack"):
         load(path, device="cpu")
+
+
+def test_an_architecture_missing_here_names_the_writing_versions(tmp_path: Path):
+    m = build("fashion_mlp")
+    spec = m.torchkeep_spec.replace(arch="resnet9000", versions={"torchvision": "9.9.0"})
+    save_file(m.state_dict(), tmp_path / "future.safetensors", metadata={METADATA_KEY: spec.to_json()})
+    with pytest.raises(
+        CompatibilityError, match=r"'resnet9000' is not available here.*torchvision 9\.9\.0.*pip install"
+    ):
+        load(tmp_path / "future.safetensors", device="cpu")

@@ -173,7 +173,14 @@ def save(model: nn.Module, path: str | os.PathLike[str], spec: ModelSpec | None 
         )
     if not isinstance(spec, ModelSpec):
         raise UsageError(f"spec must be a torchkeep.ModelSpec, not {type(spec).__name__}")
-    tensors, aliases = _dedupe(model.state_dict())
+    state = model.state_dict()
+    empty = [k for k, t in state.items() if t.is_meta]
+    if empty:
+        raise UsageError(
+            f"{len(empty)} tensors of {type(model).__name__} are on the meta device and hold no data ({empty[0]}, ...)",
+            fix="load or initialise the weights first (model.to_empty(device='cpu') then load a state_dict)",
+        )
+    tensors, aliases = _dedupe(state)
     stored = spec.replace(tied=aliases, versions=current_versions())
     metadata = {METADATA_KEY: stored.to_json(), "format": "pt"}
     target = Path(os.fspath(path)).expanduser()
@@ -270,6 +277,20 @@ def _explain_not_model_file(p: Path) -> InputError:
     )
 
 
+def _check_arch_known(spec: ModelSpec, p: Path) -> None:
+    """An architecture this environment lacks: name the versions that wrote the file."""
+    from torchkeep.models._registry import is_known
+
+    if is_known(spec.arch):
+        return
+    wrote = ", ".join(f"{k} {v}" for k, v in spec.versions.items()) or "unknown versions"
+    raise CompatibilityError(
+        f"the spec's architecture {spec.arch!r} is not available here (the file was written with {wrote})",
+        path=p,
+        fix="install the torchvision/torchkeep versions named above (pip install -U torchvision torchkeep)",
+    )
+
+
 def _has_meta(model: nn.Module) -> bool:
     import torch
 
@@ -350,6 +371,7 @@ def load(
             raise InputError(f"tied weight {alias!r} points to missing {canonical!r}", path=p)
         tensors[alias] = tensors[canonical]
 
+    _check_arch_known(spec, p)
     # Build on the meta device and adopt the loaded tensors (assign=True): no time spent initialising
     # weights that are overwritten anyway (seconds for VGG16). Tied weights need the normal path,
     # since assign would replace each tied Parameter separately and untie them.

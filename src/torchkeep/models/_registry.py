@@ -21,7 +21,7 @@ from torch import nn
 
 from torchkeep.errors import UntrustedCodeError, UsageError
 
-__all__ = ["ArchInfo", "Resolved", "construct", "is_user_arch", "list_models", "resolve"]
+__all__ = ["ArchInfo", "Resolved", "construct", "is_known", "is_user_arch", "list_models", "resolve"]
 
 _USER_RX = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -124,6 +124,11 @@ def _torchvision_names() -> tuple[str, ...]:
     import torchvision.models as tvm
 
     return tuple(tvm.list_models(module=tvm))
+
+
+def is_known(arch: str) -> bool:
+    """Whether ``arch`` is a seed or torchvision name here, or names a user class (not imported)."""
+    return arch in _SEEDS or arch in _torchvision_names() or is_user_arch(arch)
 
 
 def is_user_arch(arch: str) -> bool:
