@@ -537,3 +537,12 @@ def test_explain_class_module_moved(tmp_path, monkeypatch):
     assert text and "module 'oldmodels'" in text and "torchkeep.load_state_dict(path)" in text
     # the same words from a plain import are not blamed on a file
     assert explain_error(_raised(lambda: importlib.import_module("surely_not_a_module_xyz"))) is None
+
+
+def test_callable_rename_and_prefix_collision(resnet):
+    sd = {f"net.{k}": v for k, v in resnet.state_dict().items()}
+    report = load_into(_fresh(), sd, rename=lambda k: k.removeprefix("net."), strip_prefix="none")
+    assert report.complete and len(report.renamed) == len(sd)
+    clash = {"module.fc.bias": torch.zeros(1000), "fc.bias": torch.zeros(1000)}
+    with pytest.raises(CompatibilityError, match=r"stripping 'module\.' makes two source keys collide"):
+        load_into(_fresh(), clash, strip_prefix="module.", allow_partial=True)
