@@ -30,4 +30,4 @@ def test_version_and_help(cli):
 
 def test_unknown_command_is_usage_error(cli):
     code, _, err = cli("no-such-command")
-    assert code == 64
+    assert code == 64 and "no-such-command" in err
