@@ -1,0 +1,208 @@
+"""torchkeep.train: the run directory, exact resume, refusals, and the CLI (in-process, tiny runs)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import torchkeep
+from torchkeep.errors import CompatibilityError, UsageError
+from torchkeep.training import TrainConfig, load_checkpoint, train
+
+# 300 digits, 240 for training: a few tenths of a second per epoch
+TINY = {"subset": 300, "progress": False}
+
+
+def _weights_equal(a: Path, b: Path) -> bool:
+    wa, wb = load_file(a), load_file(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_defaults_are_the_measured_digits_recipe():
+    cfg = TrainConfig().resolved()
+    assert (cfg.arch, cfg.data, cfg.epochs, cfg.batch_size) == ("cifar10_cnn", "digits", 15, 32)
+    assert (cfg.optimizer, cfg.lr, cfg.scheduler, cfg.metric) == ("adamw", 3e-3, "cosine", "val_acc")
+    assert Path(cfg.out) == Path("runs/cifar10_cnn-digits")
+    assert TrainConfig(optimizer="sgd").resolved().lr == 0.05
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "digits"
+    result = train(TrainConfig(out=out, epochs=3, keep=2, **TINY))
+    return result
+
+
+def test_run_directory_has_every_artifact(run):
+    d = run.run_dir
+    for name in ("best.safetensors", "last.safetensors", "checkpoint.pt", "config.json", "metrics.csv",
+                 "curves.png", "confusion.png"):
+        assert (d / name).is_file(), name
+    assert run.epochs_done == 3 and len(run.history) == 3 and run.resumed_from == 0
+    assert (run.train_size, run.val_size) == (240, 60)
+    assert run.best_epoch in (1, 2, 3) and run.best_value == max(h["val_acc"] for h in run.history)
+    assert json.loads((d / "config.json").read_text())["epochs"] == 3
+    assert not list(d.glob(".*.tmp"))
+    with open(d / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert set(rows[0]) == {"epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"}
+    # --keep 2: two top files named after their epoch and metric
+    assert len(run.top_k) == 2 and all(p.is_file() and "val_acc=" in p.name for p in run.top_k)
+    assert len(list((d / "top").glob("*.safetensors"))) == 2
+
+
+def test_model_files_are_self_describing_with_class_names(run):
+    model = torchkeep.load(run.best_path, device="cpu")
+    spec = model.torchkeep_spec
+    assert spec.class_names == [str(i) for i in range(10)]
+    assert (spec.arch, spec.in_channels, tuple(spec.input_size)) == ("cifar10_cnn", 1, (8, 8))
+    assert spec.provenance.dataset == "digits"
+    assert spec.extra["training"] == {"seed": 0, "val_fraction": 0.2, "subset": 300, "data": "digits"}
+    assert not model.training
+
+
+def test_resume_checkpoint_loads_with_weights_only(run):
+    ckpt = torch.load(run.checkpoint_path, map_location="cpu", weights_only=True)
+    assert ckpt["format"] == "torchkeep.train-checkpoint" and ckpt["epoch"] == 3
+    assert {"model", "optimizer", "scheduler", "rng", "history", "best_value", "step"} <= set(ckpt)
+    assert isinstance(ckpt["rng"]["torch"], torch.Tensor) and isinstance(ckpt["rng"]["python"]["state"], torch.Tensor)
+    assert ckpt["optimizer"]["state"]  # AdamW moments are there
+
+
+def test_tensorboard_has_scalars_images_and_graph(run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run.tensorboard_dir))
+    acc.Reload()
+    tags = acc.Tags()
+    assert {"Loss/train", "Loss/val", "Accuracy/train", "Accuracy/val", "LR"} <= set(tags["scalars"])
+    assert [e.step for e in acc.Scalars("Accuracy/val")] == [1, 2, 3]
+    assert tags["images"] == ["inputs"]
+    assert tags["graph"] is True
+
+
+def test_resume_to_4_epochs_is_bit_identical_to_4_straight(tmp_path):
+    straight = train(TrainConfig(out=tmp_path / "straight", epochs=4, **TINY))
+    # cosine over 4 epochs, stopped after 2 (the run stays resumable), then resumed
+    first = train(TrainConfig(out=tmp_path / "split", epochs=4, on_epoch_end=lambda m: m["epoch"] == 2, **TINY))
+    assert first.stopped_early and first.epochs_done == 2
+    assert load_checkpoint(tmp_path / "split")["epoch"] == 2
+    resumed = train(TrainConfig(resume=tmp_path / "split", progress=False))
+    assert resumed.resumed_from == 2 and resumed.epochs_done == 4 and resumed.epochs_this_run == 2
+    assert _weights_equal(straight.last_path, resumed.last_path)
+    assert [h["val_loss"] for h in straight.history] == [h["val_loss"] for h in resumed.history]
+    assert straight.best_epoch == resumed.best_epoch
+
+
+def test_resume_with_more_epochs_matches_a_longer_run(tmp_path):
+    # no scheduler: "--epochs 2, then --resume --epochs 4" is exactly "--epochs 4"
+    train(TrainConfig(out=tmp_path / "a", epochs=2, scheduler="none", **TINY))
+    resumed = train(TrainConfig(resume=tmp_path / "a", epochs=4, progress=False))
+    straight = train(TrainConfig(out=tmp_path / "b", epochs=4, scheduler="none", **TINY))
+    assert _weights_equal(straight.last_path, resumed.last_path)
+
+
+def test_resume_refuses_another_architecture_or_dataset(run, tmp_path):
+    with pytest.raises(CompatibilityError, match=r"this run was trained with --arch cifar10_cnn, not fashion_mlp"):
+        train(TrainConfig(resume=run.run_dir, arch="fashion_mlp", progress=False))
+    with pytest.raises(CompatibilityError, match=r"trained with --data digits, not folder:.*leave out --data"):
+        train(TrainConfig(resume=run.run_dir, data=f"folder:{tmp_path}", progress=False))
+    with pytest.raises(CompatibilityError, match=r"trained with --num-classes None, not 12"):
+        train(TrainConfig(resume=run.run_dir, num_classes=12, progress=False))
+
+
+def test_resume_needs_a_checkpoint(tmp_path):
+    with pytest.raises(torchkeep.InputError, match=r"checkpoint.pt: no resume checkpoint here"):
+        train(TrainConfig(resume=tmp_path))
+    (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
+    with pytest.raises(torchkeep.InputError, match="checkpoint cannot be read"):
+        train(TrainConfig(resume=tmp_path))
+
+
+def test_new_run_in_a_used_directory_is_refused(run):
+    with pytest.raises(UsageError, match=r"already holds a training run.*--resume"):
+        train(TrainConfig(out=run.run_dir, epochs=1, **TINY))
+
+
+def test_unknown_names_list_the_valid_ones(tmp_path):
+    with pytest.raises(UsageError, match=r"unknown architecture .resnet9000.*resnet50.*torchkeep models"):
+        train(TrainConfig(arch="resnet9000", out=tmp_path / "x", epochs=1, **TINY))
+    with pytest.raises(UsageError, match=r"unknown dataset 'digitz'.*digits, cifar10"):
+        train(TrainConfig(data="digitz", out=tmp_path / "y", epochs=1, **TINY))
+    with pytest.raises(UsageError, match=r"unknown optimizer 'adam'.*adamw, sgd"):
+        train(TrainConfig(optimizer="adam", out=tmp_path / "z"))
+
+
+def test_folder_dataset_with_transfer_options(tmp_path):
+    """ImageFolder with unreadable files, pretrained weights from a file and a frozen backbone."""
+    from PIL import Image
+
+    root = tmp_path / "shapes"
+    for c, (cls, color) in enumerate((("dark", 30), ("light", 220))):
+        (root / cls).mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (16, 16), (color + i, color, 255 - color if c else color)).save(root / cls / f"{i}.png")
+    (root / "dark" / "corrupt.png").write_bytes(b"\x89PNG garbage")
+    base = torchkeep.models.build("cifar10_cnn", num_classes=10, in_channels=3, input_size=16)
+    torch.save(base.state_dict(), tmp_path / "base.pth")
+    result = train(TrainConfig(
+        arch="cifar10_cnn", data=f"folder:{root}", out=tmp_path / "run", epochs=2, batch_size=4,
+        input_size=16, pretrained=str(tmp_path / "base.pth"), freeze="backbone", progress=False, plots=False,
+        tensorboard=False,
+    ))
+    assert result.skipped_files == 1 and any("skipped 1" in n for n in result.notes)
+    assert result.classes == ["dark", "light"] and result.train_size + result.val_size == 16
+    model = torchkeep.load(result.best_path, device="cpu")
+    assert model.torchkeep_spec.class_names == ["dark", "light"] and model.torchkeep_spec.freeze == "backbone"
+    # frozen backbone: the first convolution is still the pretrained one
+    assert torch.equal(model.state_dict()["model.0.weight"], base.state_dict()["model.0.weight"])
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(run, tmp_path, monkeypatch):
+    """A writer that fails half-way (ENOSPC): the checkpoint of epoch 3 stays, no temp file is left."""
+    import errno
+    import shutil
+
+    from torchkeep.training import CheckpointWriteError, _checkpoint
+
+    d = tmp_path / "copy"
+    shutil.copytree(run.run_dir, d)
+    before = (d / "checkpoint.pt").read_bytes()
+
+    def full_disk(payload, path):
+        with open(path, "wb") as fh:
+            fh.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_checkpoint, "_torch_save", full_disk)
+    with pytest.raises(CheckpointWriteError, match=r"checkpoint.pt: could not write checkpoint.pt \(no space left on "
+                       r"device\); the previous checkpoint is intact.*--resume"):
+        train(TrainConfig(resume=d, epochs=4, progress=False))
+    assert (d / "checkpoint.pt").read_bytes() == before
+    assert not list(d.glob(".*.tmp"))
+    monkeypatch.undo()
+    resumed = train(TrainConfig(resume=d, epochs=4, progress=False, plots=False))
+    assert resumed.resumed_from == 3 and resumed.epochs_done == 4
+
+
+def test_cli_train_json_and_resume(cli, tmp_path):
+    out = tmp_path / "cli"
+    code, stdout, err = cli("train", "--subset", "200", "--epochs", "1", "--out", out, "--quiet", "--json",
+                            "--no-tensorboard")
+    assert code == 0, err
+    data = json.loads(stdout)
+    assert data["epochs_done"] == 1 and data["best_path"].endswith("best.safetensors")
+    assert data["tensorboard_dir"] is None
+    code, stdout, err = cli("train", "--resume", out, "--epochs", "2", "--quiet")
+    assert code == 0, err
+    assert "resumed from epoch 1" in stdout and "best.safetensors" in stdout
+    code, _, err = cli("train", "--resume", out, "--arch", "resnet18", "--quiet")
+    assert code == 4 and "this run was trained with --arch cifar10_cnn, not resnet18" in err
+    code, _, err = cli("train", "--data", "nope", "--out", tmp_path / "n", "--quiet")
+    assert code == 64 and "unknown dataset 'nope'" in err and "Traceback" not in err
