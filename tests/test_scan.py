@@ -193,6 +193,20 @@ def test_tensor_bytes_that_look_like_a_pickle_are_data(tmp_path):
     assert report.verdict == "safe" and report.streams == ["archive/data.pkl"]
 
 
+def test_tensor_bytes_asking_for_gigabytes_are_probed_not_read(tmp_path):
+    # BINUNICODE with a 2 GiB length at the start of a storage member: parsed within a bounded window.
+    blob = b"X\xff\xff\xff\x7f" + b"\x00" * (3 << 20)
+    data = make_corpus.torch_zip_bytes(pickle.dumps({"w": 1}, protocol=2), extra=(("archive/data/0", blob),))
+    assert scan(_write(tmp_path, "t.pt", data)).verdict == "safe"
+    # ...while a large real pickle in an oddly named member is still read to its end.
+    mc = make_corpus
+    big = pickle.dumps(list(range(300_000)), protocol=2)[:-1] + mc.POP + mc.call(mc.G("os", "system"), mc.U("x")) + b"."
+    assert len(big) > (1 << 20)
+    data = mc.torch_zip_bytes(pickle.dumps({"w": 1}, protocol=2), extra=(("archive/blob", big),))
+    report = scan(_write(tmp_path, "big.pt", data))
+    assert [(f.target, f.stream) for f in report.dangerous] == [("os.system", "archive/blob")]
+
+
 def test_zip_depth_limit(tmp_path):
     data = make_corpus.torch_zip_bytes(pickle.dumps({"w": 1}, protocol=2))
     for level in range(4):

@@ -18,6 +18,7 @@ Neither ``pickle.load`` nor ``torch`` is ever used here.
 from __future__ import annotations
 
 import os
+import tarfile
 import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -84,6 +85,8 @@ RULES: dict[str, str] = {
     "legacy-magic": "A legacy torch file whose first pickle is not torch's magic number",
     "legacy-keys": "A legacy torch file whose storage keys are not a list of strings",
     "legacy-truncated": "A legacy torch file whose storage table runs past its end",
+    "tar-unreadable": "A tar archive whose headers cannot be read",
+    "zip-too-large": "A compressed member too large to inflate completely for scanning",
     "extension-mismatch": "The file's extension does not match its content",
     "unreadable": "The file could not be read",
 }
@@ -267,6 +270,8 @@ def scan(path: str | os.PathLike[str]) -> ScanReport:
     except UnknownFormatError as exc:
         if zipfile.is_zipfile(p):
             fmt = "zip"
+        elif tarfile.is_tarfile(p):
+            fmt = "tar"  # torch.load still reads the pre-0.1.10 tar format
         elif _parses_as_pickle(p):
             fmt = "pickle"
         else:

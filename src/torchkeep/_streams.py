@@ -32,7 +32,8 @@ from torchkeep._pickle_vm import StreamResult, analyze, concrete
 __all__ = ["MAX_DEPTH", "Sink", "walk_file"]
 
 MAX_DEPTH = 3  # zip inside zip inside zip: deeper nesting is refused, not silently skipped
-MAX_PICKLE_BYTES = 2 << 30  # a compressed member is inflated for scanning only up to this size
+MAX_INFLATE = 512 << 20  # a compressed member is inflated for scanning only up to this size
+PROBE = 1 << 20  # members not named like pickles are first parsed within this many bytes
 _ZIP_LOCAL = b"PK\x03\x04"
 _NPY_MAGIC = b"\x93NUMPY"
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -205,9 +206,12 @@ class Walker:
         pos = start
         index = 0
         while pos < end:
-            fh.seek(pos)
-            win = _Window(fh, pos, end)
-            res = analyze(win, torchscript=torchscript)  # type: ignore[arg-type]
+            probing = index == 0 and not required and end - pos > PROBE
+            # Tensor bytes can start with an opcode whose length field asks for gigabytes: a member that is
+            # not known to be a pickle is parsed within PROBE bytes first, fully only if it is clearly one.
+            res = analyze(_Window(fh, pos, pos + PROBE if probing else end), torchscript=torchscript)  # type: ignore[arg-type]
+            if probing and res.end is None and res.opcodes >= 256:
+                res = analyze(_Window(fh, pos, end), torchscript=torchscript)  # type: ignore[arg-type]
             label = name if index == 0 else f"{name} (stacked {what} {index + 1} at byte {base + pos})"
             if res.end is None:
                 dangerous = [f for f in res.findings if f.rule == "dangerous-import"]
@@ -315,11 +319,20 @@ class Walker:
             length = size
         elif info.compress_type == zipfile.ZIP_DEFLATED:
             fh.seek(data_start)
+            inflater = zlib.decompressobj(-15)
             try:
-                data = zlib.decompressobj(-15).decompress(fh.read(size), MAX_PICKLE_BYTES)
+                data = inflater.decompress(fh.read(size), MAX_INFLATE)
             except zlib.error as exc:
                 self.sink.on_finding("error", "zip-corrupt", place, None, f"cannot inflate the member: {exc}")
                 return
+            if inflater.unconsumed_tail:
+                self.sink.on_finding(
+                    "error",
+                    "zip-too-large",
+                    place,
+                    None,
+                    f"the member inflates to more than {MAX_INFLATE >> 20} MiB; only that much was scanned",
+                )
             region, length = io.BytesIO(data), len(data)
         else:
             self.sink.on_finding(
@@ -373,9 +386,9 @@ class Walker:
             )
             return
         self.sink.notes.append(f"{place}: a zip archive inside the archive, scanned")
-        region.seek(0)
-        data = region.read(min(length, MAX_PICKLE_BYTES))
-        inner = io.BytesIO(data)
+        # Stored members are read in place (a .pt2 may hold a whole weights file); inflated ones are in memory.
+        inner = region if isinstance(region, _Window) else io.BytesIO(region.getvalue())  # type: ignore[attr-defined]
+        inner.seek(0)
         torchscript = _is_torchscript(inner)
         self.zip_archive(inner, place + "!/", depth + 1, torchscript_root=torchscript)
 
@@ -460,6 +473,27 @@ class Walker:
             self.stacked(fh, pos, size, f"{place}: bytes after the storage table", required=False)
 
 
+def _walk_tar(walker: Walker, fh: IO[bytes], place: str) -> None:
+    """The oldest torch format (tar with sys_info, pickle, storages, tensors members), still read by torch.load."""
+    import tarfile
+
+    fh.seek(0)
+    try:
+        with tarfile.open(fileobj=fh, mode="r:") as tf:
+            members = tf.getmembers()  # headers only, nothing is extracted
+    except (tarfile.TarError, OSError, ValueError) as exc:
+        walker.sink.on_finding("error", "tar-unreadable", place, None, f"tar directory unreadable: {exc}")
+        return
+    for m in members:
+        if not m.isfile():
+            continue
+        start = m.offset_data
+        required = m.name in ("pickle", "sys_info")
+        results = walker.stacked(fh, start, start + m.size, m.name, required=required, base=start)
+        if m.name in ("storages", "tensors") and results:
+            walker.sink.notes.append(f"{m.name}: only the leading pickle was scanned (raw records follow)")
+
+
 def _is_torchscript(fh: IO[bytes]) -> bool:
     try:
         names = zipfile.ZipFile(fh).namelist()
@@ -489,6 +523,8 @@ def walk_file(path: os.PathLike[str] | str, fmt: str, sink: Sink) -> None:
             walker.legacy(fh, size, "legacy file")
         elif fmt == "numpy":
             walker.npy(fh, 0, size, "array")
+        elif fmt == "tar":
+            _walk_tar(walker, fh, "tar")
         elif fmt == "pickle":
             results = walker.stacked(fh, 0, size, "pickle", required=True) or []
             parsed = sum(r.end or 0 for r in results)

@@ -118,6 +118,19 @@ def legacy_bytes(sys_info: bytes | None = None, main: bytes | None = None) -> by
     return magic + proto + info + obj + keys
 
 
+def tar_bytes(members: tuple[tuple[str, bytes], ...]) -> bytes:
+    """A tar archive (the pre-2017 torch.save format torch.load still reads)."""
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
 def npy_object_bytes(payload: bytes) -> bytes:
     """A .npy header for a 1-element object array followed by ``payload`` (the array's pickle)."""
     header = "{'descr': '|O', 'fortran_order': False, 'shape': (1,), }"
@@ -513,6 +526,14 @@ def _malicious(
             lambda: legacy_bytes(
                 main=pk(call(G("subprocess", "call"), L(U("touch"), U(m("legacy_object")))))
             ),
+        ),
+        (
+            "legacy_tar_format.pt",
+            "the oldest torch format (a tar) whose 'storages' pickle calls os.system",
+            "tar",
+            "torch",
+            "tar format still read by torch.load",
+            lambda: tar_bytes((("storages", p.os_system("tar")),)),
         ),
         (
             "torchzip_data_pkl.pt",
@@ -993,7 +1014,7 @@ _MARKER_IDS = {
     "numpy_runstring.pkl": "runstring", "build_monkeypatch.pkl": "build", "payload_then_garbage.pkl": "garbage",
     "truncated_after_reduce.pkl": "truncated", "stacked_second_pickle.pkl": "stacked",
     "legacy_sysinfo_payload.pt": "legacy_sysinfo", "legacy_object_payload.pt": "legacy_object",
-    "torchzip_data_pkl.pt": "torchzip", "torchzip_misleading_extension.json": "misleading_ext", "bare_pickle_as_bin.bin": "bare_bin",
+    "torchzip_data_pkl.pt": "torchzip", "legacy_tar_format.pt": "tar", "torchzip_misleading_extension.json": "misleading_ext", "bare_pickle_as_bin.bin": "bare_bin",
     "torchzip_bad_crc.pt": "bad_crc", "torchzip_name_mismatch.pt": "name_mismatch",
     "torchzip_duplicate_member.pt": "duplicate", "torchzip_hidden_member.pt": "hidden", "zip_in_zip.zip": "zip_in_zip",
     "pickle_zip_polyglot.pt": "polyglot", "npy_object_payload.npy": "npy", "npz_object_payload.npz": "npz",
