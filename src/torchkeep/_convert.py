@@ -71,10 +71,16 @@ def strip_common_prefix(names: list[str], strip_prefix: str | None) -> str | Non
     if strip_prefix in (None, "none", ""):
         return None
     if strip_prefix == "auto":
-        from torchkeep._inspect import _prefixes
-
-        found = _prefixes(names)
-        return found[0] if found else None
+        # only prefixes that are always wrappers; "model." may be a real attribute (self.model = Sequential(...))
+        prefix = ""
+        rest = names
+        while rest:
+            p = next((k for k in ("module.", "_orig_mod.") if all(n.startswith(k) for n in rest)), None)
+            if p is None:
+                break
+            prefix += p
+            rest = [n[len(p):] for n in rest]
+        return prefix or None
     return strip_prefix if strip_prefix.endswith(".") else strip_prefix + "."
 
 
@@ -148,7 +154,7 @@ def convert(
         src: any file :func:`torchkeep.load_state_dict` reads (full pickled models included; no code runs).
         dst: output path; its suffix picks the format (``.safetensors`` unless ``.pt``/``.pth``/``.bin``).
         dtype: ``fp16`` | ``bf16`` | ``fp32`` to cast floating-point tensors; None keeps every value bit for bit.
-        strip_prefix: ``"auto"`` (strip ``module.``/``_orig_mod.``/``model.`` when every key has it),
+        strip_prefix: ``"auto"`` (strip ``module.`` / ``_orig_mod.`` when every key has it),
             ``"none"``, or an explicit prefix.
         format: ``"safetensors"`` or ``"pt"`` to override the suffix.
         trust: see :func:`torchkeep.load_state_dict`.

@@ -26,10 +26,7 @@ SCHEMA_VERSION = 1
 KNOWN_PREFIXES = {
     "module.": "torch.nn.DataParallel / DistributedDataParallel",
     "_orig_mod.": "torch.compile",
-    "model.": "PyTorch Lightning / a wrapper module",
-    "backbone.": "a detection/segmentation wrapper",
-    "encoder.": "an encoder wrapper",
-    "net.": "a wrapper module",
+    "model.": "PyTorch Lightning, or a model that keeps its layers in a `model` attribute",
 }
 
 #: names of tensors that are buffers, not parameters, in standard layers
@@ -352,7 +349,7 @@ def _notes(ins: Inspection, fs: FileStructure) -> list[str]:
         notes.append("weights only: the network structure is not in the file (pick an architecture with `torchkeep adapt`)")
     for p in ins.prefixes:
         who = KNOWN_PREFIXES.get(p.split(".")[0] + ".", "a wrapper")
-        notes.append(f"every key starts with {p!r} (added by {who}); `torchkeep adapt` strips it automatically")
+        notes.append(f"every key starts with {p!r} ({who}); `torchkeep adapt` strips it when that makes keys match")
     gpu = [d for d in ins.devices if not d.startswith("cpu")]
     if gpu:
         notes.append(f"saved from {', '.join(gpu)}: torchkeep loads it on the CPU (torch.load needs map_location='cpu')")
