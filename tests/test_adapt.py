@@ -339,7 +339,7 @@ def test_explain_full_pickled_model_class_missing_and_weights_only(tmp_path, mon
     target = Net()
     report = load_into(target, path)
     assert report.complete and torch.equal(target.fc.weight, src.fc.weight)
-    assert any("whole pickled model" in n for n in report.notes)
+    assert any("whole pickled model" in n for n in report.notes) and report.unwrapped is None
 
 
 def test_explain_not_a_torch_file(tmp_path):

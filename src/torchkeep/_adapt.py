@@ -434,7 +434,8 @@ def _read_source(source: Any, trust: bool, notes: list[str]) -> tuple[Any, str, 
 
         path = Path(source)
         loaded = read_weights(path, "cpu", trust=trust)  # runs no code; CUDA-saved tensors land on the CPU
-        where = loaded.location or None
+        # "(full model)" / "(all tensors)" are descriptions, not checkpoint keys
+        where = loaded.location if loaded.location and not loaded.location.startswith("(") else None
         if loaded.source == "full_model":
             notes.append(
                 f"the file is a whole pickled model ({loaded.model_class}); its weights were read without "
