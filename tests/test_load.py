@@ -122,3 +122,22 @@ def test_explicit_key(tmp_path):
     torch.save({"model": sd, "ema": ema}, tmp_path / "two.pt")
     _same(load_state_dict(tmp_path / "two.pt"))
     assert torch.equal(load_state_dict(tmp_path / "two.pt", key="ema")["fc.bias"], ema["fc.bias"])
+
+
+def test_numpy_arrays_in_a_bare_pickle(tmp_path):
+    # Detectron2 / Caffe2-style weights: {"model": {name: ndarray}, "__author__": ...}
+    import pickle
+
+    import numpy as np
+
+    from torchkeep import inspect
+
+    arrays = {"conv1.weight": np.random.rand(4, 3, 3, 3).astype(np.float32), "fc.bias": np.arange(3, dtype=np.int64)}
+    p = tmp_path / "model_final.pkl"
+    p.write_bytes(pickle.dumps({"model": arrays, "__author__": "Detectron"}, protocol=2))
+    got = load_state_dict(p)
+    assert list(got) == ["conv1.weight", "fc.bias"]
+    assert torch.equal(got["conv1.weight"], torch.from_numpy(arrays["conv1.weight"]))
+    r = inspect(p)
+    assert r.kind == "checkpoint" and r.weights_location == "model"
+    assert r.tensors[0].shape == [4, 3, 3, 3] and r.tensors[1].dtype == "int64"

@@ -324,8 +324,16 @@ def read_weights(
         finally:
             if zf is not None:
                 zf.close()
-    if raws:
-        tensors.update(_read_raw(fs, list(raws), raws))
+    in_pickle = {n: r for n, r in raws.items() if r.array is not None}
+    if in_pickle:
+        import numpy as np
+        import torch
+
+        for n, r in in_pickle.items():
+            tensors[n] = torch.from_numpy(np.array(r.array, copy=True, order="C"))
+    in_file = {n: r for n, r in raws.items() if r.array is None}
+    if in_file:
+        tensors.update(_read_raw(fs, list(in_file), in_file))
     ordered = {n: tensors[n] for n in view.tensors}
     if map_location not in (None, "cpu") and str(map_location) != "cpu":
         ordered = {n: t.to(map_location) for n, t in ordered.items()}

@@ -59,6 +59,7 @@ class RawTensor:
     is_parameter: bool | None = None
     fortran_order: bool = False
     numpy_dtype: str | None = None
+    array: Any = None  # a numpy array rebuilt from a pickle (Detectron/Caffe2-style weights)
 
     @property
     def numel(self) -> int:

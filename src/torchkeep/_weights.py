@@ -98,12 +98,22 @@ def _torchscript_state(obj: Placeholder, prefix: str, view: WeightsView, seen: s
             _torchscript_state(v, f"{prefix}{k}.", view, seen, depth + 1)
 
 
+def _as_tensor(v: Any) -> AnyTensor | None:
+    """A tensor description for a pickled tensor or a numeric numpy array, else None."""
+    if isinstance(v, TensorRef):
+        return v
+    dtype = getattr(v, "dtype", None)
+    if type(v).__name__ == "ndarray" and dtype is not None and not dtype.hasobject and dtype.kind in "biufc":
+        return RawTensor(str(dtype.name), tuple(int(d) for d in v.shape), 0, int(v.nbytes), array=v)
+    return None
+
+
 def _tensor_mapping(obj: Any) -> bool:
-    """A mapping whose values are all tensors (or None), with at least one tensor."""
+    """A mapping whose values are all tensors or numeric arrays (or None), with at least one of them."""
     if not isinstance(obj, Mapping) or not obj:
         return False
-    vals = list(obj.values())
-    return any(isinstance(v, TensorRef) for v in vals) and all(isinstance(v, TensorRef) or v is None for v in vals)
+    vals = [v for v in obj.values() if v is not None]
+    return bool(vals) and all(_as_tensor(v) is not None for v in vals)
 
 
 def _from_module(obj: Placeholder, location: str) -> WeightsView:
@@ -113,9 +123,12 @@ def _from_module(obj: Placeholder, location: str) -> WeightsView:
 
 
 def _from_mapping(obj: Mapping, location: str, source: str) -> WeightsView:
-    return WeightsView(
-        tensors={str(k): v for k, v in obj.items() if isinstance(v, TensorRef)}, location=location, source=source
-    )
+    tensors: dict[str, AnyTensor] = {}
+    for k, v in obj.items():
+        t = _as_tensor(v)
+        if t is not None:
+            tensors[str(k)] = t
+    return WeightsView(tensors=tensors, location=location, source=source)
 
 
 def _weights_in(value: Any, location: str) -> WeightsView | None:
