@@ -148,7 +148,7 @@ def main() -> int:
         tk_t = median_time(lambda p=path: scan(p))
         ps_t = median_time(lambda p=path: picklescan_result(p))
         verdicts = f"{scan(path).verdict} / {picklescan_result(path)}"
-        label = f"{path.name} ({mb:.0f} MB)"
+        label = f"{path.name} ({mb:.0f} MB = {mb * 1e6 / 2**20:.0f} MiB)"
         print(f"{label:<42} {tk_t:>10.3f} {ps_t:>11.3f}   ({verdicts})")
 
     leaked = list(MARKERS.glob("*PWNED_MARKER*"))
