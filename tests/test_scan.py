@@ -170,6 +170,11 @@ def test_trailing_garbage_and_stacked_pickles(tmp_path):
     assert garbage.verdict == "dangerous" and [f.rule for f in garbage.dangerous] == ["trailing-data"]
 
 
+def test_stacked_pickle_limit(tmp_path):
+    report = scan(_write(tmp_path, "many.pkl", b"N." * 2000))
+    assert [f.rule for f in report.dangerous] == ["too-many-streams"] and len(report.streams) == 1024
+
+
 def test_truncated_benign_pickle_is_an_error_not_dangerous(tmp_path):
     data = pickle.dumps(list(range(100)), protocol=2)[:-20]
     report = scan(_write(tmp_path, "t.pkl", data))

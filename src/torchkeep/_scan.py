@@ -69,6 +69,7 @@ RULES: dict[str, str] = {
     "persistent-id": "A persistent id that is not a torch storage reference",
     "nested-load": "torch.storage._load_from_bytes (torch.load) on bytes computed at load time",
     "unknown-opcode": "An opcode this scanner does not know",
+    "too-many-streams": "More stacked pickles than the scan limit",
     "trailing-data": "Bytes after the pickle's STOP that are not a pickle",
     "malformed-pickle": "A pickle stream that cannot be parsed to its end",
     "polyglot": "A file that is both a pickle and a zip archive",

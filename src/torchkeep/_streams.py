@@ -34,6 +34,7 @@ __all__ = ["MAX_DEPTH", "Sink", "walk_file"]
 MAX_DEPTH = 3  # zip inside zip inside zip: deeper nesting is refused, not silently skipped
 MAX_INFLATE = 512 << 20  # a compressed member is inflated for scanning only up to this size
 PROBE = 1 << 20  # members not named like pickles are first parsed within this many bytes
+MAX_STACKED = 1024  # stacked pickles scanned in one region; more is refused (no writer produces that)
 _ZIP_LOCAL = b"PK\x03\x04"
 _NPY_MAGIC = b"\x93NUMPY"
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -206,6 +207,15 @@ class Walker:
         pos = start
         index = 0
         while pos < end:
+            if index >= MAX_STACKED:
+                self.sink.on_finding(
+                    "dangerous",
+                    "too-many-streams",
+                    name,
+                    base + pos,
+                    f"more than {MAX_STACKED} stacked pickles; the rest ({end - pos} bytes) was not scanned",
+                )
+                return results
             probing = index == 0 and not required and end - pos > PROBE
             # Tensor bytes can start with an opcode whose length field asks for gigabytes: a member that is
             # not known to be a pickle is parsed within PROBE bytes first, fully only if it is clearly one.

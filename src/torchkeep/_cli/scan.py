@@ -48,7 +48,7 @@ def _human(result: dict, limit: int) -> None:
         out.print(table)
         if len(shown) > limit:
             out.print(f"  … {len(shown) - limit} more findings (--limit 0 or --json for all)")
-    if len(reports) > 1 or any(r.verdict != "safe" for r in reports):
+    if len(reports) > 1:
         summary = Table(title="summary", title_justify="left", box=None, padding=(0, 2), pad_edge=False)
         summary.add_column("verdict")
         summary.add_column("files", justify="right")
