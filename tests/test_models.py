@@ -245,6 +245,20 @@ def test_find_head_replace_append_across_torchvision(name):
     assert fresh(x).shape == (1, 5)
 
 
+def _all_torchvision_names() -> list[str]:
+    import torchvision.models as tvm
+
+    # RegNets cannot be built on the meta device (they compute widths with tensors in __init__)
+    return [n for n in tvm.list_models(module=tvm) if n not in HEADS and not n.startswith("regnet")]
+
+
+@pytest.mark.parametrize("name", _all_torchvision_names())
+def test_find_head_finds_the_1000_class_layer_of_every_torchvision_model(name):
+    head = find_head(meta_model(name))
+    assert head.out_features == 1000
+    assert head.path in {"fc", "classifier", "head", "heads.head"} or head.path.startswith("classifier.")
+
+
 def test_find_head_on_a_model_without_classifier():
     with pytest.raises(CompatibilityError, match="cannot find a classifier head"):
         find_head(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()))
