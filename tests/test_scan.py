@@ -112,12 +112,36 @@ def test_scan_never_imports_torch(corpus):
         "import sys, torchkeep\n"
         f"reports = torchkeep._scan.scan_paths([{str(root)!r}], recursive=True)\n"
         "assert len(reports) > 60\n"
+        "import contextlib, io\n"
+        "from torchkeep._cli.main import run\n"
+        f"with contextlib.redirect_stdout(io.StringIO()): code = run(['scan', {str(root)!r}, '-r', '--json'])\n"
+        "assert code == 2, code\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "assert 'numpy' not in sys.modules, 'numpy was imported'\n"
     )
     proc = subprocess.run([sys.executable, "-c", "import torchkeep._scan\n" + code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     _no_markers(root)
+
+
+def test_no_torchkeep_verb_runs_a_payload(corpus, tmp_path):
+    """inspect, load_state_dict and convert on every malicious file: refusals are fine, markers are not."""
+    import torchkeep
+
+    root, entries = corpus
+    out = tmp_path
+    for e in (e for e in entries if e["kind"] == "malicious"):
+        path = root / e["file"]
+        for verb in (
+            lambda p=path: torchkeep.inspect(p),
+            lambda p=path: torchkeep.load_state_dict(p),
+            lambda p=path: torchkeep.convert(p, out / (p.name + ".safetensors")),
+        ):
+            try:
+                verb()
+            except Exception:  # refusing or failing is fine; running the payload is not
+                pass
+            _no_markers(root)
 
 
 # -- findings on hand-made pickles ---------------------------------------------------------------------
