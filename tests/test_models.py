@@ -348,6 +348,23 @@ def test_pretrained_file_of_a_fine_tuned_model_keeps_its_head(tmp_path: Path):
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), tuned.state_dict().values()))
 
 
+def test_pretrained_torchkeep_model_file_keeps_names_and_preprocessing(tmp_path: Path):
+    import torchkeep
+
+    first = build("cifar10_cnn", class_names=["a", "b", "c"], in_channels=1, input_size=16)
+    first.torchkeep_spec.preprocessing.mean, first.torchkeep_spec.preprocessing.std = [0.5], [0.5]
+    path = torchkeep.save(first, tmp_path / "first.safetensors")
+    again = build("cifar10_cnn", num_classes=3, in_channels=1, pretrained=path)
+    assert again.torchkeep_spec.class_names == ["a", "b", "c"]
+    assert again.torchkeep_spec.input_size == (16, 16)
+    assert again.torchkeep_spec.preprocessing.mean == [0.5]
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), first.state_dict().values()))
+    assert again(torch.rand(1, 1, 16, 16)).shape == (1, 3)
+    five = build("cifar10_cnn", num_classes=5, pretrained=path)  # new head, same body and input contract
+    assert torch.equal(five.model[0].weight, first.model[0].weight) and five.model[8].out_features == 5
+    assert five.torchkeep_spec.class_names is None and five.torchkeep_spec.in_channels == 1
+
+
 def test_pretrained_name_unknown_or_missing_file():
     with pytest.raises(
         InputError, match=r"neither a file nor a weights name of resnet18 \(weights: IMAGENET1K_V1"

@@ -160,6 +160,15 @@ def _load_file_into(model: nn.Module, sd: dict[str, Any], path: Path, *, first: 
 # --------------------------------------------------------------------------- build
 
 
+def _spec_of_file(path: Path) -> ModelSpec | None:
+    from torchkeep._modelfile import read_spec
+
+    try:
+        return read_spec(path)
+    except InputError:  # a malformed spec does not stop using the weights
+        return None
+
+
 def _preprocessing(
     resolved: Resolved, hw: tuple[int, int] | None, in_channels: int, weights: Any | None
 ) -> tuple[Preprocessing, tuple[int, int]]:
@@ -302,6 +311,34 @@ def build(
     hw = _hw(input_size)
     kwargs = dict(arch_kwargs)
     accepts = resolved.accepts
+
+    # What pretrained names: a file, or one of the architecture's torchvision weights.
+    weights = None
+    pre_file: Path | None = None
+    if pretrained is not None:
+        candidate = Path(os.fspath(pretrained)).expanduser()
+        if candidate.is_file():
+            pre_file = candidate.resolve()
+        else:
+            weights = _torchvision_weights(arch, str(pretrained)) if info.source == "torchvision" else None
+        if pre_file is None and weights is None:
+            names = ", ".join(info.weights) if info.weights else "none"
+            raise InputError(
+                f"pretrained {str(pretrained)!r} is neither a file nor a weights name of {arch} (weights: {names})",
+                path=None,
+                fix="pass an existing weights file, or a name from `torchkeep models --filter ^ARCH$`",
+            )
+
+    # A torchkeep model file of the same architecture describes the structure its weights fit: start there.
+    source_spec = _spec_of_file(pre_file) if pre_file is not None else None
+    user_hw = hw is not None
+    if source_spec is not None and source_spec.arch == arch:
+        kwargs = {**source_spec.arch_kwargs, **kwargs}
+        hw = hw or source_spec.input_size
+        in_channels = in_channels if in_channels is not None else source_spec.in_channels
+    else:
+        source_spec = None
+
     if info.source == "torchvision":
         # torchvision classifiers (and their pretrained stems) take RGB. Grayscale or RGBA data is fed to
         # them converted to RGB by the spec's preprocessing, so the trainer can pass its data's channels.
@@ -323,26 +360,8 @@ def build(
         if hw is not None and (accepts is None or "input_size" in accepts):
             kwargs["input_size"] = input_size if isinstance(input_size, int) else list(hw)
     channels = in_channels if in_channels is not None else info.in_channels
-
-    # What pretrained names: a file, or one of the architecture's torchvision weights.
-    weights = None
-    pre_file: Path | None = None
-    if pretrained is not None:
-        candidate = Path(os.fspath(pretrained)).expanduser()
-        if candidate.is_file():
-            pre_file = candidate.resolve()
-        elif (
-            info.source == "torchvision"
-            and (weights := _torchvision_weights(arch, str(pretrained))) is not None
-        ):
-            kwargs = {**kwargs, **_torchvision_weights_kwargs(arch, weights, kwargs)}
-        else:
-            names = ", ".join(info.weights) if info.weights else "none"
-            raise InputError(
-                f"pretrained {str(pretrained)!r} is neither a file nor a weights name of {arch} (weights: {names})",
-                path=None,
-                fix="pass an existing weights file, or a name from `torchkeep models --filter ^ARCH$`",
-            )
+    if weights is not None:
+        kwargs = {**kwargs, **_torchvision_weights_kwargs(arch, weights, kwargs)}
 
     # Without pretrained weights a "replace" head is simply built with num_classes outputs.
     takes_classes = info.source != "user" or accepts is None or "num_classes" in accepts
@@ -410,10 +429,15 @@ def build(
 
     if class_names is None and weights is not None and final_classes == len(weights.meta["categories"]):
         class_names = list(weights.meta["categories"])
+    if source_spec is not None and class_names is None and source_spec.num_classes == final_classes:
+        class_names = source_spec.class_names  # continuing from a torchkeep model file keeps its names
     if freeze == "backbone":
         _freeze_backbone(model, _trainable_paths(model, recipe))
 
     pre, size = _preprocessing(resolved, hw, channels, weights)
+    if source_spec is not None and not user_hw:
+        # the pretrained weights were trained on inputs prepared this way: keep feeding them so
+        pre, size = source_spec.preprocessing, source_spec.input_size
     if weights is not None and hw is None and arch.startswith(("vit_", "maxvit")):
         size = (int(weights.meta["min_size"][0]), int(weights.meta["min_size"][1]))
     spec = ModelSpec(
