@@ -383,11 +383,17 @@ class _Run:
                 "seen": base["seen"] + seen,
             }
             raise
-        tot = base["seen"] + seen
+        # the epoch's batches are done: keep the totals in the state (a Ctrl-C during validation resumes here)
+        self.partial = {
+            "loss_sum": base["loss_sum"] + float(loss_sum),
+            "correct": base["correct"] + int(correct),
+            "seen": base["seen"] + seen,
+        }
+        tot = self.partial["seen"]
         return {
-            "train_loss": (base["loss_sum"] + float(loss_sum)) / max(tot, 1),
-            "train_acc": (base["correct"] + int(correct)) / max(tot, 1),
-            "seen": tot,
+            "train_loss": self.partial["loss_sum"] / max(tot, 1),
+            "train_acc": self.partial["correct"] / max(tot, 1),
+            "seen": seen,
         }
 
     def validate(self) -> tuple[float, float, list[list[int]]]:
