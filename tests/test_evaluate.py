@@ -1,0 +1,97 @@
+"""torchkeep.evaluate / torchkeep eval: the same split and preprocessing as training, per-class metrics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+import torchkeep
+from torchkeep.errors import CompatibilityError, UsageError
+from torchkeep.training import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "run"
+    return train(TrainConfig(out=out, epochs=3, subset=300, progress=False, tensorboard=False, plots=False))
+
+
+def test_evaluate_reproduces_the_validation_accuracy_of_training(run, tmp_path):
+    report = torchkeep.evaluate(run.best_path, png=tmp_path / "cm.png")
+    # same seeded split, same spec preprocessing, eval mode: the number training reported for its best epoch
+    assert report.data == "digits" and report.split == "val" and report.images == run.val_size == 60
+    assert report.accuracy == pytest.approx(run.best_value, abs=1e-12)
+    best = run.history[run.best_epoch - 1]
+    assert report.loss == pytest.approx(best["val_loss"], rel=1e-5)
+    assert report.classes == [str(i) for i in range(10)]
+    assert sum(c.support for c in report.per_class) == 60
+    assert sum(map(sum, report.confusion)) == 60
+    assert sum(report.confusion[i][i] for i in range(10)) == round(report.accuracy * 60)
+    for c in report.per_class:
+        assert 0.0 <= c.precision <= 1.0 and 0.0 <= c.recall <= 1.0 and 0.0 <= c.f1 <= 1.0
+    assert report.png == tmp_path / "cm.png"
+    with Image.open(report.png) as im:
+        assert im.format == "PNG" and im.size[0] > 200
+
+
+def test_evaluate_in_memory_model_and_other_splits(run):
+    model = torchkeep.load(run.last_path, device="cpu")
+    model.train()  # evaluate switches to eval mode itself, then restores the mode
+    all_ = torchkeep.evaluate(model, "digits", split="all", subset=300)
+    assert all_.images == 300 and model.training
+    train_split = torchkeep.evaluate(model, split="train")
+    assert train_split.images == 240
+    with pytest.raises(UsageError, match="digits has no separate test split"):
+        torchkeep.evaluate(model, split="test")
+    with pytest.raises(UsageError, match="unknown split 'holdout'"):
+        torchkeep.evaluate(model, split="holdout")
+
+
+def test_dataset_with_unknown_classes_is_refused(run, tmp_path):
+    root = tmp_path / "animals"
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+        Image.new("L", (8, 8), 128).save(root / cls / "a.png")
+    with pytest.raises(CompatibilityError, match=r"dataset folder:.* has classes the model does not know: cat, dog"):
+        torchkeep.evaluate(run.best_path, f"folder:{root}", split="all")
+
+
+def test_folder_classes_are_matched_by_name(run, tmp_path):
+    """A folder holding only some of the digits, in its own order: matched to the model's classes by name."""
+    from torchkeep.data import digits_images
+
+    images, labels = digits_images()
+    root = tmp_path / "few"
+    for name in ("7", "3"):
+        (root / name).mkdir(parents=True)
+        for i in [j for j in range(len(labels)) if str(labels[j]) == name][:3]:
+            Image.fromarray(images[i], mode="L").save(root / name / f"{i}.png")
+    report = torchkeep.evaluate(run.best_path, f"folder:{root}", split="all")
+    assert report.images == 6 and report.classes == [str(i) for i in range(10)]
+    assert report.per_class[3].support == 3 and report.per_class[7].support == 3
+    assert report.per_class[0].support == 0
+
+
+def test_model_without_a_recorded_dataset_needs_data(tmp_path):
+    model = torchkeep.models.build("cifar10_cnn", num_classes=10, in_channels=1, input_size=8)
+    path = torchkeep.save(model, tmp_path / "untrained.safetensors")
+    with pytest.raises(UsageError, match=r"does not record which dataset.*--data digits"):
+        torchkeep.evaluate(path)
+    report = torchkeep.evaluate(path, "digits")
+    assert report.images == 359  # 20% of 1,797
+
+
+def test_eval_cli_table_json_and_png(cli, run, tmp_path):
+    code, out, err = cli("eval", run.best_path)
+    assert code == 0, err
+    assert "accuracy" in out and "precision" in out and "confusion matrix" in out
+    code, out, err = cli("eval", run.best_path, "--json", "--png", tmp_path / "c.png")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["images"] == 60 and len(data["confusion"]) == 10 and len(data["per_class"]) == 10
+    assert set(data["per_class"][0]) == {"name", "precision", "recall", "f1", "support"}
+    assert (tmp_path / "c.png").is_file()
+    code, _, err = cli("eval", tmp_path / "missing.safetensors")
+    assert code == 3 and "missing.safetensors" in err and "Traceback" not in err
