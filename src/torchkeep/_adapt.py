@@ -21,10 +21,11 @@ the torchkeep fix.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -111,6 +112,7 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     shape_mismatched: list[ShapeMismatch] = field(default_factory=list)
+    structural_mismatches: list[str] = field(default_factory=list)
     dtype_converted: list[DtypeChange] = field(default_factory=list)
     non_tensor: list[str] = field(default_factory=list)
     unwrapped: str | None = None
@@ -691,8 +693,13 @@ def _load_weights(
     match_by_order: bool | Literal["auto"],
     allow_partial: bool,
     dry_run: bool,
+    refuse_structural: bool = False,
 ) -> LoadReport:
-    """``load_into`` once the source is read (``adapt`` reads a file once and may plan twice)."""
+    """``load_into`` once the source is read (``adapt`` reads a file once and may plan twice).
+
+    ``refuse_structural``: refuse when tensors inside the network differ in shape (not only in their
+    first dimension, as a classifier head with another number of classes does).
+    """
     import torch
 
     report = LoadReport(source=label, target=type(model).__name__, min_match=min_match, notes=list(notes))
@@ -720,6 +727,7 @@ def _load_weights(
         if sd != td:
             changes.setdefault((str(sd).removeprefix("torch."), str(td).removeprefix("torch.")), []).append(t)
     report.dtype_converted = [DtypeChange(a, b, len(ks), collapse_keys(ks)) for (a, b), ks in changes.items()]
+    report.structural_mismatches = _structural(report.shape_mismatched)
     report.verdict = _verdict(report, allow_partial)
 
     if report.shape_mismatched and on_shape_mismatch == "error":
@@ -731,6 +739,16 @@ def _load_weights(
             path=report.source if is_file else None,
             fix="skip them with on_shape_mismatch='skip' (a new head; CLI: --on-shape-mismatch skip) or build the "
             "model with the source's number of classes (CLI: --num-classes)",
+        )
+    if refuse_structural and report.structural_mismatches:
+        m = next(x for x in report.shape_mismatched if x.key in set(report.structural_mismatches))
+        raise _refusal(
+            report,
+            f"{len(report.structural_mismatches)} tensors inside the network differ in shape, not just the "
+            f"head (e.g. {m.key}: source {m.source_shape} vs model {m.target_shape}): the weights come from "
+            "another architecture",
+            path=report.source if is_file else None,
+            fix="pick the architecture the weights come from (--arch), or --allow-partial to load what fits",
         )
     if strict and not report.complete:
         raise _refusal(
@@ -763,6 +781,28 @@ def _load_weights(
         raise CompatibilityError(f"internal: unexpected keys while copying: {result.unexpected_keys[:3]}")
     report.applied = True
     return report
+
+
+def _structural(mismatches: list[ShapeMismatch]) -> list[str]:
+    """Mismatched keys that a new classifier head does not explain.
+
+    A head with another number of classes differs only in its first dimension, and always by the same
+    pair (1000 -> 10), the pair of the last mismatch in model order (the head comes last; auxiliary heads
+    share it). Any other difference means the weights come from another architecture.
+    """
+    if not mismatches:
+        return []
+    last = mismatches[-1]
+    head_pair = (last.source_shape[:1], last.target_shape[:1])
+
+    def head_like(m: ShapeMismatch) -> bool:
+        return (
+            bool(m.target_shape)
+            and m.source_shape[1:] == m.target_shape[1:]
+            and (m.source_shape[:1], m.target_shape[:1]) == head_pair
+        )
+
+    return [m.key for m in mismatches if not head_like(m)]
 
 
 def _refusal(report: LoadReport, what: str, **kw: Any) -> CompatibilityError:
@@ -820,6 +860,11 @@ def _verdict(r: LoadReport, allow_partial: bool = False) -> str:
         extra.append(f"{r.matched_by_order} matched by order")
     if r.shape_mismatched:
         extra.append(f"skipped {', '.join(r.collapsed('shape_mismatched')[:3])} (shape differs: left as initialised)")
+    if r.structural_mismatches:
+        extra.append(
+            f"{len(r.structural_mismatches)} shape mismatches inside the network, not just the head: "
+            "another architecture?"
+        )
     if r.missing:
         extra.append(f"{len(r.missing)} missing")
     if r.unexpected:
@@ -877,6 +922,66 @@ def _inferred_classes(model: nn.Module, report: LoadReport) -> int | None:
         if m.key == f"{head_path}.weight" and m.source_shape[1:] == m.target_shape[1:]:
             return m.source_shape[0]
     return None
+
+
+def _family(name: str) -> str:
+    m = re.match(r"[a-z]+", name.lower())
+    return m.group(0) if m else name
+
+
+@contextlib.contextmanager
+def _no_init() -> Iterator[None]:
+    """Make ``torch.nn.init``'s initialisers no-ops (only used while building on the meta device, where
+    they have nothing to fill but still cost ~0.3 s per ResNet through their Python decompositions)."""
+    import torch.nn.init as init
+
+    names = [n for n in dir(init) if n.endswith("_") and not n.startswith("_") and callable(getattr(init, n))]
+    saved = {n: getattr(init, n) for n in names}
+    try:
+        for n in names:
+            setattr(init, n, lambda tensor, *a, **k: tensor)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(init, n, fn)
+
+
+def _guess_arch(raw: Any, arch: str, limit: int = 3) -> list[str]:
+    """Registry architectures of ``arch``'s family (resnet*, vgg*, efficientnet*...) that the weights fit.
+
+    Built on the meta device (no memory, no init), so trying a family costs well under a second.
+    Returns names, with ``" (N classes)"`` when only the head differs.
+    """
+    import torch
+
+    try:
+        from torchkeep.models import build, list_models
+
+        names = [a.name for a in list_models() if a.source != "user"]
+    except Exception:  # no registry: no guess
+        return []
+    family = _family(arch)
+    candidates = [n for n in names if n != arch and (_family(n) == family or family in n)]
+    weights, _, _ = _unwrap(raw, [])
+    fits: list[tuple[int, str]] = []
+    for name in candidates:
+        try:
+            with torch.device("meta"), _no_init():
+                target = {k: v for k, v in build(name).state_dict().items() if isinstance(v, torch.Tensor)}
+        except Exception:  # some constructors copy data at init and cannot run on meta: skip them
+            continue
+        trial = LoadReport(source="", target=name)
+        try:
+            pairs = _plan(target, weights, trial, rename=None, strip_prefix="auto", match_by_order=False)
+        except CompatibilityError:
+            continue
+        if trial.missing or trial.unexpected or len(trial.shape_mismatched) > 2:
+            continue
+        if not trial.shape_mismatched:
+            fits.append((0, name))
+        elif len(pairs) >= len(target) - 2:
+            fits.append((1, f"{name} ({trial.shape_mismatched[0].source_shape[0]} classes)"))
+    return [n for _, n in sorted(fits)[:limit]]
 
 
 def adapt(
@@ -947,6 +1052,7 @@ def adapt(
         return build(arch, n, in_channels=in_channels, input_size=input_size, class_names=class_names)
 
     def _run(model: nn.Module, dry: bool, partial: bool, shapes: Literal["skip", "error"]) -> LoadReport:
+        # adapt (unlike load_into) refuses a backbone that does not fit unless partial loads are allowed
         return _load_weights(
             model,
             raw,
@@ -962,6 +1068,7 @@ def adapt(
             match_by_order=match_by_order,
             allow_partial=partial,
             dry_run=dry,
+            refuse_structural=not partial,
         )
 
     model = _build(num_classes)
@@ -976,7 +1083,25 @@ def adapt(
             model = _build(inferred)
             notes.append(f"num_classes={inferred} taken from the source's head")
             num_classes = inferred
-    report = _run(model, dry_run, allow_partial, on_shape_mismatch)
+    try:
+        report = _run(model, dry_run, allow_partial, on_shape_mismatch)
+    except CompatibilityError as exc:
+        refused = getattr(exc, "report", None)
+        if refused is None or (refused.fraction >= min_match and not refused.structural_mismatches):
+            raise
+        # The classic cause of "almost nothing matches" is the wrong --arch: name the ones that fit.
+        guesses = _guess_arch(raw, arch)
+        if not guesses:
+            raise
+        refused.notes.append(f"the weights fit {', '.join(guesses)}")
+        err = CompatibilityError(
+            exc.what,
+            path=exc.path,
+            fix=f"the weights fit {' / '.join(guesses)}: pass --arch {guesses[0].split(' ')[0]} "
+            f"(or allow_partial=True / --allow-partial to load what fits)",
+        )
+        err.report = refused  # type: ignore[attr-defined]
+        raise err from None
     if report.shape_mismatched:
         report.notes.append(
             f"{', '.join(report.collapsed('shape_mismatched'))} keep their fresh initialisation: train "
