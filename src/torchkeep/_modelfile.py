@@ -108,41 +108,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
         return model
 
 
-def _dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Make tensors safetensors can write: CPU, contiguous, no shared memory.
-
-    Keys that are the *same* tensor (tied weights: ``decoder.weight is encoder.weight``) are stored once and
-    returned as ``{alias: canonical}`` so ``load`` re-ties them; different views of one storage are cloned.
-    """
-    groups: dict[tuple[str, int], list[str]] = {}
-    for key, t in state.items():
-        if t.numel() == 0:
-            continue
-        groups.setdefault((str(t.device), t.untyped_storage().data_ptr()), []).append(key)
-    aliases: dict[str, str] = {}
-    clone: set[str] = set()
-    for keys in groups.values():
-        if len(keys) < 2:
-            continue
-        views: dict[tuple, str] = {}
-        for key in keys:
-            t = state[key]
-            view = (t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
-            if view in views:
-                aliases[key] = views[view]
-            else:
-                views[view] = key
-        if len(views) > 1:  # overlapping but different views: each gets its own copy
-            clone.update(views.values())
-    out: dict[str, torch.Tensor] = {}
-    for key, t in state.items():
-        if key in aliases:
-            continue
-        t = t.detach().to("cpu")
-        out[key] = t.clone().contiguous() if key in clone else t.contiguous()
-    return out, aliases
-
-
 def save(model: nn.Module, path: str | os.PathLike[str], spec: ModelSpec | None = None) -> Path:
     """Write a self-describing model file: safetensors weights with the spec in the header.
 
@@ -161,6 +126,7 @@ def save(model: nn.Module, path: str | os.PathLike[str], spec: ModelSpec | None 
     from safetensors.torch import save_file
 
     from torchkeep._atomic import atomic_path
+    from torchkeep._convert import _dedupe
     from torchkeep.models._build import current_versions
 
     model = _unwrap(model)
@@ -180,7 +146,10 @@ def save(model: nn.Module, path: str | os.PathLike[str], spec: ModelSpec | None 
             f"{len(empty)} tensors of {type(model).__name__} are on the meta device and hold no data ({empty[0]}, ...)",
             fix="load or initialise the weights first (model.to_empty(device='cpu') then load a state_dict)",
         )
-    tensors, aliases = _dedupe(state)
+    # Tied tensors are stored once ({alias: canonical} goes into the spec so load re-ties them) and views
+    # overlapping another tensor are copied: safetensors refuses shared memory. Same rules as convert.
+    kept, aliases, _ = _dedupe(state)
+    tensors = {k: t.detach().to("cpu").contiguous() for k, t in kept.items()}
     stored = spec.replace(tied=aliases, versions=current_versions())
     metadata = {METADATA_KEY: stored.to_json(), "format": "pt"}
     target = Path(os.fspath(path)).expanduser()
@@ -227,19 +196,15 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 def _dtype(dtype: Any) -> torch.dtype | None:
     import torch
 
+    from torchkeep._convert import DTYPES
+    from torchkeep._load import torch_dtype
+
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    name = str(dtype).removeprefix("torch.")
-    aliases = {
-        "half": "float16",
-        "fp16": "float16",
-        "bf16": "bfloat16",
-        "float": "float32",
-        "fp32": "float32",
-    }
-    value = getattr(torch, aliases.get(name, name), None)
-    if not isinstance(value, torch.dtype) or not value.is_floating_point:
-        raise UsageError(f"unknown dtype {dtype!r}", fix="use float32, float16 or bfloat16")
+    name = str(dtype).lower().removeprefix("torch.")
+    value = torch_dtype(DTYPES.get(name, name))
+    if not value.is_floating_point:
+        raise UsageError(f"unknown dtype {dtype!r} for a model", fix="use float32, float16 or bfloat16")
     return value
 
 

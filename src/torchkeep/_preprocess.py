@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from torchkeep._spec import _CHANNELS as _spec_channels
 from torchkeep._spec import ModelSpec
 from torchkeep.errors import InputError, UsageError
 
 __all__ = ["ToModelImage", "load_image", "transform_for"]
 
-_CHANNELS = {"L": 1, "RGB": 3, "RGBA": 4}
+_CHANNELS = {mode: n for n, mode in _spec_channels.items()}  # "L" -> 1, "RGB" -> 3, "RGBA" -> 4
 
 
 def _spec_of(spec: Any) -> ModelSpec:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -22,6 +21,7 @@ from torchkeep._spec import HeadRecipe, ModelSpec, Preprocessing, Provenance, ch
 from torchkeep.errors import CompatibilityError, InputError, UsageError
 from torchkeep.models._heads import (
     HeadInfo,
+    _new_like,
     append_head,
     find_head,
     get_module,
@@ -49,14 +49,6 @@ def current_versions() -> dict[str, str]:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _hw(input_size: int | tuple[int, int] | list[int] | None) -> tuple[int, int] | None:
@@ -222,8 +214,6 @@ def _apply_recipe(model: nn.Module, recipe: HeadRecipe) -> None:
         )
     if recipe.mode == "replace":
         for path in [recipe.path, *recipe.aux_paths]:
-            from torchkeep.models._heads import _new_like
-
             set_module(model, path, _new_like(get_module(model, path), recipe.num_classes))
     else:
         info = HeadInfo(recipe.path, recipe.kind, recipe.in_features, recipe.out_features)
@@ -376,12 +366,13 @@ def build(
         provenance.pretrained = str(weights)
         provenance.pretrained_url = weights.url
     elif pre_file is not None:
+        from torchkeep._convert import file_sha256
         from torchkeep._load import load_state_dict
 
         sd = load_state_dict(pre_file)
         provenance.pretrained = str(pre_file)
         provenance.source_file = str(pre_file)
-        provenance.source_sha256 = _sha256(pre_file)
+        provenance.source_sha256 = file_sha256(pre_file)
         provenance.notes = _load_file_into(model, sd, pre_file, first=True)
 
     recipe: HeadRecipe | None = None
