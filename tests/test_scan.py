@@ -184,6 +184,23 @@ def test_memo_resolution_and_structural_rules(tmp_path):
     assert {f.rule for f in scan(_write(tmp_path, "p.pkl", pid)).dangerous} == {"persistent-id"}
 
 
+def test_partial_is_judged_by_what_it_wraps_and_whether_it_is_called(tmp_path):
+    mc = make_corpus
+    stored = mc.pk(mc.call(mc.G("functools", "partial"), mc.G("torch.nn.modules.normalization", "LayerNorm")))
+    report = scan(_write(tmp_path, "vit_like.pkl", stored))
+    assert report.verdict == "custom-code" and "functools.partial" in report.custom_classes
+    via_rebuild = mc.pk(
+        mc.call(
+            mc.G("torch._tensor", "_rebuild_from_type_v2"),
+            mc.call(mc.G("functools", "partial"), mc.G("torch.nn.modules.normalization", "LayerNorm")),
+            mc.G("torch", "Tensor"),
+            mc.EMPTY_TUPLE,
+            mc.EMPTY_DICT,
+        )
+    )
+    assert {f.rule for f in scan(_write(tmp_path, "r.pkl", via_rebuild)).dangerous} == {"indirect-call"}
+
+
 def test_trailing_garbage_and_stacked_pickles(tmp_path):
     benign = pickle.dumps({"a": 1}, protocol=2)
     two = scan(_write(tmp_path, "two.pkl", benign + pickle.dumps([1, 2], protocol=4)))
@@ -292,6 +309,8 @@ def test_torchscript_classes_are_safe_only_in_torchscript(tmp_path):
         ("logging", "FileHandler", "dangerous"),
         ("logging", "getLogger", "custom-code"),
         ("pkgutil", "resolve_name", "dangerous"),
+        ("functools", "partial", "custom-code"),  # inert until called; wrapped function and calls checked
+        ("functools", "reduce", "dangerous"),
     ],
 )
 def test_rules(module, name, expected):

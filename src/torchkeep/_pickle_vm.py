@@ -341,6 +341,16 @@ class _Machine:
             func = self.pop()
             if isinstance(func, Global) and (func.module, func.name) == ("torch.storage", "_load_from_bytes"):
                 self.load_from_bytes(args, pos)
+            if isinstance(func, Global) and (func.module, func.name) == ("torch._tensor", "_rebuild_from_type_v2"):
+                # _rebuild_from_type_v2(func, new_type, args, state) calls func(*args): func must be a global.
+                first = args.items[0] if isinstance(args, Seq) and args.items else None
+                if not isinstance(first, Global):
+                    self.find(
+                        "dangerous",
+                        "indirect-call",
+                        "torch._tensor._rebuild_from_type_v2 calls a value that is not a plain global",
+                        pos,
+                    )
             st.append(self.call(func, args, pos, "REDUCE"))
         elif opname == "NEWOBJ":
             args = self.pop()

@@ -276,6 +276,22 @@ SAFE_NAMES: frozenset[str] = frozenset(
         "numpy.random._pickle.__bit_generator_ctor",
         "numpy.random._pickle.__generator_ctor",
         "numpy.random.mtrand._legacy_seeding",
+        "numpy.random._pcg64.PCG64",
+        "numpy.random._mt19937.MT19937",
+        "numpy.random._philox.Philox",
+        "numpy.random._sfc64.SFC64",
+        "numpy.core.numeric._frombuffer",  # protocol-5 pickles of arrays
+        "numpy._core.numeric._frombuffer",
+        # plain stdlib values found in checkpoints' metadata
+        "datetime.datetime",
+        "datetime.date",
+        "datetime.time",
+        "datetime.timedelta",
+        "datetime.timezone",
+        "decimal.Decimal",
+        "fractions.Fraction",
+        "uuid.UUID",
+        "torch.torch_version.TorchVersion",
     ]
     + [f"builtins.{n}" for n in ["set", "frozenset", "slice", "complex", "bytearray", "bytes", "range", "object", "int", "float", "str", "bool", "tuple", "list", "dict"]]
     + [f"torch.{d}" for d in _TORCH_DTYPES]
@@ -289,6 +305,9 @@ SAFE_NAMES: frozenset[str] = frozenset(
 # Harmless classes inside denied modules: only "custom-code" (checked before the deny-list).
 _NOT_DENIED = frozenset(
     [
+        # partial(nn.LayerNorm, eps=1e-6) is stored by torchvision's ViT: building a partial calls nothing;
+        # the wrapped function is classified on its own and calling a partial is an indirect call.
+        "functools.partial",
         "types.SimpleNamespace",
         "pathlib.Path",
         "pathlib.PosixPath",
