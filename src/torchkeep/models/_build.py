@@ -134,7 +134,7 @@ def _load_torchvision_weights(model: nn.Module, sd: dict[str, torch.Tensor], wei
 # --------------------------------------------------------------------------- local pretrained files
 
 
-def _load_file_into(model: nn.Module, sd: dict[str, Any], path: Path, *, first: bool) -> str:
+def _load_file_into(model: nn.Module, sd: dict[str, Any], *, first: bool) -> str:
     """Copy what fits from a state_dict into ``model``; returns the load report's verdict."""
     from torchkeep._adapt import load_into
 
@@ -373,7 +373,7 @@ def build(
         provenance.pretrained = str(pre_file)
         provenance.source_file = str(pre_file)
         provenance.source_sha256 = file_sha256(pre_file)
-        provenance.notes = _load_file_into(model, sd, pre_file, first=True)
+        provenance.notes = _load_file_into(model, sd, first=True)
 
     recipe: HeadRecipe | None = None
     final_classes: int | None = None
@@ -414,9 +414,11 @@ def build(
                 wrapped=wrapped,
             )
         final_classes = num_classes
-        if sd is not None and pre_file is not None:
+        new_weight: Any = get_module(model, recipe.added_path or recipe.path).weight
+        new_shape = tuple(new_weight.shape)
+        if sd is not None and any(tuple(getattr(t, "shape", ())) == new_shape for t in sd.values()):
             # A file saved from an already re-headed model carries the new head too: take it.
-            _load_file_into(model, sd, pre_file, first=False)
+            _load_file_into(model, sd, first=False)
 
     if class_names is None and weights is not None and final_classes == len(weights.meta["categories"]):
         class_names = list(weights.meta["categories"])
@@ -429,8 +431,6 @@ def build(
     if source_spec is not None and not user_hw:
         # the pretrained weights were trained on inputs prepared this way: keep feeding them so
         pre, size = source_spec.preprocessing, source_spec.input_size
-    if weights is not None and hw is None and arch.startswith(("vit_", "maxvit")):
-        size = (int(weights.meta["min_size"][0]), int(weights.meta["min_size"][1]))
     spec = ModelSpec(
         arch=arch,
         arch_kwargs=kwargs,
