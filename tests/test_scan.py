@@ -199,6 +199,14 @@ def test_partial_is_judged_by_what_it_wraps_and_whether_it_is_called(tmp_path):
         )
     )
     assert {f.rule for f in scan(_write(tmp_path, "r.pkl", via_rebuild)).dangerous} == {"indirect-call"}
+    rng = mc.pk(
+        mc.call(
+            mc.G("numpy.random._pickle", "__randomstate_ctor"),
+            mc.U("MT19937"),
+            mc.call(mc.G("functools", "partial"), mc.G("argparse", "Namespace")),
+        )
+    )
+    assert {f.rule for f in scan(_write(tmp_path, "rng.pkl", rng)).dangerous} == {"indirect-call"}
 
 
 def test_trailing_garbage_and_stacked_pickles(tmp_path):

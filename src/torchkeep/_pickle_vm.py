@@ -105,6 +105,13 @@ _CONST_OPS = {
     "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8",
 }  # fmt: skip
 _EMPTY = {"EMPTY_LIST": "list", "EMPTY_DICT": "dict", "EMPTY_SET": "set", "EMPTY_TUPLE": "tuple"}
+# allow-listed functions that call one of their arguments (position) while loading
+_CALLS_ARGUMENT: dict[tuple[str, str], int] = {
+    ("torch._tensor", "_rebuild_from_type_v2"): 0,  # func(*args)
+    ("numpy.random._pickle", "__randomstate_ctor"): 1,  # bit_generator_ctor(name)
+    ("numpy.random._pickle", "__generator_ctor"): 1,
+    ("numpy.random._pickle", "__bit_generator_ctor"): 0,  # a BitGenerator class is instantiated
+}
 _SEVERITY_ORDER = {"safe": 0, "warning": 1, "custom-code": 2, "dangerous": 3}
 
 
@@ -203,6 +210,22 @@ class _Machine:
                 pos,
                 "torch.storage",
                 "_load_from_bytes",
+            )
+
+    def check_called_argument(self, func: Global, args: Any, pos: int) -> None:
+        # Allow-listed functions that call one of their arguments: that argument must be a plain global
+        # (classified on its own) or a constant, never a computed value (a partial, a getattr result...).
+        index = _CALLS_ARGUMENT[(func.module, func.name)]
+        items = args.items if isinstance(args, Seq) else []
+        arg = items[index] if index < len(items) else None
+        if arg is not None and not isinstance(arg, (Global, Const)):
+            self.find(
+                "dangerous",
+                "indirect-call",
+                f"{func.module}.{func.name} calls its argument {index + 1}, which is a computed value, not a global",
+                pos,
+                func.module,
+                func.name,
             )
 
     @staticmethod
@@ -341,16 +364,8 @@ class _Machine:
             func = self.pop()
             if isinstance(func, Global) and (func.module, func.name) == ("torch.storage", "_load_from_bytes"):
                 self.load_from_bytes(args, pos)
-            if isinstance(func, Global) and (func.module, func.name) == ("torch._tensor", "_rebuild_from_type_v2"):
-                # _rebuild_from_type_v2(func, new_type, args, state) calls func(*args): func must be a global.
-                first = args.items[0] if isinstance(args, Seq) and args.items else None
-                if not isinstance(first, Global):
-                    self.find(
-                        "dangerous",
-                        "indirect-call",
-                        "torch._tensor._rebuild_from_type_v2 calls a value that is not a plain global",
-                        pos,
-                    )
+            if isinstance(func, Global) and (func.module, func.name) in _CALLS_ARGUMENT:
+                self.check_called_argument(func, args, pos)
             st.append(self.call(func, args, pos, "REDUCE"))
         elif opname == "NEWOBJ":
             args = self.pop()
