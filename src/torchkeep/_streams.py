@@ -130,6 +130,22 @@ class _Window(io.RawIOBase):
         return self._end - self._start
 
 
+_IN_MEMORY = (1 << 20, 64 << 20)  # pickles are parsed from memory (fast C reads) if they end within these
+
+
+def _analyze_region(fh: IO[bytes], start: int, end: int, torchscript: bool = False) -> StreamResult:
+    """Analyse the pickle at ``start`` (offsets relative to it): from memory when it ends within the first
+    1 MiB, then 64 MiB; beyond that in place over the whole region."""
+    res = StreamResult()
+    for size in _IN_MEMORY:
+        chunk_end = min(end, start + size)
+        fh.seek(start)
+        res = analyze(io.BytesIO(fh.read(chunk_end - start)), torchscript=torchscript)
+        if res.end is not None or chunk_end >= end or res.opcodes == 0:
+            return res
+    return analyze(_Window(fh, start, end), torchscript=torchscript)  # type: ignore[arg-type]
+
+
 def _looks_like_pickle_start(head: bytes) -> bool:
     if not head:
         return False
@@ -219,9 +235,9 @@ class Walker:
             probing = index == 0 and not required and end - pos > PROBE
             # Tensor bytes can start with an opcode whose length field asks for gigabytes: a member that is
             # not known to be a pickle is parsed within PROBE bytes first, fully only if it is clearly one.
-            res = analyze(_Window(fh, pos, pos + PROBE if probing else end), torchscript=torchscript)  # type: ignore[arg-type]
+            res = _analyze_region(fh, pos, pos + PROBE if probing else end, torchscript)
             if probing and res.end is None and res.opcodes >= 256:
-                res = analyze(_Window(fh, pos, end), torchscript=torchscript)  # type: ignore[arg-type]
+                res = _analyze_region(fh, pos, end, torchscript)
             label = name if index == 0 else f"{name} (stacked {what} {index + 1} at byte {base + pos})"
             if res.end is None:
                 dangerous = [f for f in res.findings if f.rule == "dangerous-import"]
@@ -436,9 +452,7 @@ class Walker:
         pos = 0
         results: list[StreamResult] = []
         for label in labels:
-            fh.seek(pos)
-            win = _Window(fh, pos, size)
-            res = analyze(win)  # type: ignore[arg-type]
+            res = _analyze_region(fh, pos, size)
             self._emit(f"{place}: {label} pickle", res, pos)
             if res.end is None:
                 self.sink.on_finding(
