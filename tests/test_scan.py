@@ -397,9 +397,15 @@ def test_sarif(corpus, cli, tmp_path):
     assert {r["ruleId"] for r in run["results"]} == rule_ids >= {"dangerous-import", "zip-bad-crc", "custom-class"}
     assert {r["level"] for r in run["results"]} <= {"error", "warning", "note"}
     bare = next(r for r in run["results"] if r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"].endswith("os_system.pkl"))
-    assert bare["level"] == "error" and bare["locations"][0]["physicalLocation"]["region"] == {"byteOffset": 2}
+    assert bare["level"] == "error"
+    assert bare["locations"][0]["physicalLocation"]["region"] == {"startLine": 1, "byteOffset": 2}
+    assert len(bare["partialFingerprints"]["torchkeepFinding/v1"]) == 64
+    rules = {r["id"]: r for r in run["tool"]["driver"]["rules"]}
+    assert rules["dangerous-import"]["properties"]["security-severity"] == "9.0"
+    assert rules["custom-class"]["defaultConfiguration"]["level"] == "warning"
     member = next(r for r in run["results"] if r["ruleId"] == "zip-bad-crc")
     assert member["locations"][0]["logicalLocations"][0]["fullyQualifiedName"] == "archive/data.pkl"
+    assert member["locations"][0]["physicalLocation"]["region"] == {"startLine": 1}
     assert to_sarif(scan_paths(files))["runs"][0]["results"] == run["results"]
     _no_markers(root)
 

@@ -17,6 +17,7 @@ Neither ``pickle.load`` nor ``torch`` is ever used here.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tarfile
 import zipfile
@@ -339,6 +340,13 @@ def exit_code(reports: Iterable[ScanReport]) -> int:
     return 0
 
 
+_RULE_SEVERITY = {
+    "custom-class": "custom-code",
+    "extension-mismatch": "warning",
+    **{r: "error" for r in ("malformed-pickle", "zip-unreadable", "zip-corrupt", "zip-too-large", "npy-header",
+                            "tar-unreadable", "legacy-truncated", "unreadable")},
+}  # fmt: skip
+_SECURITY_SEVERITY = {"dangerous": "9.0", "custom-code": "5.0", "error": "3.0", "warning": "2.0"}
 _SARIF_LEVEL = {"dangerous": "error", "error": "error", "custom-code": "warning", "warning": "note"}
 
 
@@ -355,9 +363,12 @@ def to_sarif(reports: Iterable[ScanReport]) -> dict[str, Any]:
             items.append(Finding("error", "", "", "file", None, rep.error or "cannot read the file", "unreadable"))
         for f in items:
             used.add(f.rule)
-            location: dict[str, Any] = {"physicalLocation": {"artifactLocation": {"uri": uri}}}
+            # GitHub code scanning needs region.startLine to place an alert; model files have no lines,
+            # so every result sits on line 1 and the real position is the byte offset / logical location.
+            region: dict[str, Any] = {"startLine": 1}
             if f.offset is not None and rep.format not in _ZIP_FORMATS:
-                location["physicalLocation"]["region"] = {"byteOffset": f.offset}
+                region["byteOffset"] = f.offset
+            location: dict[str, Any] = {"physicalLocation": {"artifactLocation": {"uri": uri}, "region": region}}
             location["logicalLocations"] = [{"fullyQualifiedName": f.stream, "kind": "module"}]
             text = f"{f.target}: {f.why}" if f.module else f.why
             results.append(
@@ -366,6 +377,11 @@ def to_sarif(reports: Iterable[ScanReport]) -> dict[str, Any]:
                     "level": _SARIF_LEVEL.get(f.severity, "note"),
                     "message": {"text": f"{rep.verdict}: {text} [{f.stream}" + (f" @ {f.offset}]" if f.offset is not None else "]")},
                     "locations": [location],
+                    "partialFingerprints": {
+                        "torchkeepFinding/v1": hashlib.sha256(
+                            "|".join((uri, f.rule, f.module, f.name, f.stream)).encode()
+                        ).hexdigest()
+                    },
                     "properties": {
                         "severity": f.severity,
                         "verdict": rep.verdict,
@@ -382,7 +398,13 @@ def to_sarif(reports: Iterable[ScanReport]) -> dict[str, Any]:
             "id": rule,
             "name": "".join(w.capitalize() for w in rule.split("-")),
             "shortDescription": {"text": RULES.get(rule, rule)},
-            "helpUri": "https://github.com/torchkeep/torchkeep/blob/main/docs/scan.md",
+            "helpUri": "https://github.com/torchkeep/torchkeep/blob/main/docs/scan.md#rules",
+            "defaultConfiguration": {"level": _SARIF_LEVEL.get(_RULE_SEVERITY.get(rule, "dangerous"), "error")},
+            "properties": {
+                "tags": ["security"],
+                # GitHub ranks security alerts by this score (critical >= 9.0, medium 4.0-6.9, low < 4.0)
+                "security-severity": _SECURITY_SEVERITY.get(_RULE_SEVERITY.get(rule, "dangerous"), "9.0"),
+            },
         }
         for rule in sorted(used)
     ]
