@@ -569,3 +569,24 @@ def test_wrong_arch_is_refused_with_the_architecture_that_fits(tmp_path, cli):
     assert code == 4 and "pass --arch resnet50" in err and not (tmp_path / "x.safetensors").exists()
     # a head with another number of classes is not "structural"
     assert load_into(_fresh(num_classes=10), _model("resnet18")).structural_mismatches == []
+
+
+def test_key_picks_the_ema_weights(tmp_path, cli):
+    model, ema = _model("mobilenet_v3_small"), _fresh("mobilenet_v3_small")
+    ckpt = {"model": model.state_dict(), "ema": ema.state_dict(), "epoch": 4}
+    path = tmp_path / "ckpt.pth"
+    torch.save(ckpt, path)
+    report = load_into(_fresh("mobilenet_v3_small"), ckpt)
+    assert report.unwrapped == "model" and any("key='ema' (CLI: --key ema)" in n for n in report.notes)
+    target = _fresh("mobilenet_v3_small")
+    torch.nn.init.zeros_(target.classifier[3].weight)
+    report = load_into(target, ckpt, key="ema")
+    assert report.unwrapped == "ema" and torch.equal(target.classifier[3].weight, ema.classifier[3].weight)
+    with pytest.raises(UsageError, match=r"no entry 'emma' \(it has: model, ema, epoch\)"):
+        load_into(target, ckpt, key="emma")
+    out = tmp_path / "ema.safetensors"
+    code, stdout, err = cli("adapt", path, "--arch", "mobilenet_v3_small", "--key", "ema", "-o", out, "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["report"]["unwrapped"] == "ema"
+    loaded = torchkeep.load(out, device="cpu")
+    assert torch.equal(loaded.classifier[3].weight, ema.classifier[3].weight)

@@ -400,7 +400,7 @@ def _unwrap(obj: Any, notes: list[str]) -> tuple[dict[str, Any], str | None, lis
             if ema:
                 notes.append(
                     f"the checkpoint also holds EMA weights under {ema[0]!r}; to load those pass "
-                    f"checkpoint[{ema[0]!r}] as the source"
+                    f"key={ema[0]!r} (CLI: --key {ema[0]})"
                 )
         trail.append(str(key))
         obj = obj[key]
@@ -427,7 +427,9 @@ def _holds_tensors(v: Any) -> bool:
     return isinstance(v, Mapping) and any(_is_tensor(x) or isinstance(x, Mapping) for x in v.values())
 
 
-def _read_source(source: Any, trust: bool, notes: list[str]) -> tuple[Any, str, str | None]:
+def _read_source(
+    source: Any, trust: bool, notes: list[str], key: str | None = None
+) -> tuple[Any, str, str | None]:
     """(weights or checkpoint object, label for the report, where in the file the weights were found)."""
     from torch import nn
 
@@ -435,7 +437,8 @@ def _read_source(source: Any, trust: bool, notes: list[str]) -> tuple[Any, str, 
         from torchkeep._load import read_weights
 
         path = Path(source)
-        loaded = read_weights(path, "cpu", trust=trust)  # runs no code; CUDA-saved tensors land on the CPU
+        # runs no code; CUDA-saved tensors land on the CPU
+        loaded = read_weights(path, "cpu", trust=trust, key=key)
         # "(full model)" / "(all tensors)" are descriptions, not checkpoint keys
         where = loaded.location if loaded.location and not loaded.location.startswith("(") else None
         if loaded.source == "full_model":
@@ -447,7 +450,16 @@ def _read_source(source: Any, trust: bool, notes: list[str]) -> tuple[Any, str, 
     if isinstance(source, nn.Module):
         return source, f"<{type(source).__name__} module>", None
     if isinstance(source, Mapping):
-        return source, "<state_dict>" if _tensor_share(source) == 1.0 else "<checkpoint dict>", None
+        label = "<state_dict>" if _tensor_share(source) == 1.0 else "<checkpoint dict>"
+        if key is None:
+            return source, label, None
+        obj: Any = source
+        for part in key.split("."):
+            if not isinstance(obj, Mapping) or part not in obj:
+                have = ", ".join(map(str, list(obj)[:10])) if isinstance(obj, Mapping) else type(obj).__name__
+                raise UsageError(f"the checkpoint has no entry {key!r} (it has: {have})", fix="pass one of those as key")
+            obj = obj[part]
+        return obj, label, key
     raise UsageError(
         f"cannot load weights from a {type(source).__name__}",
         fix="pass a file path, a state_dict (name -> tensor), a checkpoint dict or an nn.Module",
@@ -623,6 +635,7 @@ def load_into(
     allow_partial: bool = False,
     dry_run: bool = False,
     trust: bool = False,
+    key: str | None = None,
 ) -> LoadReport:
     """Copy weights from ``source`` into ``model`` and report exactly what was loaded.
 
@@ -645,6 +658,8 @@ def load_into(
         allow_partial: load even below ``min_match``.
         dry_run: plan and report without touching the model.
         trust: passed to ``torchkeep.load_state_dict`` when ``source`` is a path.
+        key: the checkpoint entry holding the weights (dotted for nesting: ``"ema"``, ``"model.state_dict"``)
+            when the automatic choice is not the one you want.
 
     Returns:
         A :class:`LoadReport`; ``report.applied`` tells whether the weights were copied.
@@ -658,7 +673,7 @@ def load_into(
     if not 0.0 <= min_match <= 1.0:
         raise UsageError(f"min_match must be between 0 and 1, not {min_match!r}")
     notes: list[str] = []
-    raw, label, where = _read_source(source, trust, notes)
+    raw, label, where = _read_source(source, trust, notes, key)
     return _load_weights(
         model,
         raw,
@@ -1001,6 +1016,7 @@ def adapt(
     match_by_order: bool | Literal["auto"] = "auto",
     on_shape_mismatch: Literal["skip", "error"] = "skip",
     trust: bool = False,
+    key: str | None = None,
 ) -> AdaptResult:
     """Build ``arch``, load the weights of ``src`` into it, and write a self-describing model file.
 
@@ -1022,6 +1038,7 @@ def adapt(
         match_by_order: see :func:`load_into`.
         on_shape_mismatch: ``"skip"`` (a new head stays initialised) or ``"error"``.
         trust: passed to ``torchkeep.load_state_dict`` (only for files whose classes you trust).
+        key: the checkpoint entry holding the weights (``"ema"``), if not the automatic choice.
 
     Returns:
         An :class:`AdaptResult` with the :class:`LoadReport` and the file written.
@@ -1046,7 +1063,7 @@ def adapt(
             )
     path = Path(src)
     notes: list[str] = []
-    raw, label, where = _read_source(path, trust, notes)
+    raw, label, where = _read_source(path, trust, notes, key)
 
     def _build(n: int | None) -> nn.Module:
         return build(arch, n, in_channels=in_channels, input_size=input_size, class_names=class_names)

@@ -87,6 +87,7 @@ def _human(result, limit: int) -> None:
 @click.option("--no-match-by-order", is_flag=True, help="Never pair tensors by order when names differ.")
 @click.option("--in-channels", type=click.IntRange(min=1), help="Input channels (seed and user architectures).")
 @click.option("--input-size", type=click.IntRange(min=1), help="Input height = width.")
+@click.option("--key", help="Checkpoint entry holding the weights (dotted: 'ema', 'model.state_dict').")
 @click.option("--dry-run", is_flag=True, help="Show the report, write nothing.")
 @click.option("--limit", type=int, default=8, show_default=True, help="Key patterns shown per row (0: all).")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="The model file to write (.safetensors).")
@@ -104,6 +105,7 @@ def command(
     no_match_by_order: bool,
     in_channels: int | None,
     input_size: int | None,
+    key: str | None,
     dry_run: bool,
     limit: int,
     out: str | None,
@@ -135,6 +137,7 @@ def command(
             min_match=min_match,
             match_by_order=False if no_match_by_order else "auto",
             on_shape_mismatch=on_shape_mismatch,  # type: ignore[arg-type]
+            key=key,
         )
     except CompatibilityError as exc:
         report = getattr(exc, "report", None)
