@@ -611,7 +611,6 @@ def _plan(
                 fix="use renames ('REGEX=>REPL') for the layers whose names differ",
             )
 
-
     report.matched = [k for k in tgt_keys if k in pairs]
     report.missing = missing
     unexpected_set = set(unexpected)
