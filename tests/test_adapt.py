@@ -424,6 +424,21 @@ def test_adapt_user_cnn_by_order_into_the_registry_architecture(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(x), user(x))
     assert model.torchkeep_spec.class_names[3] == "c3"
+    # a fresh process that never saw UserCNN gets the same outputs from the file alone
+    import subprocess
+
+    torch.save(x, tmp_path / "x.pt")
+    code = (
+        "import sys, torch, torchkeep; m = torchkeep.load(sys.argv[1], device='cpu'); "
+        "x = torch.load(sys.argv[2]); torch.save(m(x).detach(), sys.argv[3]); "
+        "assert 'tests.test_adapt' not in sys.modules and 'test_adapt' not in sys.modules"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "cnn.safetensors"), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+        check=True, cwd=tmp_path,
+    )
+    with torch.no_grad():
+        assert torch.equal(torch.load(tmp_path / "y.pt"), user(x))
 
 
 def test_adapt_infers_classes_from_a_fine_tuned_head(tmp_path):
