@@ -15,6 +15,7 @@ Flat verbs, each returning a dataclass::
     torchkeep.predict(model, inputs)     -> list[Prediction]
     torchkeep.export(model, fmt, out)    -> ExportResult
     torchkeep.diff(a, b)                 -> DiffReport
+    torchkeep.explain_error(exc_or_text) -> str | None   the fix for a classic PyTorch loading error
 
 Importing torchkeep is cheap: nothing (torch included) is imported until a verb is used.
 """
@@ -52,6 +53,7 @@ _LAZY: dict[str, str] = {
     "load_into": "torchkeep._adapt",
     "LoadReport": "torchkeep._adapt",
     "adapt": "torchkeep._adapt",
+    "explain_error": "torchkeep._adapt",
     "AdaptResult": "torchkeep._adapt",
     "train": "torchkeep.training",
     "TrainConfig": "torchkeep.training",
@@ -92,6 +94,7 @@ __all__ = [
     "detect",
     "diff",
     "evaluate",
+    "explain_error",
     "export",
     "inspect",
     "load",
@@ -118,7 +121,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from torchkeep._adapt import AdaptResult, LoadReport, adapt, load_into
+    from torchkeep._adapt import AdaptResult, LoadReport, adapt, explain_error, load_into
     from torchkeep._convert import ConvertResult, convert
     from torchkeep._detect import detect
     from torchkeep._diff import DiffReport, diff

@@ -54,7 +54,8 @@ class TorchkeepError(Exception):
     def _render(self) -> str:
         msg = f"{self.path}: {self.what}" if self.path else self.what
         if self.fix:
-            msg = f"{msg.rstrip('.')}. Fix: {self.fix}"
+            end = "" if msg.endswith(("?", "!", ".")) else "."
+            msg = f"{msg}{end} Fix: {self.fix}"
         return msg
 
 

@@ -74,6 +74,16 @@ def _debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("TORCHKEEP_DEBUG", "") not in ("", "0")
 
 
+def _explain(exc: BaseException) -> str | None:
+    """The torchkeep fix for a classic PyTorch error (size mismatch, missing keys, CUDA on CPU...)."""
+    try:
+        from torchkeep._adapt import explain_error
+
+        return explain_error(exc)
+    except Exception:
+        return None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; never returns (exits with the command's code)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -108,9 +118,13 @@ def run(args: list[str]) -> int:
         if debug:
             traceback.print_exc()
         else:
+            first = (str(exc).strip().splitlines() or [""])[0]
             click.echo(
-                f"torchkeep: internal error: {type(exc).__name__}: {exc} (re-run with --debug for the traceback)",
+                f"torchkeep: internal error: {type(exc).__name__}: {first} (re-run with --debug for the traceback)",
                 err=True,
             )
+        hint = _explain(exc)
+        if hint:
+            click.echo(f"torchkeep: hint: {hint}", err=True)
         return 4
     return int(rv or 0)
