@@ -247,6 +247,18 @@ def test_tensor_bytes_that_look_like_a_pickle_are_data(tmp_path):
     assert report.verdict == "safe" and report.streams == ["archive/data.pkl"]
 
 
+def test_random_tensor_bytes_are_never_findings(tmp_path):
+    # Tiny tensors are a few bytes that may well parse as a pickle (b"\x82\x05." is EXT1 5, STOP).
+    import random
+
+    rng = random.Random(0)
+    members = [("archive/data/ext", b"\x82\x05."), ("archive/data/ext2", b"\x82\x05." + bytes(40))]
+    members += [(f"archive/data/{i}", rng.randbytes(rng.randint(1, 64))) for i in range(3000)]
+    data = make_corpus.torch_zip_bytes(pickle.dumps({"w": 1}, protocol=2), extra=tuple(members))
+    report = scan(_write(tmp_path, "random.pt", data))
+    assert report.verdict == "safe" and not report.findings, report.findings[:3]
+
+
 def test_tensor_bytes_asking_for_gigabytes_are_probed_not_read(tmp_path):
     # BINUNICODE with a 2 GiB length at the start of a storage member: parsed within a bounded window.
     blob = b"X\xff\xff\xff\x7f" + b"\x00" * (3 << 20)
@@ -319,6 +331,12 @@ def test_torchscript_classes_are_safe_only_in_torchscript(tmp_path):
         ("pkgutil", "resolve_name", "dangerous"),
         ("functools", "partial", "custom-code"),  # inert until called; wrapped function and calls checked
         ("functools", "reduce", "dangerous"),
+        ("torch.storage", "UntypedStorage.from_file", "dangerous"),
+        ("PIL.Image", "open", "dangerous"),
+        ("mylib.io", "load", "dangerous"),
+        ("torch.utils.model_zoo", "load_url", "dangerous"),
+        ("torch", "save", "dangerous"),
+        ("mylib.io", "Loader", "custom-code"),
     ],
 )
 def test_rules(module, name, expected):

@@ -197,12 +197,17 @@ DANGEROUS_MODULES: dict[str, str] = {
     "torch.export": "loads programs from files",
     "torch.onnx": "exports/loads models from files",
     "torch.compiler": "compiles code",
+    "torch.utils.model_zoo": "downloads and loads files",
+    "torch.profiler": "writes trace files",
+    "torch.cuda.memory": "writes memory snapshot files",
 }
 
 #: Single names denied inside modules that are otherwise only "custom-code".
 DANGEROUS_NAMES: dict[str, str] = {
     "torch.load": "loads another file and unpickles it",
     "torch.compile": "compiles and runs code",
+    "torch.save": "writes files",
+    "torch.from_file": "maps any file into a tensor",
     "numpy.load": "loads a file (pickles allowed)",
     "numpy.loadtxt": "reads files",
     "numpy.genfromtxt": "reads files",
@@ -324,6 +329,14 @@ _TORCH_C_DANGER = ("jit", "import", "load", "save", "compile", "exec", "file", "
 # NumPy >= 1.25 pickles dtypes of scalars as numpy.dtypes.<Name>DType.
 _SAFE_PREFIX_CLASSES = ("numpy.dtypes.",)
 
+# Functions that load, open, run or fetch, whatever module they live in (PIL.Image.open, yaml.load,
+# keras load_model, UntypedStorage.from_file, a library's own `load` helper...).
+_DANGEROUS_LAST = {
+    "load", "loads", "load_file", "load_model", "from_file", "read_pickle", "load_library", "dlopen",
+    "open", "urlopen", "urlretrieve", "system", "popen", "spawn", "exec", "execfile", "eval", "run_path",
+    "run_module", "import_module", "__import__",
+}  # fmt: skip
+
 # Components that reach a denied module through another module's attribute (torch.serialization.os).
 _DANGEROUS_COMPONENTS = {
     "os", "sys", "subprocess", "builtins", "__builtin__", "__builtins__", "posix", "nt", "importlib",
@@ -382,6 +395,8 @@ def classify(module: str, name: str, *, torchscript: bool = False) -> tuple[str,
     for dotted in (qualified, module):
         if dotted in DANGEROUS_NAMES:
             return "dangerous", DANGEROUS_NAMES[dotted]
+    if parts[-1] in _DANGEROUS_LAST:
+        return "dangerous", f"{parts[-1]}: loads, opens, fetches or runs something named at load time"
     components = module.split(".")[1:] + parts
     hit = next((c for c in components if c in _DANGEROUS_COMPONENTS), None)
     if hit is not None:

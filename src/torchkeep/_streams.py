@@ -215,9 +215,10 @@ class Walker:
         """Scan stacked pickles in ``[start, end)`` of ``fh``.
 
         ``required``: a loader unpickles the first stream, so a malformed stream or bytes after ``STOP``
-        that are not a pickle are findings. Otherwise the region is only a candidate (a zip member, tensor
-        bytes): if it does not parse as a pickle, only deny-listed imports seen before the error are kept
-        and ``None`` is returned.
+        that are not a pickle are findings. Otherwise the region is only a candidate (a zip member no
+        loader unpickles, possibly tensor bytes): only the imports it names are findings (structural
+        oddities of a few random bytes that happen to parse are not), and ``None`` is returned when it is
+        not a pickle.
         """
         results: list[StreamResult] = []
         pos = start
@@ -239,14 +240,17 @@ class Walker:
             if probing and res.end is None and res.opcodes >= 256:
                 res = _analyze_region(fh, pos, end, torchscript)
             label = name if index == 0 else f"{name} (stacked {what} {index + 1} at byte {base + pos})"
+            if not required:
+                # Keep what a candidate imports; drop structural findings (EXT1 + STOP is 3 random bytes).
+                res.findings[:] = [f for f in res.findings if f.rule in ("dangerous-import", "custom-class")]
             if res.end is None:
                 dangerous = [f for f in res.findings if f.rule == "dangerous-import"]
-                if index == 0 and not required:
-                    if not dangerous:
-                        return None
-                    res.findings[:] = dangerous
-                    self._emit(label, res, base + pos)
-                    return [res]
+                if not required:
+                    if dangerous and index == 0:
+                        res.findings[:] = dangerous
+                        self._emit(label, res, base + pos)
+                        return [res]
+                    return results if index else None
                 if index > 0:
                     # Not another pickle: garbage after STOP (keep deny-listed imports it happens to name).
                     self.sink.on_finding(
@@ -272,12 +276,7 @@ class Walker:
                 results.append(res)
                 return results
             # A candidate that is a tiny valid pickle followed by more bytes is tensor data by chance.
-            if (
-                index == 0
-                and not required
-                and not _only_padding(fh, pos + res.end, end)
-                and not any(f.severity in ("dangerous", "custom-code") for f in res.findings)
-            ):
+            if index == 0 and not required and not res.findings and not _only_padding(fh, pos + res.end, end):
                 return None
             self._emit(label, res, base + pos)
             results.append(res)
