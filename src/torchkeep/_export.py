@@ -270,6 +270,8 @@ class OnnxRunner(Runner):
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3  # errors only: ORT warns about unused initializers on every load
+        # as many threads as torch uses, so backends compare fairly and respect torch.set_num_threads
+        opts.intra_op_num_threads = _torch_threads()
         src = model if isinstance(model, bytes) else os.fspath(model)
         self.session = ort.InferenceSession(src, sess_options=opts, providers=providers)
         inp = self.session.get_inputs()[0]
@@ -291,6 +293,12 @@ class OnnxRunner(Runner):
         )
         out = self.session.run(None, {self.input_name: arr})[0]
         return torch.from_numpy(np.asarray(out, dtype=np.float32))
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return max(1, torch.get_num_threads())
 
 
 def _torch_dtype(name: str) -> torch.dtype:

@@ -161,12 +161,23 @@ def _is_pil(obj: Any) -> bool:
     return isinstance(obj, Image.Image)
 
 
-def load_input(source: Any, spec: ModelSpec) -> torch.Tensor:
+def load_input(
+    source: Any, spec: ModelSpec, transform: Callable[[Any], torch.Tensor] | None = None
+) -> torch.Tensor:
     """One image (path or PIL image) → the model's input tensor, via the spec's preprocessing.
 
     Pillow's decompression-bomb check stays on (``Image.MAX_IMAGE_PIXELS``); its warning, given for
     images between 1x and 2x the limit, is raised as an error here so a huge image is refused
     instead of exhausting memory in a batch job.
+
+    Args:
+        source: an image file or a PIL image.
+        spec: the model's spec.
+        transform: ``_preprocess.transform_for(spec)``, when the caller built it once for many images
+            (building it costs about as much as decoding a small PNG).
+
+    Returns:
+        The input tensor ``(C, H, W)``.
     """
     from PIL import Image
 
@@ -174,7 +185,13 @@ def load_input(source: Any, spec: ModelSpec) -> torch.Tensor:
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        return _preprocess.load_image(source, spec)
+        if transform is None:
+            return _preprocess.load_image(source, spec)
+        if isinstance(source, Image.Image):
+            return transform(source)
+        with Image.open(source) as im:
+            im.load()  # decode now, inside the warning filter, so truncation is caught here
+            return transform(im)
 
 
 def _describe_error(exc: BaseException) -> str:
@@ -183,7 +200,7 @@ def _describe_error(exc: BaseException) -> str:
     if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
         return f"refused: decompression bomb ({exc})"
     if isinstance(exc, UnidentifiedImageError):
-        return "not an image Pillow can read"
+        return "not an image Pillow can read (cannot identify image file)"
     if isinstance(exc, InputError):
         return exc.what
     text = str(exc).splitlines()[0] if str(exc) else ""
@@ -347,6 +364,9 @@ def run_batches(
     """Decode, batch, run and rank; the loop behind :func:`predict` (also used by the benchmark)."""
     import torch
 
+    from torchkeep._preprocess import transform_for
+
+    transform = transform_for(spec, train=False)
     results: list[Prediction | None] = [None] * len(items)
     pending: list[tuple[int, torch.Tensor]] = []
     done = 0
@@ -382,7 +402,7 @@ def run_batches(
             done += 1
             continue
         try:
-            tensor = load_input(item.source, spec)
+            tensor = load_input(item.source, spec, transform)
         except Exception as exc:  # any decoding failure skips this image, never the batch
             results[i] = Prediction(item.name, error=_describe_error(exc))
             done += 1
