@@ -432,6 +432,9 @@ class Walker:
             fh.seek(start + 8)
             (hlen,) = struct.unpack("<I", fh.read(4))
             header_start = start + 12
+        if hlen > 1 << 20:  # numpy itself refuses headers over 10 kB by default
+            self.sink.on_finding("error", "npy-header", place, start, f"the .npy header claims {hlen} bytes")
+            return
         fh.seek(header_start)
         text = fh.read(hlen).decode("latin-1", "replace")
         try:
