@@ -159,7 +159,9 @@ def test_resnet18_same_top1_on_every_backend(tmp_path, photos):
 def test_in_memory_module_and_pil_images(photos):
     model = _cnn(_good(photos))
     img = Image.open(photos["flower"])
-    (pred,) = torchkeep.predict(model, img, device="cpu")
+    model.train()  # e.g. a check in the middle of training
+    (pred,) = torchkeep.predict(model, img)
+    assert model.training, "predict must give the model back in the mode it was in"
     (from_file,) = torchkeep.predict(model, photos["flower"], device="cpu")
     assert pred.input == "<image 0>" and pred.index == from_file.index
     assert pred.probability == pytest.approx(from_file.probability, abs=1e-5)

@@ -230,12 +230,25 @@ class EagerRunner(Runner):
     backend = "eager"
 
     def __init__(
-        self, module: nn.Module, *, dtype: str = "float32", device: str = "cpu", channels_last=False
+        self,
+        module: nn.Module,
+        *,
+        dtype: str | None = None,
+        device: str | None = None,
+        channels_last: bool = False,
     ):
         import torch
 
+        first = next((t for t in module.parameters() if t.is_floating_point()), None)
+        current = str(first.dtype).removeprefix("torch.") if first is not None else "float32"
+        dtype = dtype or current
+        device = device or (str(first.device) if first is not None else "cpu")
         super().__init__(dtype=dtype, device=device)
-        self.module = module.eval().to(device=device, dtype=_torch_dtype(dtype))
+        # cast only when asked: a user's module keeps its dtype, and to(dtype) would convert it in place
+        module = module.eval().to(device)
+        if dtype != current:
+            module = module.to(_torch_dtype(dtype))
+        self.module = module
         self.channels_last = channels_last
         if channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
@@ -304,7 +317,9 @@ def _torch_threads() -> int:
 def _torch_dtype(name: str) -> torch.dtype:
     import torch
 
-    return torch.float16 if name == "float16" else torch.float32
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}.get(
+        name, torch.float32
+    )
 
 
 def to_torchscript(
@@ -460,11 +475,7 @@ def load_exported(
             ) from None
         raw = extra.get(TORCHSCRIPT_SPEC_FILE) or ""
         spec = ModelSpec.from_json(raw, path=path) if raw else None
-        dtype = "float32"
-        for p in module.parameters():
-            dtype = "float16" if p.dtype == torch.float16 else "float32"
-            break
-        return TorchScriptRunner(module, dtype=dtype, device=device), spec, "torchscript"
+        return TorchScriptRunner(module, device=device), spec, "torchscript"
     if det.format == "onnx":
         try:
             runner = OnnxRunner(path, device=device)

@@ -240,8 +240,12 @@ def prepare(
 
     if backend is not None and backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}", fix=f"use one of: {', '.join(BACKENDS)}")
+    if device in (None, "", "auto") and isinstance(model, nn.Module):
+        # a module the caller holds stays where it is (moving it would move their model)
+        first = next(iter(model.parameters()), None)
+        device = str(first.device) if first is not None else "cpu"
     dev = ex.resolve_device(device)
-    dtype = "float16" if half else "float32"
+    dtype: str | None = "float16" if half else None
     if isinstance(model, (str, os.PathLike)):
         from torchkeep._detect import detect
 
@@ -284,7 +288,8 @@ def prepare(
     if backend == "eager":
         return ex.EagerRunner(module, dtype=dtype, device=dev, channels_last=channels_last), spec, backend
     c, (h, w) = spec.in_channels, spec.input_size
-    example = torch.zeros(1, c, h, w, dtype=ex._torch_dtype(dtype))
+    param = next((t for t in module.parameters() if t.is_floating_point()), None)
+    example = torch.zeros(1, c, h, w, dtype=param.dtype if param is not None else torch.float32)
     if backend == "torchscript":
         module = module.to(dev)
         if channels_last:
@@ -343,8 +348,13 @@ def predict(
     if all(it.error is not None for it in items):
         first = items[0]
         raise InputError(first.error or "no readable input", path=first.name, fix="check the path or pattern")
+    was_training = bool(getattr(model, "training", False))
     runner, spec, _ = prepare(model, backend=backend, device=device, half=half, spec=spec)
-    return run_batches(runner, spec, items, topk=topk, batch_size=batch_size, progress=progress)
+    try:
+        return run_batches(runner, spec, items, topk=topk, batch_size=batch_size, progress=progress)
+    finally:
+        if was_training:  # predicting in the middle of training must not leave the model in eval mode
+            model.train()
 
 
 def _names(spec: ModelSpec, n: int) -> list[str]:
