@@ -66,6 +66,7 @@ def _human(result) -> None:
 @click.option("--subset", type=click.IntRange(min=2), help="Use only the first N images (quick runs).")
 @click.option("--augment/--no-augment", default=None, help="Standard augmentation from the model's transform.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="DataLoader worker processes.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads. [default: 1 for inputs <= 16x16, else torch's]")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Where cifar10 / fashion-mnist are (or go).")
 @click.option("--no-download", is_flag=True, help="Never download datasets.")
 @click.option("--keep", type=click.IntRange(min=1), help="Keep the K best model files (top/). [default: 1]")
@@ -78,7 +79,7 @@ def _human(result) -> None:
 @json_option
 def command(
     arch, data, out, epochs, batch_size, lr, optimizer, weight_decay, scheduler, device, amp, pretrained, freeze,
-    num_classes, input_size, seed, val_fraction, subset, augment, workers, data_root, no_download, keep, metric,
+    num_classes, input_size, seed, val_fraction, subset, augment, workers, threads, data_root, no_download, keep, metric,
     resume, overwrite, no_tensorboard, no_plots, quiet, as_json,
 ) -> int:
     from torchkeep.training import TrainConfig, TrainingInterrupted, train
@@ -87,7 +88,7 @@ def command(
         arch=arch, data=data, out=out, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
         weight_decay=weight_decay, scheduler=scheduler, device=device, amp=amp, pretrained=pretrained,
         freeze=freeze, num_classes=num_classes, input_size=input_size, seed=seed, val_fraction=val_fraction,
-        subset=subset, augment=augment, workers=workers, data_root=data_root, download=not no_download,
+        subset=subset, augment=augment, workers=workers, threads=threads, data_root=data_root, download=not no_download,
         keep=keep, metric=metric, resume=resume, overwrite=overwrite, progress=not quiet,
         tensorboard=not no_tensorboard, plots=not no_plots,
     )

@@ -559,7 +559,21 @@ def train(config: TrainConfig) -> TrainResult:
 
     console = _console(cfg.progress)
     run = _Run(cfg, ckpt, console)
-    run.setup()
+    prev_threads = torch.get_num_threads()
+    try:
+        run.setup()
+        threads = cfg.threads
+        h, w = run.spec.input_size
+        if threads is None and run.device.type == "cpu" and h * w <= 16 * 16:
+            threads = 1
+        if threads:
+            torch.set_num_threads(threads)
+        return _train_loop(cfg, ckpt, run, run_dir, t_start)
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+def _train_loop(cfg: TrainConfig, ckpt: dict[str, Any] | None, run: _Run, run_dir: Path, t_start: float) -> TrainResult:
     if ckpt is not None and run.epoch >= int(cfg.epochs or 0) and run.batch_in_epoch == 0:
         run.notes.append(f"the run already completed {run.epoch} epochs; raise --epochs to train further")
     atomic_write_bytes(run_dir / "config.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
@@ -574,7 +588,7 @@ def train(config: TrainConfig) -> TrainResult:
 
     from torchkeep.training._progress import Bar
 
-    bar = Bar(console, int(cfg.epochs or 0)) if cfg.progress else None
+    bar = Bar(run.console, int(cfg.epochs or 0)) if cfg.progress else None
     stopped_early = False
     train_seconds = 0.0
     train_images = 0
