@@ -565,4 +565,17 @@ def walk_file(path: os.PathLike[str] | str, fmt: str, sink: Sink) -> None:
                     "the file is both a pickle and a zip archive: torch.load and unzip see different contents",
                 )
                 walker.zip_archive(fh, "zip part: ", 0, torchscript_root=False)
-        # safetensors / onnx hold no pickles: nothing to walk.
+        elif fmt in ("safetensors", "onnx"):
+            # They hold no pickles, but torch.load reads any file that is not a zip as a legacy pickle: a
+            # file whose first bytes are also a pickle that imports something is a polyglot.
+            fh.seek(0)
+            head = analyze(io.BytesIO(fh.read(PROBE)))
+            if head.imports:
+                sink.on_finding(
+                    "dangerous",
+                    "polyglot",
+                    "file",
+                    0,
+                    f"the file is both {fmt} and a pickle that imports code: torch.load unpickles it",
+                )
+                walker.stacked(fh, 0, size, "pickle", required=False)

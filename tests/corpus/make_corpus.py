@@ -131,6 +131,18 @@ def tar_bytes(members: tuple[tuple[str, bytes], ...]) -> bytes:
     return buf.getvalue()
 
 
+def safetensors_pickle_polyglot(payload_body: bytes) -> bytes:
+    """Bytes that ``detect`` reads as safetensors (u64 header length, then '{') and pickle.load as a pickle:
+    byte 0 is BINBYTES, whose 4-byte length makes the header length small; the bytes it swallows include
+    the '{'; the payload opcodes follow inside the 'header'."""
+    length = 64
+    n = 0x42 | (length << 8)  # 'B' + length as the little-endian u64 header size
+    header = b'{"__metadata__":{"a":"'
+    header += b"x" * (5 + length - 8 - len(header)) + payload_body + b"."
+    header += b" " * (n - len(header) - 3) + b'"}}'
+    return struct.pack("<Q", n) + header
+
+
 def npy_object_bytes(payload: bytes) -> bytes:
     """A .npy header for a 1-element object array followed by ``payload`` (the array's pickle)."""
     header = "{'descr': '|O', 'fortran_order': False, 'shape': (1,), }"
@@ -534,6 +546,14 @@ def _malicious(
             "torch",
             "tar format still read by torch.load",
             lambda: tar_bytes((("storages", p.os_system("tar")),)),
+        ),
+        (
+            "safetensors_pickle_polyglot.pt",
+            "bytes that read as safetensors by signature and as a pickle by torch.load (legacy path)",
+            "safetensors",
+            "torch",
+            "format polyglot",
+            lambda: safetensors_pickle_polyglot(call(G("os", "system"), U(sh("st_polyglot")))),
         ),
         (
             "torchzip_data_pkl.pt",
@@ -1014,7 +1034,7 @@ _MARKER_IDS = {
     "numpy_runstring.pkl": "runstring", "build_monkeypatch.pkl": "build", "payload_then_garbage.pkl": "garbage",
     "truncated_after_reduce.pkl": "truncated", "stacked_second_pickle.pkl": "stacked",
     "legacy_sysinfo_payload.pt": "legacy_sysinfo", "legacy_object_payload.pt": "legacy_object",
-    "torchzip_data_pkl.pt": "torchzip", "legacy_tar_format.pt": "tar", "torchzip_misleading_extension.json": "misleading_ext", "bare_pickle_as_bin.bin": "bare_bin",
+    "torchzip_data_pkl.pt": "torchzip", "safetensors_pickle_polyglot.pt": "st_polyglot", "legacy_tar_format.pt": "tar", "torchzip_misleading_extension.json": "misleading_ext", "bare_pickle_as_bin.bin": "bare_bin",
     "torchzip_bad_crc.pt": "bad_crc", "torchzip_name_mismatch.pt": "name_mismatch",
     "torchzip_duplicate_member.pt": "duplicate", "torchzip_hidden_member.pt": "hidden", "zip_in_zip.zip": "zip_in_zip",
     "pickle_zip_polyglot.pt": "polyglot", "npy_object_payload.npy": "npy", "npz_object_payload.npz": "npz",
