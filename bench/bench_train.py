@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--input-size", type=int, default=8, help="8: native digits; larger: more compute per image")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads for both sides (1: what train picks for 8x8 inputs on a CPU)")
     args = ap.parse_args(argv)
 
     import torch
@@ -75,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     from torchkeep.training._config import _DEFAULT_LR, _DEFAULT_WD
     from torchkeep.training._loop import _with_defaults_for_scratch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     size = args.input_size
     src = open_dataset("digits")
     train_idx, val_idx = split_indices(len(src), 0.2, 0)
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     def run_trainer(tmp: Path) -> tuple[float, float]:
         t0 = time.perf_counter()
         r = train(TrainConfig(out=tmp / "run", epochs=args.epochs, batch_size=args.batch_size,
-                              input_size=size, progress=False, overwrite=True))
+                              input_size=size, threads=args.threads, progress=False, overwrite=True))
         total = time.perf_counter() - t0
         return total, n_images / r.images_per_second
 
@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         # warm-up: imports (TensorBoard, matplotlib), caches, allocator - paid once per process by both
         hand_loop(fresh_model()[0], train_ds, val_ds, epochs=1, batch_size=args.batch_size, lr=1e-3, wd=0.0,
                   seed=0, out=tmp)
-        train(TrainConfig(out=tmp / "warm", epochs=1, batch_size=args.batch_size, input_size=size, progress=False))
+        train(TrainConfig(out=tmp / "warm", epochs=1, batch_size=args.batch_size, input_size=size,
+                          threads=args.threads, progress=False))
         for _ in range(args.repeats):
             a, b = run_hand(tmp)
             hand_t.append(a)
