@@ -141,3 +141,35 @@ def test_numpy_arrays_in_a_bare_pickle(tmp_path):
     r = inspect(p)
     assert r.kind == "checkpoint" and r.weights_location == "model"
     assert r.tensors[0].shape == [4, 3, 3, 3] and r.tensors[1].dtype == "int64"
+
+
+def test_load_refuses_every_malicious_file_and_reads_every_benign_one(tmp_path):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from torchkeep.errors import TorchkeepError, UnsafeFileError
+
+    script = Path(__file__).parent / "corpus" / "make_corpus.py"
+    spec = importlib.util.spec_from_file_location("make_corpus", script)
+    assert spec is not None and spec.loader is not None
+    make_corpus = importlib.util.module_from_spec(spec)
+    sys.modules["make_corpus"] = make_corpus
+    spec.loader.exec_module(make_corpus)
+    entries = make_corpus.build(tmp_path / "corpus")
+    loaded = 0
+    for e in entries:
+        path = tmp_path / "corpus" / e["file"]
+        if e["kind"] == "malicious":
+            with pytest.raises(UnsafeFileError, match="refused: the file can execute code"):
+                load_state_dict(path)
+        else:
+            try:
+                sd = load_state_dict(path)
+            except TorchkeepError as exc:  # benign files without weights (plain pickles) may say so
+                assert any(w in str(exc) for w in ("no model weights", "bare pickle", "object arrays")), (e["file"], exc)
+                continue
+            assert sd and all(isinstance(t, torch.Tensor) for t in sd.values()), e["file"]
+            loaded += 1
+    assert loaded >= 8
+    assert not list((tmp_path / "corpus").rglob(f"*{make_corpus.MARKER}*"))

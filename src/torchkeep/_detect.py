@@ -85,6 +85,8 @@ def describe_bytes(head: bytes) -> str:
         b"GGUF": "a GGUF file (llama.cpp)",
         b"PK": "a zip archive",
     }
+    if head[257:262] == b"ustar":
+        return "is a tar archive (the pre-1.0 PyTorch format, or a packaged model): unpack it or re-save it with torch.save"
     for magic, what in known.items():
         if head.startswith(magic):
             return f"starts with bytes {sample.hex(' ')} ({what})"

@@ -30,8 +30,6 @@ if TYPE_CHECKING:
 
 __all__ = ["LoadedWeights", "load_state_dict", "read_weights", "torch_dtype"]
 
-PICKLE_FORMATS = ("torch-zip", "torchscript", "torch-legacy", "pickle")
-
 
 def torch_dtype(name: str) -> torch.dtype:
     import torch
@@ -58,20 +56,20 @@ class LoadedWeights:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def _check_safety(det: Detected, trust: bool) -> str | None:
-    """Scan pickle-bearing files; refuse dangerous ones. Returns the verdict."""
-    if det.format not in PICKLE_FORMATS and det.format not in ("numpy", "numpy-npz"):
-        return "safe"
-    try:
-        from torchkeep._scan import scan
-    except ImportError:  # pragma: no cover - scan ships with torchkeep
-        return None
-    report = scan(det.path)
+def _check_safety(path: Path) -> str | None:
+    """Scan the file (every format: a .pt2 or a safetensors/pickle polyglot can carry a pickle too);
+    refuse dangerous ones. Returns the verdict."""
+    from torchkeep._scan import scan
+
+    report = scan(path)
     if report.verdict == "dangerous":
-        reasons = "; ".join(f"{f.module}.{f.name} ({f.why})" for f in report.findings[:3] if f.severity == "dangerous")
+        dangerous = [f for f in report.findings if f.severity == "dangerous"]
+        reasons = "; ".join(f"{f.target} ({f.why})" for f in dangerous[:3])
+        if len(dangerous) > 3:
+            reasons += f"; and {len(dangerous) - 3} more"
         raise UnsafeFileError(
             f"refused: the file can execute code when loaded: {reasons or 'dangerous pickle'}",
-            path=det.path,
+            path=path,
             fix="do not load it; run `torchkeep scan` on it for every finding",
             findings=list(report.findings),
         )
@@ -293,8 +291,8 @@ def read_weights(
     key: str | None = None,
 ) -> LoadedWeights:
     """Read the model weights of any file, with where they came from. See :func:`load_state_dict`."""
+    verdict = _check_safety(Path(path))  # first: a file of no known format may still carry a payload
     det = detect(path)
-    verdict = _check_safety(det, trust)
     if trust and verdict == "custom-code":
         trusted = _trusted_load(det, map_location)
         return LoadedWeights(det.path, det.format, trusted, source="trusted torch.load", scan_verdict=verdict)
