@@ -86,15 +86,21 @@ def main(argv: list[str] | None = None) -> int:
         m = build("cifar10_cnn", num_classes=10, in_channels=1, input_size=size)
         return m, _with_defaults_for_scratch(m.torchkeep_spec)
 
-    _, spec = fresh_model()
-    train_ds = TransformedSubset(src, train_idx, transform_for(spec, train=True), cache=True)
-    val_ds = TransformedSubset(src, val_idx, transform_for(spec, train=False), cache=True)
+    def datasets(spec):
+        # built afresh for every run, as train() does: both sides pay the same first-epoch decoding
+        return (TransformedSubset(src, train_idx, transform_for(spec, train=True), cache=True),
+                TransformedSubset(src, val_idx, transform_for(spec, train=False), cache=True))
+
+    train_ds, val_ds = datasets(fresh_model()[1])
     n_images = len(train_ds) * args.epochs
 
     def run_hand(tmp: Path) -> tuple[float, float]:
-        model, _ = fresh_model()
-        return hand_loop(model, train_ds, val_ds, epochs=args.epochs, batch_size=args.batch_size,
-                         lr=_DEFAULT_LR["adamw"], wd=_DEFAULT_WD["adamw"], seed=0, out=tmp)
+        t0 = time.perf_counter()
+        model, spec = fresh_model()
+        tr, va = datasets(spec)
+        _, train_s = hand_loop(model, tr, va, epochs=args.epochs, batch_size=args.batch_size,
+                                   lr=_DEFAULT_LR["adamw"], wd=_DEFAULT_WD["adamw"], seed=0, out=tmp)
+        return time.perf_counter() - t0, train_s
 
     def run_trainer(tmp: Path) -> tuple[float, float]:
         t0 = time.perf_counter()

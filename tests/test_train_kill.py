@@ -20,7 +20,7 @@ from torchkeep.training import TrainConfig, train
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
-ARGS = ["--subset", "240", "--no-plots", "--quiet"]
+ARGS = ["--subset", "160", "--no-plots", "--quiet"]
 
 
 def _train_cmd(*args: str | os.PathLike[str]) -> list[str]:
@@ -53,14 +53,15 @@ def _same_weights(a: Path, b: Path) -> bool:
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-EPOCHS = 15
+# many short epochs (128 training images): checkpoints are written several times a second
+EPOCHS = 30
 
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory) -> Path:
     """The uninterrupted run that killed-and-resumed runs must reproduce bit for bit."""
     out = tmp_path_factory.mktemp("straight")
-    return train(TrainConfig(out=out, epochs=EPOCHS, subset=240, plots=False, progress=False)).last_path
+    return train(TrainConfig(out=out, epochs=EPOCHS, subset=160, plots=False, progress=False)).last_path
 
 
 def test_sigkill_at_random_moments_always_leaves_a_loadable_checkpoint(tmp_path, straight):
@@ -79,7 +80,7 @@ def test_sigkill_at_random_moments_always_leaves_a_loadable_checkpoint(tmp_path,
             while ckpt.stat().st_mtime_ns == before and time.monotonic() - t0 < 60:
                 time.sleep(0.01)
         # checkpoints are being written several times a second now: kill at a random instant
-        time.sleep(rng.uniform(0.0, 0.6))
+        time.sleep(rng.uniform(0.0, 0.3))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert proc.returncode == -signal.SIGKILL
@@ -115,7 +116,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint_and_says_how_to_resume(tmp_path, st
 def test_file_size_limit_while_saving_keeps_the_previous_checkpoint(tmp_path):
     """A real failing write (RLIMIT_FSIZE: writes past 600 KB fail with EFBIG) during the checkpoint."""
     out = tmp_path / "run"
-    train(TrainConfig(out=out, epochs=1, subset=240, plots=False, progress=False))
+    train(TrainConfig(out=out, epochs=1, subset=160, plots=False, progress=False))
     before = (out / "checkpoint.pt").read_bytes()
     assert len(before) > 600_000  # model files (~330 KB) fit under the limit, the checkpoint does not
 

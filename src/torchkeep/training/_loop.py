@@ -18,7 +18,9 @@ import json
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +59,32 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 # --------------------------------------------------------------------------- small pieces
+
+
+class _Interrupt:
+    """Ctrl-C, handled between two training steps: the first one asks the loop to stop (and checkpoint
+    exactly where it is), a second one interrupts at once. Only in the main thread (where signals arrive)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._prev: Any = None
+        self._installed = False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> _Interrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._prev = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handler)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._prev)
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):
@@ -339,61 +367,75 @@ class _Run:
         self.save_checkpoint()
 
     # ---- one epoch
-    def train_epoch(self, bar: Any) -> dict[str, float]:
+    def train_epoch(self, bar: Any, stop: _Interrupt) -> dict[str, float]:
         cfg = self.cfg
-        model, opt, scaler, crit, dev = self.model, self.opt, self.scaler, self.criterion, self.device
+        model, opt, scaler, crit, dev, amp = self.model, self.opt, self.scaler, self.criterion, self.device, self.amp
         epoch = self.epoch + 1
         start = self.batch_in_epoch * int(cfg.batch_size or 1)
         self.sampler.set_epoch(epoch, start=start)
         # the loader's generator seeds worker processes: per-epoch, so resumed epochs see the same seeds
         self.loader_gen.manual_seed(epoch_seed(cfg.seed or 0, epoch) + 1)
         model.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-        correct = torch.zeros((), dtype=torch.int64, device=dev)
-        seen = 0
+        # per-step values stay on the device (no host sync per step); summed when needed
+        losses: list[torch.Tensor] = []
+        corrects: list[torch.Tensor] = []
+        sizes: list[int] = []
         base: dict[str, float] = dict(self.partial)
-        task = bar.start_epoch(epoch, len(self.loader), self.batch_in_epoch) if bar else None
+        n_batches = len(self.loader)
+
+        def totals() -> dict[str, float]:
+            if not sizes:
+                return dict(base)
+            w = torch.tensor(sizes, dtype=torch.float64, device=dev)
+            return {
+                "loss_sum": base["loss_sum"] + float((torch.stack(losses).double() * w).sum()),
+                "correct": base["correct"] + int(torch.stack(corrects).sum()),
+                "seen": base["seen"] + sum(sizes),
+            }
+
+        task = bar.start_epoch(epoch, n_batches, self.batch_in_epoch) if bar else None
         try:
             for x, y in self.loader:
                 x = x.to(dev, non_blocking=True)
                 y = y.to(dev, non_blocking=True)
-                with torch.autocast(device_type=dev.type, enabled=self.amp):
+                if amp:
+                    with torch.autocast(device_type=dev.type):
+                        out = model(x)
+                        loss = crit(out, y)
+                    opt.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                else:
                     out = model(x)
                     loss = crit(out, y)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                n = y.shape[0]
-                # accumulate on the device: no host sync per step
-                loss_sum += loss.detach().double() * n
-                correct += (out.detach().argmax(1) == y).sum()
-                seen += n
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                losses.append(loss.detach())
+                corrects.append((out.detach().argmax(1) == y).sum())
+                sizes.append(int(y.shape[0]))
                 self.step += 1
                 self.batch_in_epoch += 1
-                if task is not None and (self.batch_in_epoch % 10 == 0 or self.batch_in_epoch == len(self.sampler)):
-                    tot = base["seen"] + seen
-                    bar.update(task, self.batch_in_epoch, (base["loss_sum"] + float(loss_sum)) / tot,
-                               (base["correct"] + int(correct)) / tot)
-        except BaseException:
+                if task is not None and (self.batch_in_epoch % 10 == 0 or self.batch_in_epoch == n_batches):
+                    t = totals()
+                    bar.update(task, self.batch_in_epoch, t["loss_sum"] / t["seen"], t["correct"] / t["seen"])
+                if stop.requested:  # Ctrl-C: between two steps, so the checkpoint is exact
+                    raise KeyboardInterrupt
+        except BaseException as exc:
             # keep what this epoch has done so far, for the Ctrl-C checkpoint
-            self.partial = {
-                "loss_sum": base["loss_sum"] + float(loss_sum),
-                "correct": base["correct"] + int(correct),
-                "seen": base["seen"] + seen,
-            }
+            self.partial = totals()
+            if stop.requested and not isinstance(exc, KeyboardInterrupt):
+                # DataLoader workers got the SIGINT too and died: that is the interrupt, not a crash
+                raise KeyboardInterrupt from exc
             raise
         # the epoch's batches are done: keep the totals in the state (a Ctrl-C during validation resumes here)
-        self.partial = {
-            "loss_sum": base["loss_sum"] + float(loss_sum),
-            "correct": base["correct"] + int(correct),
-            "seen": base["seen"] + seen,
-        }
+        self.partial = totals()
         tot = self.partial["seen"]
         return {
             "train_loss": self.partial["loss_sum"] / max(tot, 1),
             "train_acc": self.partial["correct"] / max(tot, 1),
-            "seen": seen,
+            "seen": sum(sizes),
         }
 
     def validate(self) -> tuple[float, float, list[list[int]]]:
@@ -594,10 +636,10 @@ def _train_loop(cfg: TrainConfig, ckpt: dict[str, Any] | None, run: _Run, run_di
     train_images = 0
     epochs_this_run = 0
     try:
-        with bar if bar is not None else contextlib.nullcontext():
+        with bar if bar is not None else contextlib.nullcontext(), _Interrupt() as stop:
             while run.epoch < int(cfg.epochs or 0):
                 t0 = time.perf_counter()
-                tm = run.train_epoch(bar)
+                tm = run.train_epoch(bar, stop)
                 dt = time.perf_counter() - t0
                 train_seconds += dt
                 train_images += int(tm["seen"])
@@ -605,6 +647,8 @@ def _train_loop(cfg: TrainConfig, ckpt: dict[str, Any] | None, run: _Run, run_di
                 epochs_this_run += 1
                 if bar is not None:
                     bar.epoch_done(row, improved=run.best_epoch == run.epoch)
+                if stop.requested:  # Ctrl-C during validation or saving: the epoch is complete and on disk
+                    raise KeyboardInterrupt
                 if cfg.on_epoch_end is not None and cfg.on_epoch_end(dict(row)) and run.epoch < int(cfg.epochs or 0):
                     stopped_early = True
                     break
