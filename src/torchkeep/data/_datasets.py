@@ -108,6 +108,27 @@ class TransformedSubset(Dataset):
         return [self.source.targets[j] for j in self.indices]
 
 
+class _ArrayImages:
+    """Images from a uint8 array (N, H, W[, C]); a class, not a lambda, so DataLoader workers can pickle it."""
+
+    def __init__(self, array: np.ndarray, mode: str):
+        self.array = array
+        self.mode = mode
+
+    def __call__(self, index: int) -> Image.Image:
+        return Image.fromarray(self.array[index], mode=self.mode)
+
+
+class _FileImages:
+    """Images from files, opened on demand (picklable for DataLoader workers)."""
+
+    def __init__(self, paths: list[str]):
+        self.paths = paths
+
+    def __call__(self, index: int) -> Image.Image:
+        return _open_image(self.paths[index])
+
+
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Split ``range(n)`` into train and validation indices, the same way for the same ``seed``.
 
@@ -190,7 +211,7 @@ def _digits() -> ImageSource:
         targets=[int(t) for t in labels],
         channels=1,
         image_size=(8, 8),
-        get_image=lambda i: Image.fromarray(images[i], mode="L"),
+        get_image=_ArrayImages(images, "L"),
         split="all",
     )
 
@@ -295,7 +316,7 @@ def _cifar10(root: Path, split: str, download: bool) -> ImageSource:
         targets=targets,
         channels=3,
         image_size=(32, 32),
-        get_image=lambda i: Image.fromarray(arr[i], mode="RGB"),
+        get_image=_ArrayImages(arr, "RGB"),
         split=split,
     )
 
@@ -322,7 +343,7 @@ def _fashion_mnist(root: Path, split: str, download: bool) -> ImageSource:
         targets=targets,
         channels=1,
         image_size=(int(data.shape[1]), int(data.shape[2])),
-        get_image=lambda i: Image.fromarray(data[i], mode="L"),
+        get_image=_ArrayImages(data, "L"),
         split=split,
     )
 
@@ -384,7 +405,7 @@ def _folder(path: str) -> ImageSource:
         targets=[int(t) for _, t in ds.samples],
         channels=channels,
         image_size=None,
-        get_image=lambda i: _open_image(samples[i]),
+        get_image=_FileImages(samples),
         skipped=sorted(skipped),
         split="all",
     )
