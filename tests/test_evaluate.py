@@ -9,6 +9,7 @@ from PIL import Image
 
 import torchkeep
 from torchkeep.errors import CompatibilityError, UsageError
+from torchkeep.models import build
 from torchkeep.training import TrainConfig, train
 
 
@@ -75,7 +76,7 @@ def test_folder_classes_are_matched_by_name(run, tmp_path):
 
 
 def test_model_without_a_recorded_dataset_needs_data(tmp_path):
-    model = torchkeep.models.build("cifar10_cnn", num_classes=10, in_channels=1, input_size=8)
+    model = build("cifar10_cnn", num_classes=10, in_channels=1, input_size=8)
     path = torchkeep.save(model, tmp_path / "untrained.safetensors")
     with pytest.raises(UsageError, match=r"does not record which dataset.*--data digits"):
         torchkeep.evaluate(path)

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 import torchkeep
 from torchkeep.errors import CompatibilityError, UsageError
+from torchkeep.models import build
 from torchkeep.training import TrainConfig, load_checkpoint, train
 
 # 300 digits, 240 for training: a few tenths of a second per epoch
@@ -149,7 +150,7 @@ def test_folder_dataset_with_transfer_options(tmp_path):
         for i in range(8):
             Image.new("RGB", (16, 16), (color + i, color, 255 - color if c else color)).save(root / cls / f"{i}.png")
     (root / "dark" / "corrupt.png").write_bytes(b"\x89PNG garbage")
-    base = torchkeep.models.build("cifar10_cnn", num_classes=10, in_channels=3, input_size=16)
+    base = build("cifar10_cnn", num_classes=10, in_channels=3, input_size=16)
     torch.save(base.state_dict(), tmp_path / "base.pth")
     result = train(TrainConfig(
         arch="cifar10_cnn", data=f"folder:{root}", out=tmp_path / "run", epochs=2, batch_size=4,
@@ -206,3 +207,23 @@ def test_cli_train_json_and_resume(cli, tmp_path):
     assert code == 4 and "this run was trained with --arch cifar10_cnn, not resnet18" in err
     code, _, err = cli("train", "--data", "nope", "--out", tmp_path / "n", "--quiet")
     assert code == 64 and "unknown dataset 'nope'" in err and "Traceback" not in err
+
+
+def test_frozen_backbone_keeps_batchnorm_statistics(tmp_path):
+    """--freeze backbone on a BatchNorm network: weights *and* running statistics stay the pretrained ones."""
+    from PIL import Image
+
+    root = tmp_path / "photos"
+    for cls, color in (("cat", (200, 40, 40)), ("dog", (40, 40, 200))):
+        (root / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (40 + i, 30), tuple(v + 3 * i for v in color)).save(root / cls / f"{i}.jpg")
+    base = build("resnet18")
+    torch.save(base.state_dict(), tmp_path / "resnet18.pth")
+    result = train(TrainConfig(arch="resnet18", data=f"folder:{root}", pretrained=str(tmp_path / "resnet18.pth"),
+                               freeze="backbone", input_size=32, epochs=1, batch_size=4, out=tmp_path / "run",
+                               progress=False, plots=False, tensorboard=False))
+    trained = torchkeep.load(result.best_path, device="cpu").state_dict()
+    for key in ("bn1.running_mean", "layer4.1.bn2.running_var", "layer1.0.conv1.weight"):
+        assert torch.equal(trained[key], base.state_dict()[key]), key
+    assert trained["fc.weight"].shape == (2, 512)

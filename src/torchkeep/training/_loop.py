@@ -256,6 +256,11 @@ class _Run:
             self.val_ds, batch_size=max(256, cfg.batch_size), shuffle=False, num_workers=cfg.workers, pin_memory=pin
         )
         params = [p for p in self.model.parameters() if p.requires_grad]
+        self.frozen_norms = [
+            m for m in self.model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and not any(p.requires_grad for p in m.parameters(recurse=False))
+        ] if cfg.freeze else []
         if not params:
             raise UsageError(f"{cfg.arch} has no trainable parameters (all frozen)", fix="leave out --freeze")
         self.opt = _make_optimizer(cfg, params)
@@ -376,6 +381,10 @@ class _Run:
         # the loader's generator seeds worker processes: per-epoch, so resumed epochs see the same seeds
         self.loader_gen.manual_seed(epoch_seed(cfg.seed or 0, epoch) + 1)
         model.train()
+        if self.frozen_norms:
+            # a frozen backbone keeps its BatchNorm statistics too (train mode would keep updating them)
+            for m in self.frozen_norms:
+                m.eval()
         # per-step values stay on the device (no host sync per step); summed when needed
         losses: list[torch.Tensor] = []
         corrects: list[torch.Tensor] = []
