@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 from PIL import Image
 
 
@@ -25,3 +27,5 @@ def test_demo_runs_end_to_end(cli, tmp_path):
     assert len({p.name.split("-")[1] for p in pngs}) == 9
     assert f"tensorboard --logdir {run / 'tensorboard'}" in stdout
     assert str(run / "best.safetensors") in stdout
+    if importlib.util.find_spec("torchkeep._tour") is not None:  # the formats tour step
+        assert "saved every way" in stdout and (out / "formats" / "model.onnx").is_file()

@@ -91,6 +91,12 @@ def test_sigkill_at_random_moments_always_leaves_a_loadable_checkpoint(tmp_path,
     assert not list(out.glob(".*.tmp"))
     ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert [h["epoch"] for h in ckpt["history"]] == list(range(1, EPOCHS + 1))
+    # TensorBoard: epochs a killed process logged after its last checkpoint were purged on resume
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("Accuracy/val")] == list(range(1, EPOCHS + 1))
     # killed three times and resumed: the very same weights as one uninterrupted run
     assert _same_weights(out / "last.safetensors", straight)
 
