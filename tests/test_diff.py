@@ -68,7 +68,7 @@ def test_finetuned_head_backbone_unchanged(tmp_path, cli):
     assert w.kind == "values"
     assert w.max_abs == pytest.approx(0.05, rel=1e-5)
     assert w.cosine is not None and 0 < w.cosine <= 1
-    expected_rel = float(torch.full_like(base[7].weight, 0.05).norm() / base[7].weight.norm())
+    expected_rel = float(torch.full_like(base[7].weight, 0.05).norm() / base[7].weight.detach().norm())
     assert w.rel_l2 == pytest.approx(expected_rel, rel=1e-5)
     code, out, _ = cli("diff", a, b, "--json")
     assert code == 1

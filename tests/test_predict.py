@@ -266,3 +266,38 @@ def test_cli_table_json_csv_and_exit_codes(cnn_file, photos, cli, tmp_path):
     assert code == 3 and "missing.png" in err and "Traceback" not in err
     code, _, err = cli("predict", cnn_file, photos["china"], "--backend", "nope")
     assert code == 64
+
+
+def test_trained_digits_model_on_png_files_every_backend(tmp_path):
+    """The README story: a digits model, held-out digits written as grayscale/RGB/RGBA PNGs."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(digits.target)
+    names = [f"digit {i}" for i in range(10)]
+    torch.manual_seed(0)
+    model = build("cifar10_cnn", num_classes=10, in_channels=1, input_size=8, class_names=names)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(300):
+        idx = torch.randint(0, 1500, (64,))
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+    path = torchkeep.save(model.eval(), tmp_path / "digits.safetensors")
+    files, truth = [], []
+    for n, i in enumerate(range(1500, 1530)):  # held out
+        pixels = (digits.images[i] * 255 / 16).round().astype(np.uint8)
+        img = Image.fromarray(pixels, "L").convert(("L", "RGB", "RGBA")[n % 3])
+        files.append(tmp_path / f"{i}_{img.mode}.png")
+        img.save(files[-1])
+        truth.append(names[digits.target[i]])
+    by_backend = {
+        b: torchkeep.predict(path, files, backend=b, device="cpu") for b in ("eager", "torchscript", "onnxruntime")
+    }
+    eager = [p.label for p in by_backend["eager"]]
+    accuracy = sum(a == b for a, b in zip(eager, truth)) / len(truth)
+    assert accuracy >= 0.8, f"predicted {eager} for {truth}"
+    for backend, preds in by_backend.items():
+        assert [p.label for p in preds] == eager, backend

@@ -250,17 +250,29 @@ class EagerRunner(Runner):
             module = module.to(_torch_dtype(dtype))
         self.module = module
         self.channels_last = channels_last
+        self._torch_dtype = _torch_dtype(dtype)
+        self._torch_device = torch.device(device)
+        if self._torch_device.type == "cuda" and self._torch_device.index is None:
+            self._torch_device = torch.device("cuda", torch.cuda.current_device())
         if channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         import torch
 
-        x = x.to(self.device, _torch_dtype(self.dtype))
+        # per-call costs matter at batch 1 on small models: skip no-op conversions and nested modes
+        if x.dtype != self._torch_dtype or x.device != self._torch_device:
+            x = x.to(self._torch_device, self._torch_dtype)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            return self.module(x).float().cpu()
+        if torch.is_inference_mode_enabled():
+            out = self.module(x)
+        else:
+            with torch.inference_mode():
+                out = self.module(x)
+        if out.dtype != torch.float32:
+            out = out.float()
+        return out if out.device.type == "cpu" else out.cpu()
 
 
 class TorchScriptRunner(EagerRunner):

@@ -377,6 +377,7 @@ def run_batches(
     from torchkeep._preprocess import transform_for
 
     transform = transform_for(spec, train=False)
+    names: list[str] = []
     results: list[Prediction | None] = [None] * len(items)
     pending: list[tuple[int, torch.Tensor]] = []
     done = 0
@@ -390,15 +391,13 @@ def run_batches(
         groups = [pending] if len(shapes) == 1 else [[p] for p in pending]
         for group in groups:
             logits = runner(torch.stack([t for _, t in group]))
-            probs = torch.softmax(logits.float(), dim=1)
+            probs = torch.softmax(logits, dim=1)  # runners return float32 logits
             k = min(topk, probs.shape[1])
             values, indices = probs.topk(k, dim=1)
-            names = _names(spec, probs.shape[1])
-            for row, (i, _) in enumerate(group):
-                scores = [
-                    ClassScore(int(c), names[int(c)], float(v))
-                    for v, c in zip(values[row].tolist(), indices[row].tolist())
-                ]
+            if len(names) != probs.shape[1]:
+                names[:] = _names(spec, probs.shape[1])
+            for (i, _), row_values, row_indices in zip(group, values.tolist(), indices.tolist()):
+                scores = [ClassScore(c, names[c], v) for v, c in zip(row_values, row_indices)]
                 best = scores[0]
                 results[i] = Prediction(items[i].name, best.label, best.index, best.probability, scores)
         done += len(pending)
@@ -406,21 +405,22 @@ def run_batches(
         if progress is not None:
             progress(done, len(items))
 
-    for i, item in enumerate(items):
-        if item.error is not None:
-            results[i] = Prediction(item.name, error=item.error)
-            done += 1
-            continue
-        try:
-            tensor = load_input(item.source, spec, transform)
-        except Exception as exc:  # any decoding failure skips this image, never the batch
-            results[i] = Prediction(item.name, error=_describe_error(exc))
-            done += 1
-            continue
-        pending.append((i, tensor))
-        if len(pending) >= batch_size:
-            flush()
-    flush()
+    with torch.inference_mode():  # once for the whole run: entering it per batch costs at batch 1
+        for i, item in enumerate(items):
+            if item.error is not None:
+                results[i] = Prediction(item.name, error=item.error)
+                done += 1
+                continue
+            try:
+                tensor = load_input(item.source, spec, transform)
+            except Exception as exc:  # any decoding failure skips this image, never the batch
+                results[i] = Prediction(item.name, error=_describe_error(exc))
+                done += 1
+                continue
+            pending.append((i, tensor))
+            if len(pending) >= batch_size:
+                flush()
+        flush()
     if progress is not None:
         progress(len(items), len(items))
     return [r for r in results if r is not None]
