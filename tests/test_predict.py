@@ -280,7 +280,7 @@ def test_trained_digits_model_on_png_files_every_backend(tmp_path):
     model = build("cifar10_cnn", num_classes=10, in_channels=1, input_size=8, class_names=names)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
-    for step in range(300):
+    for _ in range(300):
         idx = torch.randint(0, 1500, (64,))
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
