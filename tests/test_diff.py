@@ -123,7 +123,9 @@ def test_keys_only_on_one_side_and_wrapper_prefix(tmp_path):
     assert "1 only in B" in report.verdict
 
     wrapped = {f"module.{k}": v for k, v in sd.items()}
-    report = torchkeep.diff(_save_pt(m, tmp_path / "a.pt"), _save_st_dict(wrapped, tmp_path / "ddp.safetensors"))
+    report = torchkeep.diff(
+        _save_pt(m, tmp_path / "a.pt"), _save_st_dict(wrapped, tmp_path / "ddp.safetensors")
+    )
     assert "wrapper prefix" in report.verdict and "'module.'" in report.verdict
 
 

@@ -294,7 +294,8 @@ def test_trained_digits_model_on_png_files_every_backend(tmp_path):
         img.save(files[-1])
         truth.append(names[digits.target[i]])
     by_backend = {
-        b: torchkeep.predict(path, files, backend=b, device="cpu") for b in ("eager", "torchscript", "onnxruntime")
+        b: torchkeep.predict(path, files, backend=b, device="cpu")
+        for b in ("eager", "torchscript", "onnxruntime")
     }
     eager = [p.label for p in by_backend["eager"]]
     accuracy = sum(a == b for a, b in zip(eager, truth)) / len(truth)

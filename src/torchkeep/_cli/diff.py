@@ -15,14 +15,20 @@ def _human(report, limit: int) -> None:
     from rich.table import Table
 
     out = console()
-    out.print(f"[bold]A[/bold] {report.a}  ({report.tensors_a} tensors, {human_count(report.params_a)} values)")
-    out.print(f"[bold]B[/bold] {report.b}  ({report.tensors_b} tensors, {human_count(report.params_b)} values)")
+    out.print(
+        f"[bold]A[/bold] {report.a}  ({report.tensors_a} tensors, {human_count(report.params_a)} values)"
+    )
+    out.print(
+        f"[bold]B[/bold] {report.b}  ({report.tensors_b} tensors, {human_count(report.params_b)} values)"
+    )
     for side, keys in (("A", report.only_in_a), ("B", report.only_in_b)):
         if keys:
             shown = ", ".join(keys[:limit]) + (f", … ({len(keys)} in all)" if len(keys) > limit else "")
             out.print(f"only in {side}: {shown}")
     if report.changed:
-        table = Table(title=f"{len(report.changed)} of {report.common} common tensors differ", title_justify="left")
+        table = Table(
+            title=f"{len(report.changed)} of {report.common} common tensors differ", title_justify="left"
+        )
         for col in ("tensor", "change", "max abs", "rel L2", "cosine"):
             table.add_column(col, justify="left" if col in ("tensor", "change") else "right")
         for d in report.changed[:limit]:
@@ -44,10 +50,14 @@ def _human(report, limit: int) -> None:
     out.print(f"[{style}]verdict:[/{style}] {report.verdict}")
 
 
-@click.command(help="Compare the weights of two model files (any formats). Exit 0 if identical, 1 if different.")
+@click.command(
+    help="Compare the weights of two model files (any formats). Exit 0 if identical, 1 if different."
+)
 @click.argument("a", type=click.Path(dir_okay=False))
 @click.argument("b", type=click.Path(dir_okay=False))
-@click.option("--atol", type=float, default=0.0, show_default=True, help="Values closer than this count as equal.")
+@click.option(
+    "--atol", type=float, default=0.0, show_default=True, help="Values closer than this count as equal."
+)
 @click.option("--limit", type=int, default=20, show_default=True, help="Rows to show (0: all).")
 @json_option
 def command(a: str, b: str, atol: float, limit: int, as_json: bool) -> int:
