@@ -227,3 +227,14 @@ def test_frozen_backbone_keeps_batchnorm_statistics(tmp_path):
     for key in ("bn1.running_mean", "layer4.1.bn2.running_var", "layer1.0.conv1.weight"):
         assert torch.equal(trained[key], base.state_dict()[key]), key
     assert trained["fc.weight"].shape == (2, 512)
+
+
+def test_resume_is_exact_with_augmentation_and_worker_processes(tmp_path):
+    """Random crops/rotations in 2 DataLoader workers: the data order and worker seeds come from (seed, epoch)."""
+    base = {"subset": 200, "epochs": 3, "augment": True, "workers": 2, "progress": False, "plots": False,
+            "tensorboard": False}
+    straight = train(TrainConfig(out=tmp_path / "a", **base))
+    train(TrainConfig(out=tmp_path / "b", on_epoch_end=lambda m: m["epoch"] == 1, **base))
+    resumed = train(TrainConfig(resume=tmp_path / "b", workers=2, progress=False, plots=False, tensorboard=False))
+    assert resumed.resumed_from == 1
+    assert _weights_equal(straight.last_path, resumed.last_path)
