@@ -10,11 +10,11 @@ versus ``python -c "import torch; torch.load(FILE)"``. Median of several runs, f
 
 from __future__ import annotations
 
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from _util import median_time
 
 WORK = Path(__file__).parent / "_work"
 MODELS = ["mobilenet_v3_small", "resnet50", "vgg16"]
@@ -32,15 +32,6 @@ def build(name: str) -> Path:
     return path
 
 
-def timed(fn, repeat: int = 5) -> float:
-    runs = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - t0)
-    return statistics.median(runs)
-
-
 def main() -> None:
     import torch
 
@@ -51,12 +42,12 @@ def main() -> None:
     for name in MODELS:
         path = build(name)
         mb = path.stat().st_size / 1e6
-        t_inspect = timed(lambda p=path: torchkeep.inspect(p))
-        t_load = timed(lambda p=path: torch.load(p, weights_only=True), repeat=3)
-        t_mmap = timed(lambda p=path: torch.load(p, weights_only=True, mmap=True), repeat=3)
-        t_cli = timed(lambda p=path: subprocess.run([exe / "torchkeep", "inspect", str(p), "--json"],
+        t_inspect = median_time(lambda p=path: torchkeep.inspect(p))
+        t_load = median_time(lambda p=path: torch.load(p, weights_only=True), repeat=3)
+        t_mmap = median_time(lambda p=path: torch.load(p, weights_only=True, mmap=True), repeat=3)
+        t_cli = median_time(lambda p=path: subprocess.run([exe / "torchkeep", "inspect", str(p), "--json"],
                                                    check=True, capture_output=True), repeat=3)
-        t_cli_torch = timed(lambda p=path: subprocess.run(
+        t_cli_torch = median_time(lambda p=path: subprocess.run(
             [sys.executable, "-c", f"import torch; sd = torch.load({str(p)!r}, weights_only=True); print(len(sd))"],
             check=True, capture_output=True), repeat=3)
         rows.append((name, mb, t_inspect, t_load, t_mmap, t_cli, t_cli_torch))

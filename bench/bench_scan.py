@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import statistics
 import sys
-import time
 from pathlib import Path
+
+from _util import median_time
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / "_work"
@@ -74,15 +74,6 @@ def picklescan_result(path: Path) -> str:
         return "not scanned"
     suspicious = any(g.safety.value == "suspicious" for g in res.globals)
     return "suspicious" if suspicious else "innocuous"
-
-
-def median_time(fn, repeat: int = 5) -> float:
-    runs = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - t0)
-    return statistics.median(runs)
 
 
 def main() -> int:

@@ -7,6 +7,7 @@ reads. No ``onnx`` import is needed for inspection; loading weights uses the ``o
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 from collections.abc import Iterator
@@ -170,9 +171,7 @@ def _tensor_info(buf, sl) -> OnnxTensorInfo:
             name = _str(buf, val)
         elif num == 14:
             external = val == 1
-    numel = 1
-    for d in dims:
-        numel *= d
+    numel = math.prod(dims)
     dname, itemsize = ONNX_DTYPES.get(dtype_id, (f"type{dtype_id}", 0))
     return OnnxTensorInfo(name, dname, dims, numel, numel * itemsize, external)
 

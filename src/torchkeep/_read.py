@@ -9,6 +9,7 @@ not imported. :mod:`torchkeep._load` later turns :class:`TensorRef` / :class:`Ra
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import struct
@@ -63,10 +64,7 @@ class RawTensor:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 @dataclass
@@ -276,9 +274,7 @@ def read_safetensors_header(path: Path, size: int) -> tuple[dict[str, RawTensor]
             raise _err(path, f"tensor {name!r} has unknown safetensors dtype {dtype_code!r}")
         if any(d < 0 for d in shape) or begin < 0 or end < begin:
             raise _err(path, f"tensor {name!r} has a negative shape or reversed data_offsets")
-        numel = 1
-        for d in shape:
-            numel *= d
+        numel = math.prod(shape)
         expected = numel * DTYPE_ITEMSIZE[dtype] if dtype != "float4_e2m1fn_x2" else numel
         if end > data_len:
             raise _err(
@@ -326,9 +322,7 @@ def _read_numpy(det: Detected) -> FileStructure:
     with open(det.path, "rb") as fh:
         shape, fortran, dtype = _npy_header(fh, det.path, "array")
         offset = fh.tell()
-    numel = 1
-    for d in shape:
-        numel *= d
+    numel = math.prod(shape)
     t = RawTensor(_np_dtype_name(dtype), shape, offset, numel * dtype.itemsize, fortran_order=fortran, numpy_dtype=dtype.str)
     return FileStructure(det, {"array": t})
 
@@ -339,9 +333,7 @@ def _read_npz(det: Detected) -> FileStructure:
         for name in det.members:
             with zf.open(name) as fh:
                 shape, fortran, dtype = _npy_header(fh, det.path, name)
-            numel = 1
-            for d in shape:
-                numel *= d
+            numel = math.prod(shape)
             key = name[:-4] if name.endswith(".npy") else name
             tensors[key] = RawTensor(
                 _np_dtype_name(dtype), shape, 0, numel * dtype.itemsize, member=name,
@@ -365,9 +357,7 @@ def _read_export(det: Detected) -> FileStructure:
                 meta = info.get("tensor_meta", {})
                 dtype = _EXPORT_DTYPES.get(meta.get("dtype"), "unknown")
                 shape = tuple(int(s.get("as_int", 0)) for s in meta.get("sizes", []))
-                numel = 1
-                for d in shape:
-                    numel *= d
+                numel = math.prod(shape)
                 tensors[name] = RawTensor(
                     dtype, shape, 0, numel * DTYPE_ITEMSIZE.get(dtype, 1), member=base + info.get("path_name", ""),
                     is_parameter=bool(info.get("is_param", False)),
