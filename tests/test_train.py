@@ -238,3 +238,24 @@ def test_resume_is_exact_with_augmentation_and_worker_processes(tmp_path):
     resumed = train(TrainConfig(resume=tmp_path / "b", workers=2, progress=False, plots=False, tensorboard=False))
     assert resumed.resumed_from == 1
     assert _weights_equal(straight.last_path, resumed.last_path)
+
+
+def test_resume_refuses_a_dataset_that_changed(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(5):
+            Image.new("L", (8, 8), 40 * i + (100 if cls == "b" else 0)).save(root / cls / f"{i}.png")
+    cfg = {"data": f"folder:{root}", "epochs": 1, "batch_size": 4, "progress": False, "plots": False,
+           "tensorboard": False}
+    train(TrainConfig(out=tmp_path / "run", **cfg))
+    Image.new("L", (8, 8), 7).save(root / "a" / "new.png")
+    with pytest.raises(CompatibilityError, match=r"the dataset has 11 images, the run was trained on 10"):
+        train(TrainConfig(resume=tmp_path / "run", epochs=2, progress=False))
+    (root / "a" / "new.png").unlink()
+    (root / "c").mkdir()
+    Image.new("L", (8, 8), 9).save(root / "c" / "x.png")
+    with pytest.raises(CompatibilityError, match=r"classes changed since the checkpoint"):
+        train(TrainConfig(resume=tmp_path / "run", epochs=2, progress=False))

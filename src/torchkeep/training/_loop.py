@@ -286,6 +286,23 @@ class _Run:
             _seed_everything(cfg.seed)
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
+        path = self.dir / CHECKPOINT
+        old_classes = ckpt.get("classes")
+        if old_classes is not None and list(old_classes) != self.classes:
+            raise CompatibilityError(
+                f"cannot resume: the dataset's classes changed since the checkpoint "
+                f"({', '.join(map(str, old_classes[:6]))}... -> {', '.join(self.classes[:6])}...)",
+                path=path,
+                fix="restore the dataset as it was, or start a new run with another --out",
+            )
+        old_n = ckpt.get("dataset_size")
+        if old_n is not None and int(old_n) != len(self.source):
+            raise CompatibilityError(
+                f"cannot resume: the dataset has {len(self.source)} images, the run was trained on {old_n} "
+                "(the split and the data order would not be the same)",
+                path=path,
+                fix="restore the dataset as it was, or start a new run with another --out",
+            )
         try:
             self.model.load_state_dict(ckpt["model"])
             self.opt.load_state_dict(ckpt["optimizer"])
@@ -343,6 +360,7 @@ class _Run:
             "rng": capture_rng(),
             "config": {k: v for k, v in cfg.to_dict().items() if isinstance(v, (str, int, float, bool, list)) or v is None},
             "classes": list(self.classes),
+            "dataset_size": len(self.source),
             "spec": self.spec.to_json(),
         }
 
