@@ -388,6 +388,7 @@ class _Run:
             self._save_model(self.dir / LAST)
             self.files_pending = False
         self.save_checkpoint()
+        self.write_metrics()
 
     # ---- one epoch
     def train_epoch(self, bar: Any, stop: _Interrupt) -> dict[str, float]:
@@ -512,21 +513,26 @@ class _Run:
         improved = self._improved(value)
         if improved:
             self.best_value, self.best_epoch, self.best_cm = value, self.epoch, cm
-        # files: models first, the checkpoint last (it is what resume trusts)
+        # models and TensorBoard first, the checkpoint last (it is what resume trusts): a kill in between
+        # replays this epoch, and TensorBoard's purge_step drops the events it logged the first time
         self.files_pending = True
         if improved:
             self._save_model(self.dir / BEST)
         self._update_top_k(value)
         self._save_model(self.dir / LAST)
-        self.save_checkpoint()
-        self.files_pending = False
-        from torchkeep.training._plots import write_metrics_csv
-
-        with contextlib.suppress(OSError):  # metrics.csv is rebuilt from the checkpoint on resume
-            write_metrics_csv(self.history, self.dir / "metrics.csv")
         if writer is not None:
             writer.epoch(row)
+        self.save_checkpoint()
+        self.files_pending = False
+        self.write_metrics()
         return row
+
+    def write_metrics(self) -> None:
+        """metrics.csv from the history (rebuilt whole, so it always matches the checkpoint)."""
+        from torchkeep.training._plots import write_metrics_csv
+
+        with contextlib.suppress(OSError):  # a convenience copy: the checkpoint holds the history
+            write_metrics_csv(self.history, self.dir / "metrics.csv")
 
     def _update_top_k(self, value: float) -> None:
         keep = int(self.cfg.keep or 1)
@@ -646,6 +652,8 @@ def _train_loop(cfg: TrainConfig, ckpt: dict[str, Any] | None, run: _Run, run_di
     if ckpt is not None and run.epoch >= int(cfg.epochs or 0) and run.batch_in_epoch == 0:
         run.notes.append(f"the run already completed {run.epoch} epochs; raise --epochs to train further")
     atomic_write_bytes(run_dir / "config.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
+    if ckpt is not None:
+        run.write_metrics()  # a kill after the last checkpoint may have left metrics.csv one epoch behind
 
     writer = None
     if cfg.tensorboard:
