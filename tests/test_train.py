@@ -259,3 +259,11 @@ def test_resume_refuses_a_dataset_that_changed(tmp_path):
     Image.new("L", (8, 8), 9).save(root / "c" / "x.png")
     with pytest.raises(CompatibilityError, match=r"classes changed since the checkpoint"):
         train(TrainConfig(resume=tmp_path / "run", epochs=2, progress=False))
+
+
+def test_torchvision_arch_on_grayscale_data_gets_rgb_input(tmp_path):
+    """resnet18 takes 3 channels: the 1-channel digits are converted to RGB by the model's preprocessing."""
+    result = train(TrainConfig(arch="resnet18", data="digits", subset=40, epochs=1, input_size=32,
+                               out=tmp_path / "run", progress=False, plots=False, tensorboard=False))
+    spec = torchkeep.load(result.best_path, device="cpu").torchkeep_spec
+    assert (spec.in_channels, spec.preprocessing.channels, tuple(spec.input_size)) == (3, "RGB", (32, 32))

@@ -215,7 +215,7 @@ class _Run:
         model = build(
             cfg.arch,
             num_classes=num_classes,
-            in_channels=src.channels,
+            in_channels=_in_channels(cfg.arch, src.channels),
             input_size=input_size,
             pretrained=cfg.pretrained,
             freeze=cfg.freeze,
@@ -551,6 +551,15 @@ class _Run:
                 with contextlib.suppress(OSError):
                     (self.dir / e["file"]).unlink()
         self.top_k = kept
+
+
+def _in_channels(arch: str, channels: int) -> int | None:
+    """The dataset's channels for architectures built from scratch; None (3, RGB) for torchvision's,
+    whose preprocessing converts grayscale images to RGB (their stem takes 3 channels)."""
+    from torchkeep.models import list_models
+
+    info = next((a for a in list_models() if a.name == arch), None)
+    return None if info is not None and info.source == "torchvision" else channels
 
 
 def _head(src: ImageSource, n: int) -> ImageSource:
