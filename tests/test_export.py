@@ -200,3 +200,14 @@ def test_bad_export_requests(cnn_file, images, tmp_path, cli):
     with pytest.raises(UsageError, match="runs on the torchscript backend"):
         torchkeep.predict(ts, images[0], backend="onnxruntime")
     assert zipfile.is_zipfile(ts)
+
+
+def test_aspect_keeping_spec_exports(tmp_path):
+    """resize=[N] without a crop keeps aspect ratios: parity runs on the inputs of one size."""
+    spec = ModelSpec(
+        arch="tests:Pooled", num_classes=4, input_size=(40, 40), preprocessing=Preprocessing(resize=[40])
+    )
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 4))
+    result = torchkeep.export(model, "torchscript", tmp_path / "pooled.pt", spec=spec)
+    assert result.parity.passed and 2 <= result.parity.samples < 8

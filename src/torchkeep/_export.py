@@ -526,6 +526,7 @@ def sample_inputs(spec: ModelSpec, samples: Sequence[str | os.PathLike[str]] | N
                 tensors.append(load_input(it.source, spec))
         if not tensors:
             raise InputError("no readable image among the parity samples", path=os.fspath(samples[0]))
+        tensors = _same_size(tensors)
         return torch.stack(tensors), f"{len(tensors)} images from {', '.join(os.fspath(s) for s in samples)}"
     from PIL import Image
     from sklearn.datasets import load_sample_images
@@ -542,9 +543,19 @@ def sample_inputs(spec: ModelSpec, samples: Sequence[str | os.PathLike[str]] | N
             y0 = int((h - ch) * ((i * 61) % 100) / 100)
             img = img.crop((x0, y0, x0 + cw, y0 + ch))
         tensors.append(tf(img.convert(spec.preprocessing.channels)))
-    return torch.stack(
-        tensors
-    ), f"{n} inputs from scikit-learn's sample photos (china.jpg, flower.jpg and crops)"
+    tensors = _same_size(tensors)
+    return torch.stack(tensors), (
+        f"{len(tensors)} inputs from scikit-learn's sample photos (china.jpg, flower.jpg and crops)"
+    )
+
+
+def _same_size(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The inputs of the most common size: a spec that resizes the shorter side only (``resize=[N]``,
+    no crop) keeps aspect ratios, and a batch needs one size."""
+    from collections import Counter
+
+    shape = Counter(t.shape for t in tensors).most_common(1)[0][0]
+    return [t for t in tensors if t.shape == shape]
 
 
 def parity(
