@@ -48,6 +48,7 @@ def _top1(path, images, **kw) -> list[int | None]:
     return [p.index for p in torchkeep.predict(path, images, device="cpu", **kw)]
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.load is deprecated in torch 2.9+
 def test_torchscript_carries_spec_and_passes_parity(cnn_file, images, tmp_path):
     out = tmp_path / "cnn.ts.pt"
     result = torchkeep.export(cnn_file, "torchscript", out)
