@@ -302,3 +302,28 @@ def test_trained_digits_model_on_png_files_every_backend(tmp_path):
     assert accuracy >= 0.8, f"predicted {eager} for {truth}"
     for backend, preds in by_backend.items():
         assert [p.label for p in preds] == eager, backend
+
+
+def test_user_class_model_needs_trust(tmp_path, photos, cli, monkeypatch):
+    (tmp_path / "tk_user_net.py").write_text(
+        "import torch\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self, num_classes=3):\n"
+        "        super().__init__()\n"
+        "        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())\n"
+        "        self.head = torch.nn.Linear(4, num_classes)\n"
+        "    def forward(self, x):\n"
+        "        return self.head(self.body(x))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = torchkeep.save(
+        build("tk_user_net:Net", num_classes=3, input_size=16), tmp_path / "user.safetensors"
+    )
+    with pytest.raises(torchkeep.UntrustedCodeError):
+        torchkeep.predict(path, photos["china"])
+    (pred,) = torchkeep.predict(path, photos["china"], trust=True, device="cpu")
+    assert pred.ok and pred.label.startswith("class ")
+    code, _, err = cli("predict", path, photos["china"])
+    assert code == 1 and "trust" in err
+    code, out, _ = cli("predict", path, photos["china"], "--trust", "--json")
+    assert code == 0 and json.loads(out)[0]["index"] in (0, 1, 2)

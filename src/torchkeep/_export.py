@@ -634,14 +634,19 @@ def parity(
 
 
 # ---------------------------------------------------------------------------------------------- export
-def resolve_model(model: Any, spec: ModelSpec | None = None) -> tuple[nn.Module, ModelSpec, str]:
-    """(module in eval mode on the CPU, spec, label) from a model file path or an ``nn.Module``."""
+def resolve_model(
+    model: Any, spec: ModelSpec | None = None, *, trust: bool = False
+) -> tuple[nn.Module, ModelSpec, str]:
+    """(module in eval mode on the CPU, spec, label) from a model file path or an ``nn.Module``.
+
+    ``trust`` lets a model file whose spec names a user class (``package.module:Class``) import it.
+    """
     from torch import nn
 
     if isinstance(model, (str, os.PathLike)):
         from torchkeep._modelfile import load
 
-        module = load(model, device="cpu")
+        module = load(model, device="cpu", trust=trust)
         label = os.fspath(model)
     elif isinstance(model, nn.Module):
         module, label = model, "<module>"
@@ -673,6 +678,7 @@ def export(
     check: bool = True,
     opset: int | None = None,
     spec: ModelSpec | None = None,
+    trust: bool = False,
 ) -> ExportResult:
     """Export a model and check that the export computes what the eager model computes.
 
@@ -691,6 +697,7 @@ def export(
         check: run the parity check (default True).
         opset: ONNX opset (default: the exporter's).
         spec: the spec, when ``model`` is a module without ``torchkeep_spec``.
+        trust: allow a model file whose spec names a user class to import it (as ``torchkeep.load``).
 
     Returns:
         An :class:`ExportResult`.
@@ -706,7 +713,7 @@ def export(
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}", fix=f"use one of: {', '.join(FORMATS)}")
     start = time.perf_counter()
-    module, spec, label = resolve_model(model, spec)
+    module, spec, label = resolve_model(model, spec, trust=trust)
     out_path = Path(out)
     dtype = "float16" if half else "float32"
     result = ExportResult(

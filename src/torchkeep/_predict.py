@@ -218,6 +218,7 @@ def prepare(
     half: bool = False,
     spec: ModelSpec | None = None,
     channels_last: bool = False,
+    trust: bool = False,
 ) -> tuple[Runner, ModelSpec, str]:
     """Open a model for inference on a backend.
 
@@ -229,6 +230,7 @@ def prepare(
         half: run in float16.
         spec: overrides the spec found in the model (needed for exports made without torchkeep).
         channels_last: eager/torchscript: NHWC memory format (often faster for CNNs on CPU).
+        trust: allow a model file whose spec names a user class to import it (as ``torchkeep.load``).
 
     Returns:
         (runner, spec, backend actually used).
@@ -277,7 +279,7 @@ def prepare(
                         fix="torchkeep export --format onnx --half",
                     )
             return runner, spec, natural
-    module, spec, _ = ex.resolve_model(model, spec)
+    module, spec, _ = ex.resolve_model(model, spec, trust=trust)
     if not isinstance(module, nn.Module):  # pragma: no cover - resolve_model guarantees it
         raise UsageError("not a module")
     backend = backend or "eager"
@@ -316,6 +318,7 @@ def predict(
     half: bool = False,
     spec: ModelSpec | None = None,
     progress: Callable[[int, int], None] | None = None,
+    trust: bool = False,
 ) -> list[Prediction]:
     """Classify images.
 
@@ -330,6 +333,7 @@ def predict(
         half: float16 (slow on CPU; use with the parity check of ``torchkeep export --half``).
         spec: overrides the model's spec.
         progress: called as ``progress(done, total)`` after each batch.
+        trust: allow a model file whose spec names a user class (``package.module:Class``) to import it.
 
     Returns:
         One :class:`Prediction` per input, in input order; unreadable inputs have ``error`` set.
@@ -349,7 +353,7 @@ def predict(
         first = items[0]
         raise InputError(first.error or "no readable input", path=first.name, fix="check the path or pattern")
     was_training = bool(getattr(model, "training", False))
-    runner, spec, _ = prepare(model, backend=backend, device=device, half=half, spec=spec)
+    runner, spec, _ = prepare(model, backend=backend, device=device, half=half, spec=spec, trust=trust)
     try:
         return run_batches(runner, spec, items, topk=topk, batch_size=batch_size, progress=progress)
     finally:

@@ -61,6 +61,7 @@ def _human(result) -> None:
     "--tolerance", type=float, default=None, help="Relative tolerance (default 1e-3, 5e-2 with --half)."
 )
 @click.option("--opset", type=int, default=None, help="ONNX opset (default: the exporter's).")
+@click.option("--trust", is_flag=True, help="Allow a model file naming a user class to import it.")
 @click.option("--no-check", is_flag=True, help="Skip the parity check.")
 @json_option
 def command(
@@ -73,6 +74,7 @@ def command(
     tolerance: float | None,
     opset: int | None,
     no_check: bool,
+    trust: bool,
     as_json: bool,
 ) -> int:
     from torchkeep._export import ParityError, export
@@ -88,6 +90,7 @@ def command(
             tolerance=tolerance,
             opset=opset,
             check=not no_check,
+            trust=trust,
         )
     except ParityError as exc:
         # show the numbers before the one-line error so the user sees how far off it was

@@ -91,6 +91,7 @@ def _write_csv(predictions, path: str, topk: int) -> None:
 @click.option(
     "--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write a CSV file ('-': stdout)."
 )
+@click.option("--trust", is_flag=True, help="Allow a model file naming a user class to import it.")
 @click.option("--no-progress", is_flag=True, help="Never show a progress bar.")
 @json_option
 def command(
@@ -103,6 +104,7 @@ def command(
     half: bool,
     csv_path: str | None,
     no_progress: bool,
+    trust: bool,
     as_json: bool,
 ) -> int:
     from torchkeep._predict import predict
@@ -133,6 +135,7 @@ def command(
             backend=backend,
             half=half,
             progress=progress,
+            trust=trust,
         )
     finally:
         if bar is not None and task is not None:
