@@ -177,14 +177,10 @@ def _quiet(record: list[str] | None = None) -> Iterator[None]:
 
 
 def resolve_device(device: str | None) -> str:
-    """``"auto"`` → ``"cuda"`` when a GPU is available, else ``"cpu"``; other values pass through."""
-    import torch
+    """The device name runners use; see :func:`torchkeep._device.resolve_device`."""
+    from torchkeep._device import resolve_device as _resolve
 
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"device {device!r} requested but CUDA is not available", fix="use --device cpu")
-    return str(device)
+    return str(_resolve(device))
 
 
 class Runner:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
-__all__ = ["load", "read_spec", "resolve_device", "save"]
+__all__ = ["load", "read_spec", "save"]
 
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 
@@ -161,38 +161,6 @@ def save(model: nn.Module, path: str | os.PathLike[str], spec: ModelSpec | None 
 # --------------------------------------------------------------------------- load
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"`` (or None) -> CUDA if available, else MPS, else CPU; other values are checked.
-
-    Raises:
-        CompatibilityError: the requested accelerator is not available on this machine.
-    """
-    import torch
-
-    if device is None or str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UsageError(f"unknown device {device!r}", fix="use auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CompatibilityError(
-            f"device {device!r} was requested but this machine has no CUDA GPU",
-            fix="pass device='cpu' (CLI: --device cpu) or device='auto'",
-        )
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise CompatibilityError(
-            f"device {device!r} does not exist (this machine has {torch.cuda.device_count()} GPU(s))",
-            fix="pass device='cuda:0' or device='auto'",
-        )
-    return dev
-
-
 def _dtype(dtype: Any) -> torch.dtype | None:
     import torch
 
@@ -325,6 +293,8 @@ def load(
     spec = read_spec(p)
     if spec is None:
         raise _explain_not_model_file(p)
+    from torchkeep._device import resolve_device
+
     dev = resolve_device(device)
     want = _dtype(dtype)
     try:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from torchkeep._atomic import atomic_write_bytes
+from torchkeep._device import resolve_device
 from torchkeep.data import ImageSource, TransformedSubset, open_dataset, split_indices
 from torchkeep.errors import CompatibilityError, TorchkeepError, UsageError
 from torchkeep.training._checkpoint import (
@@ -117,22 +118,6 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch) * 7919 + 12345) % (2**63 - 1)
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto`` -> cuda, then mps, then cpu; an explicit device that is not there is a usage error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but CUDA is not available", fix="use --device auto or cpu")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UsageError("--device mps was asked for but MPS is not available", fix="use --device auto or cpu")
-    return dev
-
-
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -188,7 +173,7 @@ class _Run:
 
         cfg = self.cfg
         assert cfg.seed is not None and cfg.data is not None and cfg.arch is not None
-        self.device = pick_device(cfg.device)
+        self.device = resolve_device(cfg.device)
         self.amp = bool(cfg.amp if cfg.amp is not None else self.device.type == "cuda")
         if self.amp and self.device.type != "cuda":
             self.notes.append(f"--amp has an effect on CUDA only; training in float32 on {self.device.type}")
