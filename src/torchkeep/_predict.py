@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import glob
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,33 +178,15 @@ def load_input(
     Returns:
         The input tensor ``(C, H, W)``.
     """
-    from PIL import Image
-
     from torchkeep import _preprocess
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        if transform is None:
-            return _preprocess.load_image(source, spec)
-        if isinstance(source, Image.Image):
-            return transform(source)
-        with Image.open(source) as im:
-            im.load()  # decode now, inside the warning filter, so truncation is caught here
-            return transform(im)
+    return _preprocess.load_image(source, spec, transform)
 
 
 def _describe_error(exc: BaseException) -> str:
-    from PIL import Image, UnidentifiedImageError
-
-    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-        return f"refused: decompression bomb ({exc})"
-    if isinstance(exc, UnidentifiedImageError):
-        return "not an image Pillow can read (cannot identify image file)"
-    if isinstance(exc, InputError):
+    if isinstance(exc, InputError):  # load_image words Pillow's errors (unreadable, truncated, bomb)
         return exc.what
     text = str(exc).splitlines()[0] if str(exc) else ""
-    if isinstance(exc, OSError) and "truncated" in text:
-        return f"truncated or corrupt image ({text})"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

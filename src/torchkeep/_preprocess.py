@@ -191,29 +191,45 @@ def transform_for(spec: Any, *, train: bool = False, augment: bool = False) -> C
     return v2.Compose(steps)
 
 
-def load_image(image: str | os.PathLike[str] | Image.Image, spec: Any) -> torch.Tensor:
+def load_image(
+    image: str | os.PathLike[str] | Image.Image,
+    spec: Any,
+    transform: Callable[[Any], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Open an image file (or take a PIL image) and preprocess it for the model.
+
+    Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) holds; its warning zone (1-2x the
+    limit) is refused too, so a huge image cannot exhaust memory in a batch job.
 
     Args:
         image: a path to any image Pillow reads, or a PIL image.
         spec: a ModelSpec, or a model with ``.torchkeep_spec``.
+        transform: ``transform_for(spec)`` when the caller built it once for many images.
 
     Returns:
         The input tensor ``(C, H, W)``, float32; add a batch dimension with ``.unsqueeze(0)``.
 
     Raises:
-        InputError: the file is missing or is not an image Pillow can read.
+        InputError: the file is missing, is not an image Pillow can read, or is a decompression bomb.
     """
-    transform = transform_for(spec)
+    import warnings
+
+    if transform is None:
+        transform = transform_for(spec)
     if isinstance(image, Image.Image):
         return transform(image)
     p = Path(os.fspath(image)).expanduser()
     if not p.is_file():
         raise InputError("no such image file", path=p, fix="check the path")
     try:
-        with Image.open(p) as im:
-            im.load()
-            return transform(im)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                im.load()  # decode now, inside the filter, so truncation and bombs are caught here
+                return transform(im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(f"refused: decompression bomb ({exc})", path=p,
+                         fix="resize the image, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it") from None
     except (OSError, SyntaxError, ValueError) as exc:  # Pillow's errors for unreadable/truncated images
         raise InputError(
             f"cannot read the image ({exc})", path=p, fix="pass a PNG, JPEG, BMP, GIF, TIFF or WebP file"
