@@ -8,6 +8,8 @@ Flat verbs, each returning a dataclass::
     torchkeep.convert(src, dst)          -> ConvertResult   any file -> weights-only safetensors / .pt
     torchkeep.save(model, path, spec)    -> Path            a self-describing model file (safetensors + spec)
     torchkeep.load(path, device=...)     -> nn.Module       rebuilt from its spec, eval mode, no pickle
+    torchkeep.read_spec(path)            -> ModelSpec | None  the spec alone (header only, no torch)
+    torchkeep.load_image(path, model)    -> Tensor          an image preprocessed exactly as the spec says
     torchkeep.load_into(model, source)   -> LoadReport      weights into a compatible model, with a report
     torchkeep.adapt(src, arch=..., out=...) -> AdaptResult
     torchkeep.train(config)              -> TrainResult
@@ -50,6 +52,10 @@ _LAZY: dict[str, str] = {
     "ModelSpec": "torchkeep._spec",
     "save": "torchkeep._modelfile",
     "load": "torchkeep._modelfile",
+    "read_spec": "torchkeep._modelfile",
+    "transform_for": "torchkeep._preprocess",
+    "load_image": "torchkeep._preprocess",
+    "scan_paths": "torchkeep._scan",
     "load_into": "torchkeep._adapt",
     "LoadReport": "torchkeep._adapt",
     "adapt": "torchkeep._adapt",
@@ -98,12 +104,16 @@ __all__ = [
     "export",
     "inspect",
     "load",
+    "load_image",
     "load_into",
     "load_state_dict",
     "predict",
+    "read_spec",
     "save",
     "scan",
+    "scan_paths",
     "train",
+    "transform_for",
 ]
 
 
@@ -129,8 +139,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from torchkeep._export import ExportResult, export
     from torchkeep._inspect import Inspection, inspect
     from torchkeep._load import load_state_dict
-    from torchkeep._modelfile import load, save
+    from torchkeep._modelfile import load, read_spec, save
     from torchkeep._predict import Prediction, predict
-    from torchkeep._scan import ScanReport, scan
+    from torchkeep._preprocess import load_image, transform_for
+    from torchkeep._scan import ScanReport, scan, scan_paths
     from torchkeep._spec import ModelSpec
     from torchkeep.training import TrainConfig, TrainResult, train
