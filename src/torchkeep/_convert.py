@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -179,7 +180,11 @@ def convert(
     src_path = Path(src)
     if dst_path.resolve() == src_path.resolve():
         raise UsageError("the output would overwrite the input", path=dst_path, fix="choose another output path")
-    lw = read_weights(src_path, trust=trust, key=key)
+    # hashing releases the GIL: let it run beside the read instead of after it
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        sha = pool.submit(file_sha256, src_path)
+        lw = read_weights(src_path, trust=trust, key=key)
+        source_sha256 = sha.result()
     from torchkeep._inspect import inspect as _inspect_file
 
     kind = _inspect_file(src_path).kind
@@ -200,7 +205,7 @@ def convert(
     metadata = {
         "format": "pt",
         "torchkeep.version": __version__,
-        "torchkeep.source_sha256": file_sha256(src_path),
+        "torchkeep.source_sha256": source_sha256,
         "torchkeep.source_kind": kind,
         "torchkeep.source_format": lw.format,
         "torchkeep.source_name": src_path.name,
