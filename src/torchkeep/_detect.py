@@ -6,14 +6,41 @@ returns a :class:`Detected`. Nothing is unpickled, no tensor bytes are read, ``t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import struct
 import zipfile
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torchkeep.errors import InputError, UnknownFormatError
+from torchkeep.errors import InputError, TorchkeepError, UnknownFormatError
+
+# what the container libraries raise on corrupt or truncated bytes (safetensors' and protobuf's errors are
+# matched by name so that neither library is imported here)
+_CORRUPT = (zipfile.BadZipFile, zipfile.LargeZipFile, UnicodeDecodeError, EOFError, struct.error, zlib.error,
+            ValueError, OSError, OverflowError, MemoryError, NotImplementedError)
+_CORRUPT_NAMES = ("SafetensorError", "DecodeError", "UnpicklingError")
+
+
+@contextlib.contextmanager
+def corrupt_file_errors(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn the errors libraries raise on damaged bytes into one-line :class:`InputError` s naming ``path``."""
+    try:
+        yield
+    except TorchkeepError:
+        raise
+    except Exception as exc:
+        if not isinstance(exc, _CORRUPT) and type(exc).__name__ not in _CORRUPT_NAMES:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise InputError(
+            f"the file is corrupt or truncated ({type(exc).__name__}: {first})",
+            path=path,
+            fix="re-save or re-download it",
+        ) from None
 
 __all__ = ["FORMATS", "Detected", "check_readable", "describe_bytes", "detect"]
 
@@ -119,7 +146,8 @@ def _zip_format(p: Path, size: int) -> Detected:
     try:
         with zipfile.ZipFile(p) as zf:
             names = tuple(zf.namelist())
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, UnicodeDecodeError, EOFError, OSError, ValueError, struct.error,
+            NotImplementedError) as exc:
         raise InputError(
             f"looks like a zip archive but its directory cannot be read ({exc}); the file is truncated or corrupt",
             path=p,

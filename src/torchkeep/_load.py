@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torchkeep._detect import Detected, detect
+from torchkeep._detect import Detected, corrupt_file_errors, detect
 from torchkeep._pickle import DTYPE_ITEMSIZE, StorageRef, TensorRef
 from torchkeep._read import FileStructure, RawTensor, read_structure
 from torchkeep._weights import WeightsView, find_weights
@@ -258,10 +258,14 @@ def _read_raw(fs: FileStructure, names: list[str], raw: dict[str, RawTensor]) ->
         from onnx import numpy_helper
 
         model = onnx.load(os.fspath(fs.path))
-        inits = {i.name: i for i in model.graph.initializer}
-        for n in names:
-            arr = numpy_helper.to_array(inits[n])
-            out[n] = torch.from_numpy(np.array(arr, copy=True))
+        inits = list(model.graph.initializer)
+        if len(inits) != len(raw):
+            raise InputError("the ONNX initializers do not match the file's structure", path=fs.path,
+                             fix="the file is corrupt; re-export the model")
+        # same protobuf order as read_onnx; names are taken from our reader (it decodes them leniently)
+        for n, init in zip(raw, inits):
+            if n in names:
+                out[n] = torch.from_numpy(np.array(numpy_helper.to_array(init), copy=True))
         return out
     raise InputError(f"cannot read tensors of format {fmt}", path=fs.path)
 
@@ -291,6 +295,11 @@ def read_weights(
     key: str | None = None,
 ) -> LoadedWeights:
     """Read the model weights of any file, with where they came from. See :func:`load_state_dict`."""
+    with corrupt_file_errors(path):
+        return _read_weights(path, map_location, trust=trust, key=key)
+
+
+def _read_weights(path: str | os.PathLike[str], map_location: Any, *, trust: bool, key: str | None) -> LoadedWeights:
     verdict = _check_safety(Path(path))  # first: a file of no known format may still carry a payload
     det = detect(path)
     if trust and verdict == "custom-code":

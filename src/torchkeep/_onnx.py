@@ -207,7 +207,7 @@ def read_onnx(path: str | os.PathLike[str]) -> OnnxInfo:
                     info.metadata[key] = value
                 elif num == 7:
                     _read_graph(mm, val, info)
-    except _Truncated:
+    except (_Truncated, TypeError, ValueError, IndexError):  # TypeError: a field of the wrong wire type
         raise InputError("the ONNX protobuf is truncated or corrupt", path=p, fix="re-export the model") from None
     info.producer = info.producer.strip()
     return info

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchkeep._detect import Detected, detect
+from torchkeep._detect import Detected, corrupt_file_errors, detect
 from torchkeep._pickle import (
     DTYPE_ITEMSIZE,
     PickleReadError,
@@ -416,7 +416,8 @@ _READERS = {
 def read_structure(path: str | os.PathLike[str] | Detected) -> FileStructure:
     """Detect the format of ``path`` and read its structure without reading tensor bytes."""
     det = path if isinstance(path, Detected) else detect(path)
-    return _READERS[det.format](det)
+    with corrupt_file_errors(det.path):
+        return _READERS[det.format](det)
 
 
 def iter_tensor_refs(obj: Any, prefix: str = "", _seen: set[int] | None = None, _depth: int = 0):
