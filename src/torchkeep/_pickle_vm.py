@@ -112,6 +112,7 @@ _CALLS_ARGUMENT: dict[tuple[str, str], int] = {
     ("numpy.random._pickle", "__generator_ctor"): 1,
     ("numpy.random._pickle", "__bit_generator_ctor"): 0,  # a BitGenerator class is instantiated
 }
+_LOAD_FROM_BYTES = ("torch.storage", "_load_from_bytes")  # torch.load(bytes): the bytes are scanned as a file
 _SEVERITY_ORDER = {"safe": 0, "warning": 1, "custom-code": 2, "dangerous": 3}
 
 
@@ -215,18 +216,27 @@ class _Machine:
     def check_called_argument(self, func: Global, args: Any, pos: int) -> None:
         # Allow-listed functions that call one of their arguments: that argument must be a plain global
         # (classified on its own) or a constant, never a computed value (a partial, a getattr result...).
+        # Nor a global whose arguments this machine must see to judge the call (torch.load's bytes, another
+        # forwarding function): the arguments it would get are forwarded at run time, unseen here.
         index = _CALLS_ARGUMENT[(func.module, func.name)]
         items = args.items if isinstance(args, Seq) else []
         arg = items[index] if index < len(items) else None
-        if arg is not None and not isinstance(arg, (Global, Const)):
-            self.find(
-                "dangerous",
-                "indirect-call",
-                f"{func.module}.{func.name} calls its argument {index + 1}, which is a computed value, not a global",
-                pos,
-                func.module,
-                func.name,
-            )
+        if arg is None or isinstance(arg, Const):
+            return
+        if not isinstance(arg, Global):
+            why = "which is a computed value, not a global"
+        elif (arg.module, arg.name) in _CALLS_ARGUMENT or (arg.module, arg.name) == _LOAD_FROM_BYTES:
+            why = f"{arg.module}.{arg.name}, with arguments this scanner cannot follow (a loader never writes this)"
+        else:
+            return
+        self.find(
+            "dangerous",
+            "indirect-call",
+            f"{func.module}.{func.name} calls its argument {index + 1}, {why}",
+            pos,
+            func.module,
+            func.name,
+        )
 
     @staticmethod
     def _append(container: Any, values: list[Any]) -> None:
@@ -362,7 +372,7 @@ class _Machine:
         elif opname == "REDUCE":
             args = self.pop()
             func = self.pop()
-            if isinstance(func, Global) and (func.module, func.name) == ("torch.storage", "_load_from_bytes"):
+            if isinstance(func, Global) and (func.module, func.name) == _LOAD_FROM_BYTES:
                 self.load_from_bytes(args, pos)
             if isinstance(func, Global) and (func.module, func.name) in _CALLS_ARGUMENT:
                 self.check_called_argument(func, args, pos)

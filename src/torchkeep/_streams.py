@@ -91,7 +91,9 @@ class _Window(io.RawIOBase):
         left = self._end - self._start - self._pos
         if left <= 0:
             return b""
-        n = left if n is None or n < 0 else min(n, left)
+        if n is not None and n > max(left, self._CHUNK):
+            return b""  # a length field asking past the region's end: the pickle is truncated, read nothing
+        n = left if n is None or n < 0 else n
         rel = self._pos - self._buf_pos
         if rel >= 0 and rel + n <= len(self._buf):
             data = self._buf[rel : rel + n]
@@ -569,7 +571,11 @@ def walk_file(path: os.PathLike[str] | str, fmt: str, sink: Sink) -> None:
             # They hold no pickles, but torch.load reads any file that is not a zip as a legacy pickle: a
             # file whose first bytes are also a pickle that imports something is a polyglot.
             fh.seek(0)
-            head = analyze(io.BytesIO(fh.read(PROBE)))
+            probe = io.BytesIO(fh.read(PROBE))
+            head = analyze(probe)
+            if head.end is None and head.opcodes and probe.tell() == len(probe.getbuffer()) < size:
+                # Still a pickle where the first look ends: a long constant may push its imports past it.
+                head = _analyze_region(fh, 0, size)
             if head.imports:
                 sink.on_finding(
                     "dangerous",
@@ -578,4 +584,5 @@ def walk_file(path: os.PathLike[str] | str, fmt: str, sink: Sink) -> None:
                     0,
                     f"the file is both {fmt} and a pickle that imports code: torch.load unpickles it",
                 )
-                walker.stacked(fh, 0, size, "pickle", required=False)
+                if walker.stacked(fh, 0, size, "pickle", required=False) is None:
+                    walker._emit("pickle", head, 0)  # one look was not enough for the candidate probe either

@@ -556,6 +556,16 @@ def _malicious(
             lambda: safetensors_pickle_polyglot(call(G("os", "system"), U(sh("st_polyglot")))),
         ),
         (
+            "safetensors_polyglot_long_constant.pt",
+            "safetensors/pickle polyglot whose import follows a constant longer than a scanner's first look (1 MiB)",
+            "safetensors",
+            "torch",
+            "format polyglot; probe-size evasion",
+            lambda: safetensors_pickle_polyglot(
+                B(b"x" * ((1 << 20) + 64)) + POP + call(G("os", "system"), U(sh("st_long")))
+            ),
+        ),
+        (
             "torchzip_data_pkl.pt",
             "torch zip whose data.pkl calls os.system",
             "torch-zip",
@@ -676,6 +686,38 @@ def _malicious(
                     call(
                         G("torch.storage", "_load_from_bytes"),
                         B(torch_zip_bytes(p.os_system("embedded_load"))),
+                    )
+                ),
+            ),
+            (
+                "rebuild_from_type_forwards_load.pkl",
+                "torch._tensor._rebuild_from_type_v2(torch.storage._load_from_bytes, Tensor, (bytes,), {}): "
+                "an allow-listed function forwards unscanned bytes to torch.load",
+                "pickle",
+                "pickle",
+                "allow-listed functions that call their argument",
+                lambda: pk(
+                    call(
+                        G("torch._tensor", "_rebuild_from_type_v2"),
+                        G("torch.storage", "_load_from_bytes"),
+                        G("torch", "Tensor"),
+                        MARK + B(p.os_system("rebuild_forward")) + TUPLE,
+                        EMPTY_DICT,
+                    )
+                ),
+            ),
+            (
+                "randomstate_ctor_forwards_load.pkl",
+                "numpy.random._pickle.__randomstate_ctor(bytes, torch.storage._load_from_bytes): numpy's "
+                "pickle helper calls its ctor argument with the bytes",
+                "pickle",
+                "pickle",
+                "allow-listed functions that call their argument",
+                lambda: pk(
+                    call(
+                        G("numpy.random._pickle", "__randomstate_ctor"),
+                        B(p.os_system("randomstate_forward")),
+                        G("torch.storage", "_load_from_bytes"),
                     )
                 ),
             ),
@@ -1039,6 +1081,8 @@ _MARKER_IDS = {
     "torchzip_duplicate_member.pt": "duplicate", "torchzip_hidden_member.pt": "hidden", "zip_in_zip.zip": "zip_in_zip",
     "pickle_zip_polyglot.pt": "polyglot", "npy_object_payload.npy": "npy", "npz_object_payload.npz": "npz",
     "torchscript_constants_payload.pt": "torchscript", "pt2_nested_payload.pt2": "pt2", "collect_env_run.pt": "collect_env", "embedded_torch_load.pkl": "embedded_load",
+    "safetensors_polyglot_long_constant.pt": "st_long", "rebuild_from_type_forwards_load.pkl": "rebuild_forward",
+    "randomstate_ctor_forwards_load.pkl": "randomstate_forward",
 }  # fmt: skip
 
 
