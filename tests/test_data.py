@@ -155,3 +155,33 @@ def test_folder_that_does_not_exist(tmp_path):
     (tmp_path / "flat").mkdir()
     with pytest.raises(InputError, match="no class folders found"):
         open_dataset(f"folder:{tmp_path / 'flat'}")
+
+
+@pytest.mark.parametrize(
+    ("entry", "match"),
+    [
+        ({"labels": [1, 2]}, r"data_batch_2: not a CIFAR-10 python batch \(no 'data'"),
+        ({"data": np.zeros((2, 100), np.uint8), "labels": [1, 2]}, r"data_batch_2: .*100 bytes per image, not 3072"),
+        ({"data": np.zeros((2, 3072), np.uint8), "labels": [1]}, r"cifar-10-batches-py: 10 images but 9 labels"),
+        ({"data": np.zeros((2, 3072), np.uint8), "labels": [1, 12]}, r"cifar-10-batches-py: label 12 is out of range"),
+    ],
+)
+def test_cifar10_batch_of_the_wrong_shape_is_refused(tmp_path, entry, match):
+    _write_cifar(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_2").write_bytes(pickle.dumps(entry))
+    with pytest.raises(InputError, match=match):
+        open_dataset("cifar10", root=tmp_path, download=False)
+
+
+@pytest.mark.parametrize(
+    ("labels", "match"),
+    [(bytes([1, 2]), r"FashionMNIST/raw: 3 images but 2 labels"), (bytes([1, 2, 10]), r"label 10 is out of range")],
+)
+def test_fashion_mnist_labels_that_do_not_match_the_images_are_refused(tmp_path, labels, match):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix in ("train", "t10k"):
+        _idx(raw / f"{prefix}-images-idx3-ubyte", 0x803, [3, 28, 28], bytes(3 * 28 * 28))
+        _idx(raw / f"{prefix}-labels-idx1-ubyte", 0x801, [len(labels)], labels)
+    with pytest.raises(InputError, match=match):
+        open_dataset("fashion-mnist", root=tmp_path, download=False)

@@ -271,6 +271,15 @@ def _np_scalar() -> Any:
     return scalar
 
 
+def _check_labels(n_images: int, targets: list[int], n_classes: int, where: Path) -> None:
+    """Refuse files whose labels do not match the images (a partial download, a hand-made file)."""
+    if n_images != len(targets):
+        raise InputError(f"{n_images} images but {len(targets)} labels", path=where)
+    bad = next((t for t in targets if not 0 <= t < n_classes), None)
+    if bad is not None:
+        raise InputError(f"label {bad} is out of range: the dataset has {n_classes} classes", path=where)
+
+
 def _read_cifar_pickle(path: Path) -> dict:
     try:
         with open(path, "rb") as fh:
@@ -301,14 +310,26 @@ def _cifar10(root: Path, split: str, download: bool) -> ImageSource:
     targets: list[int] = []
     for f in files:
         entry = _read_cifar_pickle(base / f)
-        data.append(np.asarray(entry["data"], dtype=np.uint8))
-        targets.extend(int(t) for t in entry.get("labels", entry.get("fine_labels", [])))
+        if "data" not in entry:
+            raise InputError("not a CIFAR-10 python batch (no 'data' entry)", path=base / f)
+        try:
+            batch = np.asarray(entry["data"], dtype=np.uint8)
+            labels = [int(t) for t in entry.get("labels", entry.get("fine_labels", []))]
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"not a CIFAR-10 python batch ({exc})", path=base / f) from exc
+        if batch.ndim != 2 or batch.shape[1] != 3 * 32 * 32:
+            per_image = batch.shape[1] if batch.ndim == 2 else "?"
+            raise InputError(
+                f"not a CIFAR-10 python batch: data of shape {list(batch.shape)}, {per_image} bytes per image, not 3072",
+                path=base / f,
+            )
+        data.append(batch)
+        targets.extend(labels)
     arr = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
-    if len(arr) != len(targets):
-        raise InputError(f"{len(arr)} images but {len(targets)} labels", path=base)
     meta_path = base / CIFAR10.meta["filename"]
     classes = [str(c) for c in _read_cifar_pickle(meta_path)[CIFAR10.meta["key"]]] if meta_path.exists() else [
         "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    _check_labels(len(arr), targets, len(classes), base)
     arr = np.ascontiguousarray(arr)
     return ImageSource(
         name="cifar10",
@@ -337,6 +358,7 @@ def _fashion_mnist(root: Path, split: str, download: bool) -> ImageSource:
         ) from exc
     data = ds.data.numpy()
     targets = [int(t) for t in ds.targets]
+    _check_labels(len(data), targets, len(ds.classes), root / "FashionMNIST" / "raw")
     return ImageSource(
         name="fashion-mnist",
         classes=list(ds.classes),
