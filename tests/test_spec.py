@@ -75,6 +75,8 @@ def test_newer_spec_version_is_a_clear_error():
         ({"preprocessing": {"channels": "CMYK"}}, "channels 'CMYK'"),
         ({"head": {"mode": "graft", "path": "fc"}}, "head.mode must be 'replace' or 'append'"),
         ({"freeze": "all"}, "freeze must be 'backbone'"),
+        ({"head": {"mode": "replace", "path": "fc", "aux_paths": 5}}, "head.aux_paths must be a list of strings"),
+        ({"head": {"mode": "replace", "path": "fc", "aux_paths": "aux.fc"}}, "head.aux_paths must be a list"),
     ],
 )
 def test_malformed_fields_name_the_field(change, message):

@@ -264,7 +264,7 @@ class ModelSpec:
                 num_classes=v.int_(head_data, "num_classes") or 0,
                 added_path=v.str_(head_data, "added_path"),
                 wrapped=bool(head_data.get("wrapped", False)),
-                aux_paths=[str(a) for a in head_data.get("aux_paths") or []],
+                aux_paths=v.str_list(head_data, "head.aux_paths", "aux_paths"),
             )
         freeze = v.str_(data, "freeze")
         if freeze not in (None, "backbone"):
@@ -365,6 +365,14 @@ class _Validator:
         if not isinstance(val, dict):
             self.fail(f"{key} must be an object (got {type(val).__name__})")
         return dict(val)
+
+    def str_list(self, data: dict, name: str, key: str) -> list[str]:
+        val = data.get(key)
+        if val is None:
+            return []
+        if not (isinstance(val, list) and all(isinstance(x, str) for x in val)):
+            self.fail(f"{name} must be a list of strings (got {val!r})")
+        return list(val)
 
     def int_list(self, data: dict, name: str, key: str) -> list[int] | None:
         val = data.get(key)
