@@ -141,3 +141,14 @@ def test_bad_inputs(tmp_path: Path):
         transform_for(object())
     with pytest.raises(UsageError, match="mean has 2 values for 3-channel input"):
         transform_for(spec(mean=[0.5, 0.5], std=[0.2, 0.2]))
+
+
+def test_unreadable_pil_image_is_an_input_error(tmp_path: Path):
+    # A PIL image handed over directly fails like a path does: truncated data, a mode with no conversion.
+    png = tmp_path / "cut.png"
+    Image.new("RGB", (40, 30), (9, 9, 9)).save(png)
+    png.write_bytes(png.read_bytes()[:60])
+    with Image.open(png) as im, pytest.raises(InputError, match="cannot read the image"):
+        load_image(im, spec())
+    with pytest.raises(InputError, match=r"cannot read the image.*LAB"):
+        load_image(Image.new("LAB", (8, 8)), spec(channels="L"))

@@ -9,6 +9,7 @@ so the preprocessing at prediction time cannot drift from the one the model was 
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -217,7 +218,10 @@ def load_image(
     if transform is None:
         transform = transform_for(spec)
     if isinstance(image, Image.Image):
-        return transform(image)
+        try:  # a lazily opened image decodes here: truncation surfaces now (struct.error from PNG chunks)
+            return transform(image)
+        except (OSError, SyntaxError, ValueError, struct.error) as exc:
+            raise _unreadable(exc, None) from None
     p = Path(os.fspath(image)).expanduser()
     if not p.is_file():
         raise InputError("no such image file", path=p, fix="check the path")
@@ -230,7 +234,11 @@ def load_image(
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputError(f"refused: decompression bomb ({exc})", path=p,
                          fix="resize the image, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it") from None
-    except (OSError, SyntaxError, ValueError) as exc:  # Pillow's errors for unreadable/truncated images
-        raise InputError(
-            f"cannot read the image ({exc})", path=p, fix="pass a PNG, JPEG, BMP, GIF, TIFF or WebP file"
-        ) from None
+    except (OSError, SyntaxError, ValueError, struct.error) as exc:  # Pillow's errors for bad images
+        raise _unreadable(exc, p) from None
+
+
+def _unreadable(exc: Exception, path: Path | None) -> InputError:
+    return InputError(
+        f"cannot read the image ({exc})", path=path, fix="pass a PNG, JPEG, BMP, GIF, TIFF or WebP file"
+    )
