@@ -159,6 +159,43 @@ def test_finding_fields_and_offsets(tmp_path):
     assert "os" in f.why and report.imports == ["os.system"] and report.format == "pickle"
 
 
+def test_tar_member_offsets_are_file_offsets(tmp_path):
+    payload = make_corpus.pk(make_corpus.call(make_corpus.G("os", "system"), make_corpus.U("true")))
+    data = make_corpus.tar_bytes((("sys_info", pickle.dumps({}, protocol=2)), ("storages", payload)))
+    report = scan(_write(tmp_path, "old.pt", data))
+    (f,) = [f for f in report.findings if f.rule == "dangerous-import"]
+    assert f.stream.startswith("storages") and data[f.offset : f.offset + 4] == b"cos\n"
+
+
+def test_tar_storage_records_are_walked(tmp_path):
+    # torch's tar 'storages' member: count, then (args pickle, raw storage bytes) per storage, then a views
+    # pickle; 'tensors': count, then (args pickle, raw geometry) per tensor. Every pickle is scanned.
+    storages = (
+        pickle.dumps(1, protocol=2)
+        + make_corpus.pk(make_corpus.MARK + make_corpus.U("0") + make_corpus.U("cpu") + make_corpus.G("torch", "FloatStorage") + make_corpus.TUPLE)
+        + (3).to_bytes(8, "little") + b"\x00" * 12
+        + pickle.dumps([], protocol=2)
+    )  # fmt: skip
+    tensors = (
+        pickle.dumps(1, protocol=2)
+        + pickle.dumps(("t", "0", None), protocol=2)
+        + (1).to_bytes(8, "little") + (3).to_bytes(8, "little") + (1).to_bytes(8, "little") + bytes(8)
+        + pickle.dumps({"epoch": 1}, protocol=2)  # never read by torch: bytes after the records
+    )  # fmt: skip
+    members = (("storages", storages), ("tensors", tensors), ("pickle", pickle.dumps({"w": 1}, protocol=2)))
+    benign = scan(_write(tmp_path, "ok.pt", make_corpus.tar_bytes(members)))
+    assert benign.verdict == "safe", benign.findings
+    assert {s.split(":")[0] for s in benign.streams} == {"storages", "tensors", "pickle"}
+    assert len([s for s in benign.streams if s.startswith("storages")]) == 3
+    evil = make_corpus.pk(make_corpus.call(make_corpus.G("os", "system"), make_corpus.U("true")))
+    for member in ("storages", "tensors"):
+        changed = tuple((n, d[: -len(pickle.dumps([], protocol=2))] + evil if n == member == "storages" else d) for n, d in members)
+        if member == "tensors":
+            changed = tuple((n, d.replace(pickle.dumps(("t", "0", None), protocol=2), evil) if n == "tensors" else d) for n, d in members)
+        report = scan(_write(tmp_path, f"evil_{member}.pt", make_corpus.tar_bytes(changed)))
+        assert report.verdict == "dangerous" and "os.system" in report.imports, (member, report.findings)
+
+
 def test_memo_resolution_and_structural_rules(tmp_path):
     mc = make_corpus
     # STACK_GLOBAL strings fetched from the memo resolve to what the unpickler would import.

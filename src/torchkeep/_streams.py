@@ -20,6 +20,7 @@ import ast
 import io
 import os
 import struct
+import tarfile
 import zipfile
 import zlib
 from collections import Counter
@@ -503,8 +504,6 @@ class Walker:
 
 def _walk_tar(walker: Walker, fh: IO[bytes], place: str) -> None:
     """The oldest torch format (tar with sys_info, pickle, storages, tensors members), still read by torch.load."""
-    import tarfile
-
     fh.seek(0)
     try:
         with tarfile.open(fileobj=fh, mode="r:") as tf:
@@ -515,11 +514,77 @@ def _walk_tar(walker: Walker, fh: IO[bytes], place: str) -> None:
     for m in members:
         if not m.isfile():
             continue
-        start = m.offset_data
-        required = m.name in ("pickle", "sys_info")
-        results = walker.stacked(fh, start, start + m.size, m.name, required=required, base=start)
-        if m.name in ("storages", "tensors") and results:
-            walker.sink.notes.append(f"{m.name}: only the leading pickle was scanned (raw records follow)")
+        start, end = m.offset_data, m.offset_data + m.size
+        if m.name in ("storages", "tensors"):
+            _tar_records(walker, fh, m.name, start, end)
+        else:
+            walker.stacked(fh, start, end, m.name, required=m.name in ("pickle", "sys_info"))
+
+
+def _tar_records(walker: Walker, fh: IO[bytes], name: str, start: int, end: int) -> None:
+    """A tar file's ``storages`` / ``tensors`` member as torch.load reads it: a count pickle, then per record
+    an args pickle followed by raw bytes (a storage's int64 numel and data; a tensor's int32 ndim, 4 bytes,
+    sizes, strides and offset), then for storages a views pickle. Every pickle is scanned, raw bytes skipped."""
+    pos = start
+
+    def one(label: str) -> StreamResult | None:
+        nonlocal pos
+        res = _analyze_region(fh, pos, end)
+        walker._emit(f"{name}: {label} pickle", res, pos)
+        if res.end is None:
+            walker.sink.on_finding("error", "malformed-pickle", f"{name}: {label} pickle", pos, f"malformed pickle: {res.error}")
+            return None
+        pos += res.end
+        return res
+
+    def raw(n: int, what: str) -> int | None:
+        """Skip ``n`` raw bytes; their value as a little-endian integer when ``n`` <= 8 (else 0)."""
+        nonlocal pos
+        if n < 0 or pos + n > end:
+            walker.sink.on_finding("error", "legacy-truncated", name, pos, f"{what} runs past the end of the member")
+            return None
+        fh.seek(pos)
+        value = int.from_bytes(fh.read(n), "little", signed=True) if n <= 8 else 0
+        pos += n
+        return value
+
+    count_res = one("count")
+    count = concrete(count_res.value) if count_res else None
+    if not isinstance(count, int) or isinstance(count, bool):
+        return
+    for i in range(count):
+        args = one(f"record {i + 1}")
+        if args is None:
+            return
+        if name == "storages":
+            items = getattr(args.value, "items", [])
+            elem = _ELEMENT_SIZE.get(getattr(items[2], "name", "").replace("Storage", "")) if len(items) == 3 else None
+            if elem is None:
+                walker.sink.notes.append(f"{name}: records not walked past record {i + 1} (unknown storage type)")
+                walker.stacked(fh, pos, end, f"{name}: bytes after record {i + 1}", required=False)
+                return
+            numel = raw(8, "a storage")
+            if numel is None or raw(numel * elem, "a storage") is None:
+                return
+        else:
+            ndim = raw(4, "a tensor's geometry")
+            if ndim is None or raw(4 + 16 * ndim + 8, "a tensor's geometry") is None:
+                return
+    if name == "storages" and one("storage views") is None:
+        return
+    if pos < end and not _only_padding(fh, pos, end):
+        walker.sink.notes.append(f"{name}: {end - pos} bytes after the records (torch.load never reads them)")
+        walker.stacked(fh, pos, end, f"{name}: bytes after the records", required=False)
+
+
+def _opens_as_tar(fh: IO[bytes]) -> bool:
+    """Does ``fh`` open as an uncompressed tar, as torch.load tries first for every file that is not a zip?"""
+    fh.seek(0)
+    try:
+        with tarfile.open(fileobj=fh, mode="r:"):
+            return True
+    except (tarfile.TarError, OSError, ValueError):
+        return False
 
 
 def _is_torchscript(fh: IO[bytes]) -> bool:
@@ -567,7 +632,16 @@ def walk_file(path: os.PathLike[str] | str, fmt: str, sink: Sink) -> None:
                     "the file is both a pickle and a zip archive: torch.load and unzip see different contents",
                 )
                 walker.zip_archive(fh, "zip part: ", 0, torchscript_root=False)
-        elif fmt in ("safetensors", "onnx"):
+        if fmt not in ("torch-zip", "torchscript", "torch-export", "numpy-npz", "zip", "tar") and _opens_as_tar(fh):
+            sink.on_finding(
+                "dangerous",
+                "polyglot",
+                "file",
+                0,
+                f"the file is both {fmt} and a tar archive: torch.load opens any non-zip file as the old tar format first",
+            )
+            _walk_tar(walker, fh, "tar part")
+        if fmt in ("safetensors", "onnx"):
             # They hold no pickles, but torch.load reads any file that is not a zip as a legacy pickle: a
             # file whose first bytes are also a pickle that imports something is a polyglot.
             fh.seek(0)

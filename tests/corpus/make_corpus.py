@@ -131,6 +131,26 @@ def tar_bytes(members: tuple[tuple[str, bytes], ...]) -> bytes:
     return buf.getvalue()
 
 
+def tar_pickle_polyglot(members: tuple[tuple[str, bytes], ...]) -> bytes:
+    """A tar archive that ``detect`` and ``pickle.load`` read as one harmless pickle: the first member's name
+    field starts with PROTO + BINBYTES, whose length swallows the rest of the file up to its last byte, the
+    STOP that ends the last member's data, padded to whole tar blocks (the archive stops there: no
+    end-of-archive blocks). torch.load opens any non-zip file as a tar first."""
+    import tarfile
+
+    name, body = members[-1]
+    body += b"\x00" * (-(len(body) + 1) % 512) + STOP
+    data = tar_bytes((("x" * 8, b"x"), *members[:-1], (name, body)))
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        last = tf.getmembers()[-1]
+    data = bytearray(data[: last.offset_data + last.size])
+    assert data[-1:] == STOP
+    data[:7] = PROTO2 + b"B" + struct.pack("<I", len(data) - 8)
+    data[148:156] = b" " * 8
+    data[148:156] = b"%06o\0 " % sum(data[:512])
+    return bytes(data)
+
+
 def safetensors_pickle_polyglot(payload_body: bytes) -> bytes:
     """Bytes that ``detect`` reads as safetensors (u64 header length, then '{') and pickle.load as a pickle:
     byte 0 is BINBYTES, whose 4-byte length makes the header length small; the bytes it swallows include
@@ -546,6 +566,35 @@ def _malicious(
             "torch",
             "tar format still read by torch.load",
             lambda: tar_bytes((("storages", p.os_system("tar")),)),
+        ),
+        (
+            "legacy_tar_storage_views.pt",
+            "the tar format's 'storages' member: count, one storage record (args pickle + raw bytes), then a "
+            "storage_views pickle that calls os.system (after raw bytes: scanners that stop there miss it)",
+            "tar",
+            "torch",
+            "tar format records",
+            lambda: tar_bytes(
+                (
+                    (
+                        "storages",
+                        pickle.dumps(1, protocol=2)
+                        + pk(MARK + U("0") + U("cpu") + G("torch", "FloatStorage") + TUPLE)
+                        + struct.pack("<q", 1)
+                        + b"\x00" * 4
+                        + p.os_system("tar_views"),
+                    ),
+                )
+            ),
+        ),
+        (
+            "tar_pickle_polyglot.pt",
+            "a harmless bare pickle by signature and by pickle.load, and a tar whose 'storages' calls os.system "
+            "by torch.load (which opens any non-zip file as a tar first)",
+            "pickle",
+            "torch",
+            "format polyglot (tar)",
+            lambda: tar_pickle_polyglot((("storages", p.os_system("tar_polyglot")),)),
         ),
         (
             "safetensors_pickle_polyglot.pt",
@@ -1082,7 +1131,8 @@ _MARKER_IDS = {
     "pickle_zip_polyglot.pt": "polyglot", "npy_object_payload.npy": "npy", "npz_object_payload.npz": "npz",
     "torchscript_constants_payload.pt": "torchscript", "pt2_nested_payload.pt2": "pt2", "collect_env_run.pt": "collect_env", "embedded_torch_load.pkl": "embedded_load",
     "safetensors_polyglot_long_constant.pt": "st_long", "rebuild_from_type_forwards_load.pkl": "rebuild_forward",
-    "randomstate_ctor_forwards_load.pkl": "randomstate_forward",
+    "randomstate_ctor_forwards_load.pkl": "randomstate_forward", "legacy_tar_storage_views.pt": "tar_views",
+    "tar_pickle_polyglot.pt": "tar_polyglot",
 }  # fmt: skip
 
 
