@@ -446,7 +446,7 @@ class Walker:
         except (ValueError, SyntaxError, KeyError, TypeError, MemoryError, RecursionError):
             self.sink.on_finding("error", "npy-header", place, start, "the .npy header is not a readable dict")
             return
-        if "O" in repr(descr):
+        if "O" in repr(descr) or _npy_has_object(descr):
             self.stacked(
                 fh, header_start + hlen, end, f"{place} (object array pickle)", required=True, base=0
             )
@@ -500,6 +500,19 @@ class Walker:
         if pos < size and not _only_padding(fh, pos, size):
             self.sink.notes.append(f"{place}: {size - pos} bytes after the storage table (torch.load never reads them)")
             self.stacked(fh, pos, size, f"{place}: bytes after the storage table", required=False)
+
+
+def _npy_has_object(descr: Any) -> bool:
+    """Whether numpy's ``descr_to_dtype`` could make an object dtype of ``descr`` (np.load then unpickles the
+    data): a type string naming ``object`` / ``O``, in a sub-array tuple or a field, however it is nested."""
+    if isinstance(descr, str):
+        return "O" in descr or "object" in descr.lower()
+    if isinstance(descr, tuple):
+        return not descr or _npy_has_object(descr[0])
+    try:
+        return any(len(field) not in (2, 3) or _npy_has_object(field[1]) for field in descr)
+    except (TypeError, IndexError, KeyError):
+        return True  # numpy cannot read it either; scanning the data costs nothing
 
 
 def _walk_tar(walker: Walker, fh: IO[bytes], place: str) -> None:

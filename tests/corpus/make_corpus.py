@@ -163,9 +163,9 @@ def safetensors_pickle_polyglot(payload_body: bytes) -> bytes:
     return struct.pack("<Q", n) + header
 
 
-def npy_object_bytes(payload: bytes) -> bytes:
+def npy_object_bytes(payload: bytes, descr: Any = "|O") -> bytes:
     """A .npy header for a 1-element object array followed by ``payload`` (the array's pickle)."""
-    header = "{'descr': '|O', 'fortran_order': False, 'shape': (1,), }"
+    header = f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': (1,), }}"
     total = 10 + len(header) + 1
     header += " " * ((64 - total % 64) % 64) + "\n"
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode("latin-1") + payload
@@ -697,6 +697,14 @@ def _malicious(
             lambda: npy_object_bytes(p.os_system("npy")),
         ),
         (
+            "npy_object_dtype_by_name.npy",
+            ".npy whose header spells the object dtype [('a', 'object')] (no 'O'): np.load unpickles its data",
+            "numpy",
+            "numpy",
+            "object arrays; dtype aliases",
+            lambda: npy_object_bytes(p.os_system("npy_object_name"), [("a", "object")]),
+        ),
+        (
             "npz_object_payload.npz",
             ".npz with a benign array and a malicious object array",
             "numpy-npz",
@@ -1132,6 +1140,7 @@ _MARKER_IDS = {
     "torchscript_constants_payload.pt": "torchscript", "pt2_nested_payload.pt2": "pt2", "collect_env_run.pt": "collect_env", "embedded_torch_load.pkl": "embedded_load",
     "safetensors_polyglot_long_constant.pt": "st_long", "rebuild_from_type_forwards_load.pkl": "rebuild_forward",
     "randomstate_ctor_forwards_load.pkl": "randomstate_forward", "legacy_tar_storage_views.pt": "tar_views",
+    "npy_object_dtype_by_name.npy": "npy_object_name",
     "tar_pickle_polyglot.pt": "tar_polyglot",
 }  # fmt: skip
 
