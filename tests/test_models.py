@@ -405,3 +405,25 @@ def test_pretrained_torchvision_weights_from_the_hub_cache(tmp_path: Path, monke
     assert tuned.classifier[1].out_channels == 10 and tuned.torchkeep_spec.class_names is None
     assert trainable(tuned) == 512 * 10 + 10
     assert tuned(torch.rand(1, 3, 64, 64)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("aux", ["nope", "model.1", "model.0"])
+def test_spec_aux_heads_that_are_not_heads_are_refused(aux):
+    # An edited spec (files come from anywhere) naming a missing layer, a pooling layer or a wrong-size
+    # layer as an auxiliary head: one CompatibilityError, not an AttributeError from deep inside.
+    from torchkeep._spec import HeadRecipe
+
+    spec = build("cifar10_cnn", num_classes=3, in_channels=1, input_size=8).torchkeep_spec
+    spec = spec.replace(head=HeadRecipe("replace", "model.8", "linear", 64, 3, 3, aux_paths=[aux]))
+    with pytest.raises(CompatibilityError, match=f"head recipe names the auxiliary head {aux}"):
+        build_from_spec(spec)
+
+
+def test_constructor_assertions_and_bad_sizes_are_usage_errors():
+    # torchvision asserts on some arguments (ViT's patch size), and negative sizes fail in torch.empty
+    with torch.device("meta"), pytest.raises(UsageError, match=r"cannot build vit_b_32.*indivisible by patch size"):
+        build("vit_b_32", input_size=100)
+    from torchkeep._spec import ModelSpec
+
+    with pytest.raises(UsageError, match=r"cannot build fashion_mlp.*negative dimension"):
+        build_from_spec(ModelSpec("fashion_mlp", arch_kwargs={"num_classes": -1}))

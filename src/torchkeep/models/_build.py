@@ -21,13 +21,12 @@ from torchkeep._spec import HeadRecipe, ModelSpec, Preprocessing, Provenance, ch
 from torchkeep.errors import CompatibilityError, InputError, UsageError
 from torchkeep.models._heads import (
     HeadInfo,
-    _new_like,
+    _features,
     append_head,
     find_head,
     get_module,
     head_paths,
     replace_head,
-    set_module,
 )
 from torchkeep.models._registry import Resolved, construct, resolve
 
@@ -199,30 +198,40 @@ def _preprocessing(
 
 def _apply_recipe(model: nn.Module, recipe: HeadRecipe) -> None:
     """Re-apply a recorded head modification to a freshly built base model."""
-    try:
-        old = get_module(model, recipe.path)
-    except AttributeError:
-        old = None
-    kind = "linear" if isinstance(old, nn.Linear) else "conv" if isinstance(old, nn.Conv2d) else None
-    fin = getattr(old, "in_features", getattr(old, "in_channels", None))
-    fout = getattr(old, "out_features", getattr(old, "out_channels", None))
-    if kind != recipe.kind or fin != recipe.in_features or fout != recipe.out_features:
+    fix = "the spec does not match this architecture version; rebuild the model with torchkeep.models.build"
+    old = _module_or_none(model, recipe.path)
+    if _features(old) != (recipe.kind, recipe.in_features, recipe.out_features):
         raise CompatibilityError(
             f"the spec's head recipe names {recipe.kind} {recipe.path}({recipe.in_features} -> {recipe.out_features}) "
             f"but the built architecture has {type(old).__name__ if old is not None else 'nothing'} there",
-            fix="the spec does not match this architecture version; rebuild the model with torchkeep.models.build",
+            fix=fix,
         )
+    for path in recipe.aux_paths:
+        aux = _module_or_none(model, path)
+        feats = _features(aux)
+        if feats is None or feats[2] != recipe.out_features:
+            raise CompatibilityError(
+                f"the spec's head recipe names the auxiliary head {path} ({recipe.out_features} outputs) "
+                f"but the built architecture has {type(aux).__name__ if aux is not None else 'nothing'} there",
+                fix=fix,
+            )
+    info = HeadInfo(recipe.path, recipe.kind, recipe.in_features, recipe.out_features, list(recipe.aux_paths))
     if recipe.mode == "replace":
-        for path in [recipe.path, *recipe.aux_paths]:
-            set_module(model, path, _new_like(get_module(model, path), recipe.num_classes))
+        replace_head(model, info, recipe.num_classes)
     else:
-        info = HeadInfo(recipe.path, recipe.kind, recipe.in_features, recipe.out_features)
         added, _ = append_head(model, info, recipe.num_classes)
         if recipe.added_path and added != recipe.added_path:
             raise CompatibilityError(
                 f"appending the head gave {added}, the spec recorded {recipe.added_path}",
                 fix="rebuild the model with torchkeep.models.build",
             )
+
+
+def _module_or_none(model: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return get_module(model, path)
+    except AttributeError:
+        return None
 
 
 def _freeze_backbone(model: nn.Module, trainable: list[str]) -> None:

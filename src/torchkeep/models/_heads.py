@@ -55,7 +55,7 @@ def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
     setattr(parent, name, module)
 
 
-def _features(module: nn.Module) -> tuple[str, int, int] | None:
+def _features(module: nn.Module | None) -> tuple[str, int, int] | None:
     if isinstance(module, nn.Linear):
         return "linear", module.in_features, module.out_features
     if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1):

@@ -263,7 +263,8 @@ def construct(resolved: Resolved, kwargs: dict[str, Any]) -> nn.Module:
             )
     try:
         return resolved.factory(**kwargs)
-    except (TypeError, ValueError) as exc:
+    # torchvision asserts on some arguments (ViT's patch size); torch.empty refuses negative sizes
+    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
         raise UsageError(
             f"cannot build {resolved.info.name} with {kwargs}: {exc}",
             fix="check the architecture's keyword arguments",
