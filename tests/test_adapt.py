@@ -605,3 +605,13 @@ def test_key_picks_the_ema_weights(tmp_path, cli):
     assert json.loads(stdout)["report"]["unwrapped"] == "ema"
     loaded = torchkeep.load(out, device="cpu")
     assert torch.equal(loaded.classifier[3].weight, ema.classifier[3].weight)
+
+
+def test_load_into_a_model_with_versioned_modules():
+    # MNASNet refuses a state_dict without module versions (_metadata); a renamed or safetensors dict has none
+    src = _model("mnasnet0_5")
+    plain = {k: v.clone() for k, v in src.state_dict().items()}  # a plain dict: no _metadata
+    dst = _fresh("mnasnet0_5")
+    report = load_into(dst, plain, strict=True)
+    assert report.applied and report.complete
+    assert torch.equal(_out(src), _out(dst))

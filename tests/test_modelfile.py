@@ -254,3 +254,22 @@ def test_an_architecture_missing_here_names_the_writing_versions(tmp_path: Path)
         CompatibilityError, match=r"'resnet9000' is not available here.*torchvision 9\.9\.0.*pip install"
     ):
         load(tmp_path / "future.safetensors", device="cpu")
+
+
+def test_spec_asking_for_a_huge_layer_is_refused_without_building_it(tmp_path: Path):
+    # A file's spec says num_classes=2**40 but its weights hold 10 classes: the meta build finds the
+    # mismatch; building for real would try to allocate petabytes.
+    m = build("fashion_mlp", num_classes=10, input_size=8)
+    path = save(m, tmp_path / "m.safetensors", spec=m.torchkeep_spec)
+    huge = m.torchkeep_spec.replace(arch_kwargs={**m.torchkeep_spec.arch_kwargs, "num_classes": 2**40})
+    save_file(load_file(path), tmp_path / "huge.safetensors", metadata={METADATA_KEY: huge.to_json()})
+    with pytest.raises(CompatibilityError, match=r"size mismatch for linear_relu_stack\.4\.weight"):
+        load(tmp_path / "huge.safetensors", device="cpu")
+
+
+def test_round_trip_of_a_model_with_versioned_modules(tmp_path: Path):
+    # MNASNet's loader needs module versions, which a safetensors file does not store
+    m = build("mnasnet0_5", num_classes=3).eval()
+    back = load(save(m, tmp_path / "mnas.safetensors"), device="cpu")
+    x = torch.rand(1, 3, 64, 64)
+    assert torch.equal(outputs(m, x), outputs(back, x))

@@ -785,7 +785,7 @@ def _load_weights(
 
     with torch.no_grad():
         try:
-            result = model.load_state_dict({t: weights[s] for t, s in pairs.items()}, strict=False)
+            result = copy_state(model, {t: weights[s] for t, s in pairs.items()}, strict=False)
         except RuntimeError as exc:  # should not happen after planning; still explain it, never a traceback
             raise CompatibilityError(
                 f"copying the weights failed: {str(exc).splitlines()[0]}",
@@ -795,6 +795,22 @@ def _load_weights(
         raise CompatibilityError(f"internal: unexpected keys while copying: {result.unexpected_keys[:3]}")
     report.applied = True
     return report
+
+
+def copy_state(
+    model: nn.Module, tensors: Mapping[str, torch.Tensor], *, strict: bool, assign: bool = False
+) -> Any:
+    """``model.load_state_dict(tensors)`` with the model's own module versions attached.
+
+    The keys are the model's, so its versions describe them. A dict read from safetensors or rebuilt by
+    renaming carries none (``_metadata``), and modules that convert old layouts refuse a missing version
+    (torchvision's MNASNet: "version should be set to 1 or 2 instead of None").
+    """
+    from collections import OrderedDict
+
+    state = OrderedDict(tensors)
+    state._metadata = getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
+    return model.load_state_dict(state, strict=strict, assign=assign)
 
 
 def _structural(mismatches: list[ShapeMismatch]) -> list[str]:

@@ -248,9 +248,11 @@ def _strict_load(model: nn.Module, tensors: dict[str, torch.Tensor], p: Path, *,
             fix="the spec was edited or written for another model; re-save it with torchkeep.save, "
             "or recover the weights with torchkeep.load_state_dict",
         )
+    from torchkeep._adapt import copy_state
+
     try:
         with torch.no_grad():
-            model.load_state_dict(tensors, strict=True, assign=assign)
+            copy_state(model, tensors, strict=True, assign=assign)
     except RuntimeError as exc:
         first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
         raise CompatibilityError(
@@ -314,13 +316,16 @@ def load(
     if not spec.tied:
         try:
             model = build_from_spec(spec, trust=trust, device="meta")
-            _strict_load(model, tensors, p, assign=True)
-            if _has_meta(model):
-                model = None
         except UntrustedCodeError:
             raise
         except Exception:
             model = None  # some constructors compute with tensors in __init__ (RegNet): build for real
+        if model is not None:
+            # A mismatch found here is final: building for real would only allocate what the spec asks
+            # (however large) to fail the same way.
+            _strict_load(model, tensors, p, assign=True)
+            if _has_meta(model):
+                model = None
     if model is None:
         model = build_from_spec(spec, trust=trust)
         _strict_load(model, tensors, p, assign=False)
