@@ -378,7 +378,8 @@ class Walker:
         elif head.startswith(_NPY_MAGIC):
             self.npy(region, 0, length, place)
         elif _looks_like_pickle_start(head):
-            required = info.filename.rsplit("/", 1)[-1] in _PICKLE_NAMES or info.filename.endswith((".pkl", ".pickle"))
+            base = info.filename.rsplit("/", 1)[-1].lower()  # torch's zip reader matches names case-insensitively
+            required = base in _PICKLE_NAMES or base.endswith((".pkl", ".pickle"))
             results = self.stacked(region, 0, length, place, required=required, torchscript=torchscript)
             if results is not None:
                 self._check_crc(region, length, info, place)

@@ -92,12 +92,12 @@ def pk(body: bytes, proto: bytes = PROTO2) -> bytes:
 
 # -- containers ---------------------------------------------------------------------------------------
 def torch_zip_bytes(
-    data_pkl: bytes, root: str = "archive", extra: tuple[tuple[str, bytes], ...] = ()
+    data_pkl: bytes, root: str = "archive", extra: tuple[tuple[str, bytes], ...] = (), pkl_name: str = "data.pkl"
 ) -> bytes:
-    """A torch.save-style zip whose data.pkl is ``data_pkl`` (no tensors)."""
+    """A torch.save-style zip whose data.pkl (named ``pkl_name``) is ``data_pkl`` (no tensors)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        zf.writestr(f"{root}/data.pkl", data_pkl)
+        zf.writestr(f"{root}/{pkl_name}", data_pkl)
         for name, data in extra:
             zf.writestr(name, data)
         zf.writestr(f"{root}/byteorder", b"little")
@@ -639,6 +639,27 @@ def _malicious(
             lambda: p.os_system("bare_bin"),
         ),
         (
+            "torchzip_uppercase_data_pkl.pt",
+            "torch zip whose pickle is named archive/DATA.PKL (torch's zip reader matches names case-insensitively) "
+            "and computes os.system with only allow-listed imports",
+            "zip",
+            "torch",
+            "member names / structural rules",
+            lambda: torch_zip_bytes(
+                pk(
+                    call(G("copyreg", "_reconstructor"), G("builtins", "str"), G("builtins", "str"), U("os"))
+                    + U("system")
+                    + STACK_GLOBAL
+                    + MARK
+                    + U(sh("uppercase_pkl"))
+                    + TUPLE
+                    + REDUCE,
+                    PROTO4,
+                ),
+                pkl_name="DATA.PKL",
+            ),
+        ),
+        (
             "torchzip_bad_crc.pt",
             "torch zip whose data.pkl CRC does not match (scanners give up, torch.load does not check)",
             "torch-zip",
@@ -1140,7 +1161,7 @@ _MARKER_IDS = {
     "torchscript_constants_payload.pt": "torchscript", "pt2_nested_payload.pt2": "pt2", "collect_env_run.pt": "collect_env", "embedded_torch_load.pkl": "embedded_load",
     "safetensors_polyglot_long_constant.pt": "st_long", "rebuild_from_type_forwards_load.pkl": "rebuild_forward",
     "randomstate_ctor_forwards_load.pkl": "randomstate_forward", "legacy_tar_storage_views.pt": "tar_views",
-    "npy_object_dtype_by_name.npy": "npy_object_name",
+    "npy_object_dtype_by_name.npy": "npy_object_name", "torchzip_uppercase_data_pkl.pt": "uppercase_pkl",
     "tar_pickle_polyglot.pt": "tar_polyglot",
 }  # fmt: skip
 
