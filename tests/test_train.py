@@ -267,3 +267,20 @@ def test_torchvision_arch_on_grayscale_data_gets_rgb_input(tmp_path):
                                out=tmp_path / "run", progress=False, plots=False, tensorboard=False))
     spec = torchkeep.load(result.best_path, device="cpu").torchkeep_spec
     assert (spec.in_channels, spec.preprocessing.channels, tuple(spec.input_size)) == (3, "RGB", (32, 32))
+
+
+def test_architectures_with_auxiliary_outputs_train(tmp_path):
+    """GoogLeNet (like Inception v3) returns (logits, aux...) in train mode: the loss is taken on the logits."""
+    result = train(TrainConfig(arch="googlenet", data="digits", subset=12, epochs=1, batch_size=4, input_size=32,
+                               out=tmp_path / "run", progress=False, plots=False, tensorboard=True))
+    assert result.epochs_done == 1 and result.train_size == 10
+    model = torchkeep.load(result.best_path, device="cpu")
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_batchnorm_model_with_a_last_batch_of_one_image_trains(tmp_path):
+    """9 training images in batches of 4: BatchNorm cannot train on the lone 9th (1x1 features in resnet18 at 32)."""
+    result = train(TrainConfig(arch="resnet18", data="digits", subset=11, epochs=2, batch_size=4, input_size=32,
+                               out=tmp_path / "run", progress=False, plots=False, tensorboard=False))
+    assert (result.train_size, result.epochs_done) == (9, 2)
+    assert any("1 training image per epoch left out" in n for n in result.notes)

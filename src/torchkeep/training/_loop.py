@@ -233,9 +233,19 @@ class _Run:
         self.loader_gen = torch.Generator()
         pin = self.device.type == "cuda"
         assert cfg.batch_size is not None
+        # BatchNorm cannot train on a batch of one image (a single value per channel once features are
+        # 1x1): the epoch's lone last image is left out, a different one each epoch (the order is shuffled)
+        drop_last = len(self.train_ds) % cfg.batch_size == 1 and len(self.train_ds) > 1 and any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
+        )
+        if drop_last:
+            self.notes.append(
+                f"1 training image per epoch left out: {len(self.train_ds)} images in batches of {cfg.batch_size} "
+                "leave a last batch of one, which BatchNorm cannot train on"
+            )
         self.loader: torch.utils.data.DataLoader = torch.utils.data.DataLoader(
             self.train_ds, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=cfg.workers,
-            pin_memory=pin, generator=self.loader_gen, persistent_workers=False,
+            pin_memory=pin, generator=self.loader_gen, persistent_workers=False, drop_last=drop_last,
         )
         self.val_loader: torch.utils.data.DataLoader = torch.utils.data.DataLoader(
             self.val_ds, batch_size=max(256, cfg.batch_size), shuffle=False, num_workers=cfg.workers, pin_memory=pin
@@ -413,14 +423,14 @@ class _Run:
                 y = y.to(dev, non_blocking=True)
                 if amp:
                     with torch.autocast(device_type=dev.type):
-                        out = model(x)
+                        out = _logits(model(x))
                         loss = crit(out, y)
                     opt.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     scaler.step(opt)
                     scaler.update()
                 else:
-                    out = model(x)
+                    out = _logits(model(x))
                     loss = crit(out, y)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -536,6 +546,11 @@ class _Run:
                 with contextlib.suppress(OSError):
                     (self.dir / e["file"]).unlink()
         self.top_k = kept
+
+
+def _logits(out: Any) -> torch.Tensor:
+    """The main logits of a forward pass: GoogLeNet and Inception v3 return ``(logits, aux...)`` in train mode."""
+    return out if isinstance(out, torch.Tensor) else out.logits
 
 
 def _in_channels(arch: str, channels: int) -> int | None:
