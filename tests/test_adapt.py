@@ -192,6 +192,10 @@ def test_parse_rename_errors():
         parse_rename("fc.=fc2.")
     with pytest.raises(UsageError, match="not a valid regular expression"):
         load_into(_fresh(), {"x": torch.ones(1)}, rename=["(=>x"])
+    # a replacement with a missing group or a bad escape fails before any key is renamed
+    for rule in [r"^layer(\d)=>block$3", r"^layer(?P<n>\d)=>block\g<m>", r"^layer=>\q"]:
+        with pytest.raises(UsageError, match=r"rename replacement .* is invalid for the pattern '\^layer"):
+            load_into(_fresh(), {"layer1.x": torch.ones(1)}, rename=[rule])
 
 
 def test_match_by_order_when_names_differ_but_architecture_agrees(resnet):

@@ -301,6 +301,13 @@ def _rename_rules(rename: RenameSpec) -> list[tuple[str, Callable[[str], str]]]:
         except re.error as exc:
             raise UsageError(f"rename pattern {pattern!r} is not a valid regular expression ({exc})") from None
         repl = re.sub(r"\$(\d+)", r"\\g<\1>", repl)
+        try:
+            rx.sub(repl, "")  # compiles the replacement: a bad group reference or escape fails here, not mid-plan
+        except (re.error, IndexError) as exc:
+            raise UsageError(
+                f"rename replacement {repl!r} is invalid for the pattern {pattern!r} ({exc})",
+                fix=f"{pattern!r} has {rx.groups} group(s): refer to them as \\1 or $1",
+            ) from None
 
         def fn(key: str, rx: re.Pattern[str] = rx, repl: str = repl) -> str:
             return rx.sub(repl, key)
