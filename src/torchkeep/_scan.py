@@ -18,7 +18,6 @@ Neither ``pickle.load`` nor ``torch`` is ever used here.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import tarfile
 import zipfile
@@ -27,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchkeep._pickle_vm import StreamResult, analyze
-from torchkeep._streams import Sink, walk_file
+from torchkeep._pickle_vm import StreamResult
+from torchkeep._streams import Sink, analyze_start, walk_file
 from torchkeep.errors import InputError, UnknownFormatError
 
 __all__ = [
@@ -246,7 +245,7 @@ class _Collector:
 def _parses_as_pickle(path: Path) -> bool:
     """For files no signature matched: does the start parse as a pickle (as pickle.load would read it)?"""
     with open(path, "rb") as fh:
-        res = analyze(io.BytesIO(fh.read(1 << 20)))  # a bounded look: the file may be anything
+        res = analyze_start(fh, os.fstat(fh.fileno()).st_size)
     return res.end is not None or res.opcodes >= 256 or any(f.rule == "dangerous-import" for f in res.findings)
 
 

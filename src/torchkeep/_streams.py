@@ -30,7 +30,7 @@ from typing import IO, Any
 
 from torchkeep._pickle_vm import StreamResult, analyze, concrete
 
-__all__ = ["MAX_DEPTH", "Sink", "walk_file"]
+__all__ = ["MAX_DEPTH", "Sink", "analyze_start", "walk_file"]
 
 MAX_DEPTH = 3  # zip inside zip inside zip: deeper nesting is refused, not silently skipped
 MAX_INFLATE = 512 << 20  # a compressed member is inflated for scanning only up to this size
@@ -136,17 +136,28 @@ class _Window(io.RawIOBase):
 _IN_MEMORY = (1 << 20, 64 << 20)  # pickles are parsed from memory (fast C reads) if they end within these
 
 
-def _analyze_region(fh: IO[bytes], start: int, end: int, torchscript: bool = False) -> StreamResult:
+def _analyze_region(
+    fh: IO[bytes], start: int, end: int, torchscript: bool = False, looks: tuple[int, ...] = _IN_MEMORY
+) -> StreamResult:
     """Analyse the pickle at ``start`` (offsets relative to it): from memory when it ends within the first
-    1 MiB, then 64 MiB; beyond that in place over the whole region."""
-    res = StreamResult()
-    for size in _IN_MEMORY:
+    1 MiB, then 64 MiB (``looks``); beyond that in place over the whole region. A look that fails before its
+    last byte is final (more bytes cannot change it); one still valid where it ends (a long constant, many
+    opcodes) goes on to the next."""
+    for size in looks:
         chunk_end = min(end, start + size)
         fh.seek(start)
-        res = analyze(io.BytesIO(fh.read(chunk_end - start)), torchscript=torchscript)
-        if res.end is not None or chunk_end >= end or res.opcodes == 0:
+        data = fh.read(chunk_end - start)
+        probe = io.BytesIO(data)
+        res = analyze(probe, torchscript=torchscript)
+        if res.end is not None or chunk_end >= end or probe.tell() < len(data):
             return res
     return analyze(_Window(fh, start, end), torchscript=torchscript)  # type: ignore[arg-type]
+
+
+def analyze_start(fh: IO[bytes], size: int) -> StreamResult:
+    """The pickle at the start of a file of ``size`` bytes, for files that may be anything: one bounded look
+    (no 64 MiB read for a length field that happens to ask for gigabytes), then in place if still valid."""
+    return _analyze_region(fh, 0, size, looks=(PROBE,))
 
 
 def _looks_like_pickle_start(head: bytes) -> bool:
@@ -658,12 +669,7 @@ def walk_file(path: os.PathLike[str] | str, fmt: str, sink: Sink) -> None:
         if fmt in ("safetensors", "onnx"):
             # They hold no pickles, but torch.load reads any file that is not a zip as a legacy pickle: a
             # file whose first bytes are also a pickle that imports something is a polyglot.
-            fh.seek(0)
-            probe = io.BytesIO(fh.read(PROBE))
-            head = analyze(probe)
-            if head.end is None and head.opcodes and probe.tell() == len(probe.getbuffer()) < size:
-                # Still a pickle where the first look ends: a long constant may push its imports past it.
-                head = _analyze_region(fh, 0, size)
+            head = analyze_start(fh, size)
             if head.imports:
                 sink.on_finding(
                     "dangerous",

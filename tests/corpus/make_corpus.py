@@ -660,6 +660,15 @@ def _malicious(
             ),
         ),
         (
+            "long_constant_first.bin",
+            "a protocol-0 stream (no PROTO signature) opening with a 2 MiB BINBYTES, then os.system: no format "
+            "signature, and the import lies past a first look at the file",
+            "pickle",
+            "torch",
+            "probe-size evasion",
+            lambda: B(b"x" * (2 << 20)) + POP + call(G("os", "system"), U(sh("long_first"))) + STOP,
+        ),
+        (
             "torchzip_bad_crc.pt",
             "torch zip whose data.pkl CRC does not match (scanners give up, torch.load does not check)",
             "torch-zip",
@@ -1161,7 +1170,7 @@ _MARKER_IDS = {
     "torchscript_constants_payload.pt": "torchscript", "pt2_nested_payload.pt2": "pt2", "collect_env_run.pt": "collect_env", "embedded_torch_load.pkl": "embedded_load",
     "safetensors_polyglot_long_constant.pt": "st_long", "rebuild_from_type_forwards_load.pkl": "rebuild_forward",
     "randomstate_ctor_forwards_load.pkl": "randomstate_forward", "legacy_tar_storage_views.pt": "tar_views",
-    "npy_object_dtype_by_name.npy": "npy_object_name", "torchzip_uppercase_data_pkl.pt": "uppercase_pkl",
+    "npy_object_dtype_by_name.npy": "npy_object_name", "torchzip_uppercase_data_pkl.pt": "uppercase_pkl", "long_constant_first.bin": "long_first",
     "tar_pickle_polyglot.pt": "tar_polyglot",
 }  # fmt: skip
 
