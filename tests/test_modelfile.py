@@ -273,3 +273,11 @@ def test_round_trip_of_a_model_with_versioned_modules(tmp_path: Path):
     back = load(save(m, tmp_path / "mnas.safetensors"), device="cpu")
     x = torch.rand(1, 3, 64, 64)
     assert torch.equal(outputs(m, x), outputs(back, x))
+
+
+def test_save_with_a_spec_json_cannot_store_is_a_usage_error(tmp_path: Path):
+    m = build("fashion_mlp", num_classes=3, input_size=8)
+    spec = m.torchkeep_spec.replace(extra={"dataset_root": tmp_path})  # a Path, not a string
+    with pytest.raises(UsageError, match="value JSON cannot store"):
+        save(m, tmp_path / "m.safetensors", spec=spec)
+    assert not list(tmp_path.iterdir())  # nothing written, not even a temporary file

@@ -113,3 +113,13 @@ def test_spec_module_does_not_import_torch():
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_values_json_cannot_store_are_a_usage_error():
+    from pathlib import Path
+
+    from torchkeep.errors import UsageError
+
+    for extra in ({"path": Path("/data")}, {"acc": {1, 2}}):
+        with pytest.raises(UsageError, match="the model spec holds a value JSON cannot store"):
+            ModelSpec("cifar10_cnn", extra=extra).to_json()

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from torchkeep.errors import InputError
+from torchkeep.errors import InputError, UsageError
 
 __all__ = [
     "METADATA_KEY",
@@ -176,9 +176,18 @@ class ModelSpec:
 
         Returns:
             The JSON text.
+
+        Raises:
+            UsageError: a field holds a value JSON cannot store.
         """
         separators = (",", ":") if indent is None else None
-        return json.dumps(self.to_dict(), indent=indent, separators=separators, sort_keys=False)
+        try:
+            return json.dumps(self.to_dict(), indent=indent, separators=separators, sort_keys=False)
+        except (TypeError, ValueError) as exc:  # a numpy scalar, Path or tensor in arch_kwargs / extra
+            raise UsageError(
+                f"the model spec holds a value JSON cannot store ({exc})",
+                fix="keep arch_kwargs and extra to JSON values: str, int, float, bool, None, lists, dicts",
+            ) from None
 
     @classmethod
     def from_dict(cls, data: Any, *, path: str | os.PathLike[str] | None = None) -> ModelSpec:
