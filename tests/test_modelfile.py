@@ -281,3 +281,13 @@ def test_save_with_a_spec_json_cannot_store_is_a_usage_error(tmp_path: Path):
     with pytest.raises(UsageError, match="value JSON cannot store"):
         save(m, tmp_path / "m.safetensors", spec=spec)
     assert not list(tmp_path.iterdir())  # nothing written, not even a temporary file
+
+
+def test_spec_metadata_that_is_not_a_string_is_an_input_error(tmp_path: Path):
+    # safetensors metadata values are strings; a crafted header may hold anything
+    for value in (5, {"arch": "resnet18"}, ["x"]):
+        header = json.dumps({"__metadata__": {METADATA_KEY: value}}).encode()
+        path = tmp_path / "crafted.safetensors"
+        path.write_bytes(len(header).to_bytes(8, "little") + header)
+        with pytest.raises(InputError, match=r"crafted\.safetensors: invalid model spec: the torchkeep\.spec metadata"):
+            read_spec(path)

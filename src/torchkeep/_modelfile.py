@@ -87,6 +87,12 @@ def read_spec(path: str | os.PathLike[str]) -> ModelSpec | None:
     text = meta.get(METADATA_KEY) if isinstance(meta, dict) else None
     if text is None:
         return None
+    if not isinstance(text, str):  # safetensors metadata values are strings; a crafted header may differ
+        raise InputError(
+            f"invalid model spec: the {METADATA_KEY} metadata is a JSON {type(text).__name__}, not a string",
+            path=p,
+            fix="re-save the model with torchkeep.save(model, path, spec)",
+        )
     return ModelSpec.from_json(text, path=p)
 
 
