@@ -126,6 +126,28 @@ def test_resume_needs_a_checkpoint(tmp_path):
         train(TrainConfig(resume=tmp_path))
 
 
+def test_resume_from_a_malicious_or_truncated_checkpoint_is_one_line_refusal(run, tmp_path):
+    import os
+
+    marker = tmp_path / "PWNED_MARKER"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (tmp_path / "evil").mkdir()
+    torch.save({"format": "torchkeep.train-checkpoint", "x": Payload()}, tmp_path / "evil" / "checkpoint.pt")
+    with pytest.raises(torchkeep.UnsafeFileError, match=r"checkpoint.pt: refused: the file can execute code.*system"):
+        train(TrainConfig(resume=tmp_path / "evil"))
+    assert not marker.exists()
+    (tmp_path / "cut").mkdir()
+    data = (run.run_dir / "checkpoint.pt").read_bytes()
+    (tmp_path / "cut" / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(torchkeep.InputError, match="checkpoint cannot be read") as info:
+        train(TrainConfig(resume=tmp_path / "cut"))
+    assert "\n" not in str(info.value)
+
+
 def test_new_run_in_a_used_directory_is_refused(run):
     with pytest.raises(UsageError, match=r"already holds a training run.*--resume"):
         train(TrainConfig(out=run.run_dir, epochs=1, **TINY))

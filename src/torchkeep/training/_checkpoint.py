@@ -152,10 +152,14 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             path=p,
             fix="pass the run directory given to --out (it holds checkpoint.pt)",
         )
+    from torchkeep._load import _check_safety
+
+    _check_safety(p)  # a checkpoint.pt from elsewhere that can run code is refused with its findings
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise InputError(f"checkpoint cannot be read ({type(exc).__name__}: {exc})", path=p) from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise InputError(f"checkpoint cannot be read ({type(exc).__name__}: {first})", path=p) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise InputError("not a torchkeep training checkpoint", path=p, fix="resume from a directory written by torchkeep train")
     if int(ckpt.get("version", 0)) > CHECKPOINT_VERSION:
