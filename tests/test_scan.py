@@ -339,6 +339,8 @@ def test_torchscript_classes_are_safe_only_in_torchscript(tmp_path):
         ("torch", "BFloat16Storage", "safe"),
         ("collections", "OrderedDict", "safe"),
         ("numpy.dtypes", "Float32DType", "safe"),
+        ("numpy.dtypes", "_add_dtype_helper", "dangerous"),
+        ("numpy.dtypes", "_private", "custom-code"),
         ("builtins", "set", "safe"),
         ("__builtin__", "set", "safe"),
         ("argparse", "Namespace", "custom-code"),

@@ -225,6 +225,7 @@ DANGEROUS_NAMES: dict[str, str] = {
     "copyreg.pickle": "rewires pickling",
     "logging.FileHandler": "creates files",
     "logging.basicConfig": "creates files (filename=)",
+    "numpy.dtypes._add_dtype_helper": "plants any object in numpy.dtypes under a name (then trusted as a dtype class)",
 }
 
 # Safe globals: what torch.save writes for tensors and storages, plus plain containers and NumPy.
@@ -326,7 +327,7 @@ _NOT_DENIED = frozenset(
 # Low-level torch bindings: functions are harmless except the JIT importers and file/registration hooks.
 _TORCH_C_DANGER = ("jit", "import", "load", "save", "compile", "exec", "file", "register", "_set_", "dlopen")
 
-# NumPy >= 1.25 pickles dtypes of scalars as numpy.dtypes.<Name>DType.
+# NumPy >= 1.25 pickles dtypes of scalars as numpy.dtypes.<Name>DType (public names ending in DType only).
 _SAFE_PREFIX_CLASSES = ("numpy.dtypes.",)
 
 # Functions that load, open, run or fetch, whatever module they live in (PIL.Image.open, yaml.load,
@@ -406,7 +407,7 @@ def classify(module: str, name: str, *, torchscript: bool = False) -> tuple[str,
         return "dangerous", f"dotted name walks attributes of a module or function ({name})"
 
     # 2. allow-list.
-    if qualified.startswith(_SAFE_PREFIX_CLASSES) and len(parts) == 1:
+    if qualified.startswith(_SAFE_PREFIX_CLASSES) and len(parts) == 1 and name.endswith("DType") and name[:1] != "_":
         return "safe", "rebuilds tensors, storages or plain data"
     if torchscript and (module == "__torch__" or module.startswith("__torch__.")):
         return "safe", "TorchScript class (compiled TorchScript, not a Python import)"

@@ -809,6 +809,19 @@ def _malicious(
                 ),
             ),
             (
+                "numpy_dtypes_alias_load.pkl",
+                "numpy.dtypes._add_dtype_helper plants torch.storage._load_from_bytes as numpy.dtypes.PwnDType "
+                "(a name scanners trust as a dtype class), which is then called on unscanned bytes",
+                "pickle",
+                "pickle",
+                "monkey-patching an allow-listed namespace",
+                lambda: pk(
+                    call(G("numpy.dtypes", "_add_dtype_helper"), G("torch.storage", "_load_from_bytes"), U("PwnDType"))
+                    + POP
+                    + call(G("numpy.dtypes", "PwnDType"), B(p.os_system("dtype_alias")))
+                ),
+            ),
+            (
                 "collect_env_run.pt",
                 "torch.utils.collect_env.run(cmd) inside a torch zip",
                 "torch-zip",
@@ -1170,7 +1183,7 @@ _MARKER_IDS = {
     "torchscript_constants_payload.pt": "torchscript", "pt2_nested_payload.pt2": "pt2", "collect_env_run.pt": "collect_env", "embedded_torch_load.pkl": "embedded_load",
     "safetensors_polyglot_long_constant.pt": "st_long", "rebuild_from_type_forwards_load.pkl": "rebuild_forward",
     "randomstate_ctor_forwards_load.pkl": "randomstate_forward", "legacy_tar_storage_views.pt": "tar_views",
-    "npy_object_dtype_by_name.npy": "npy_object_name", "torchzip_uppercase_data_pkl.pt": "uppercase_pkl", "long_constant_first.bin": "long_first",
+    "npy_object_dtype_by_name.npy": "npy_object_name", "torchzip_uppercase_data_pkl.pt": "uppercase_pkl", "long_constant_first.bin": "long_first", "numpy_dtypes_alias_load.pkl": "dtype_alias",
     "tar_pickle_polyglot.pt": "tar_polyglot",
 }  # fmt: skip
 
