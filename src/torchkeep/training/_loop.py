@@ -701,19 +701,14 @@ def _train_loop(cfg: TrainConfig, ckpt: dict[str, Any] | None, run: _Run, run_di
             raise
         # Ctrl-C: write where we are (mid-epoch included) so --resume continues from here
         run.save_interrupted()
-        if writer is not None:
-            writer.close()
         msg = (
             f"interrupted at epoch {run.epoch + (1 if run.batch_in_epoch else 0)}, step {run.step}; "
             f"checkpoint saved to {run_dir / CHECKPOINT}. Resume with: torchkeep train --resume {run_dir}"
         )
         raise TrainingInterrupted(msg, run_dir) from None
-    except TorchkeepError:
+    finally:  # whatever ended the loop, the event file is flushed and closed
         if writer is not None:
             writer.close()
-        raise
-    if writer is not None:
-        writer.close()
 
     curves = confusion = None
     if cfg.plots and run.history:
