@@ -185,3 +185,10 @@ def test_fashion_mnist_labels_that_do_not_match_the_images_are_refused(tmp_path,
         _idx(raw / f"{prefix}-labels-idx1-ubyte", 0x801, [len(labels)], labels)
     with pytest.raises(InputError, match=match):
         open_dataset("fashion-mnist", root=tmp_path, download=False)
+
+
+def test_cifar10_meta_without_label_names_is_refused(tmp_path):
+    _write_cifar(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "batches.meta").write_bytes(pickle.dumps({"num_vis": 3072}))
+    with pytest.raises(InputError, match=r"batches.meta: not a CIFAR-10 meta file \(no 'label_names' list\)"):
+        open_dataset("cifar10", root=tmp_path, download=False)

@@ -327,8 +327,12 @@ def _cifar10(root: Path, split: str, download: bool) -> ImageSource:
         targets.extend(labels)
     arr = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
     meta_path = base / CIFAR10.meta["filename"]
-    classes = [str(c) for c in _read_cifar_pickle(meta_path)[CIFAR10.meta["key"]]] if meta_path.exists() else [
-        "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    if meta_path.exists():
+        names = _read_cifar_pickle(meta_path).get(CIFAR10.meta["key"])
+        if not isinstance(names, (list, tuple)):
+            raise InputError(f"not a CIFAR-10 meta file (no {CIFAR10.meta['key']!r} list)", path=meta_path)
+        classes = [str(c) for c in names]
     _check_labels(len(arr), targets, len(classes), base)
     arr = np.ascontiguousarray(arr)
     return ImageSource(
