@@ -277,6 +277,14 @@ def test_unreadable_files_give_error_reports(tmp_path):
     assert broken.verdict == "error"
 
 
+def test_truncated_npy_headers_are_error_reports(tmp_path):
+    for i, head in enumerate([b"\x93NUMPY\x02\x00\x10\x00", b"\x93NUMPY\x03\x00\x10\x00\x00"]):
+        report = scan(_write(tmp_path, f"t{i}.npy", head))
+        assert report.verdict == "error" and any(f.rule == "npy-header" for f in report.findings), report
+        npz = scan(_write(tmp_path, f"t{i}.npz", make_corpus._zip_of((("a.npy", head),))))
+        assert npz.verdict == "error" and any(f.rule == "npy-header" for f in npz.findings), npz
+
+
 def test_tensor_bytes_that_look_like_a_pickle_are_data(tmp_path):
     # A storage member starting with b"N." (NONE, STOP) followed by float bytes is not a pickle.
     data = make_corpus.torch_zip_bytes(pickle.dumps({"w": 1}, protocol=2), extra=(("archive/data/0", b"N." + b"\x01" * 64),))

@@ -439,14 +439,15 @@ class Walker:
         if len(pre) < 10 or not pre.startswith(_NPY_MAGIC):
             self.sink.on_finding("error", "npy-header", place, start, "not a .npy header")
             return
-        major = pre[6]
-        if major == 1:
-            (hlen,) = struct.unpack("<H", pre[8:10])
-            header_start = start + 10
+        if pre[6] == 1:
+            hlen, header_start = int.from_bytes(pre[8:10], "little"), start + 10
         else:
             fh.seek(start + 8)
-            (hlen,) = struct.unpack("<I", fh.read(4))
-            header_start = start + 12
+            raw = fh.read(4)
+            if len(raw) < 4:
+                self.sink.on_finding("error", "npy-header", place, start, "the .npy header is truncated")
+                return
+            hlen, header_start = int.from_bytes(raw, "little"), start + 12
         if hlen > 1 << 20:  # numpy itself refuses headers over 10 kB by default
             self.sink.on_finding("error", "npy-header", place, start, f"the .npy header claims {hlen} bytes")
             return
