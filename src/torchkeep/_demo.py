@@ -3,12 +3,11 @@
 ``run_demo(out)`` trains the seeds' CIFAR-10 CNN (1 input channel, 8x8) on scikit-learn's digits with the
 default settings, evaluates the best model on the held-out split, writes held-out digits as PNG files
 (grayscale, RGB and RGBA, at different sizes, like a user's own pictures) and classifies them with
-``torchkeep.predict``, then saves the model in every format (``torchkeep._tour``, when available).
+``torchkeep.predict``, then saves the model in every format (``torchkeep._tour``).
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import time
 from collections.abc import Callable
@@ -94,13 +93,6 @@ def write_heldout_pngs(out_dir: Path, val_indices: list[int], per_mode: int = 3)
     return files
 
 
-def _optional(module: str, name: str) -> Callable[..., Any] | None:
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None
-
-
 def run_demo(
     out: str | os.PathLike[str] = "torchkeep-demo",
     *,
@@ -120,8 +112,13 @@ def run_demo(
     Returns:
         A :class:`DemoResult`.
     """
+    from PIL import Image
+
     from torchkeep._evaluate import evaluate
-    from torchkeep.data import open_dataset, split_indices
+    from torchkeep._modelfile import load
+    from torchkeep._predict import predict
+    from torchkeep._tour import formats_tour
+    from torchkeep.data import split_indices
     from torchkeep.training import TrainConfig, train
 
     t0 = time.perf_counter()
@@ -137,29 +134,16 @@ def run_demo(
     report = evaluate(result.best_path, "digits", png=out_dir / "run" / "eval-confusion.png")
 
     say("3/4 write held-out digits as PNG files (grayscale, RGB, RGBA) and predict them")
-    src = open_dataset("digits")
-    _, val_idx = split_indices(len(src), 0.2, 0)
+    # the very split training held out (the evaluation reports the seed and fraction it used)
+    _, val_idx = split_indices(result.train_size + result.val_size, report.val_fraction, report.seed)
     files = write_heldout_pngs(out_dir / "pngs", val_idx)
     predictions: list[DemoPrediction] = []
-    predict = _optional("torchkeep._predict", "predict")
-    if predict is None:
-        notes.append("torchkeep.predict is not available in this build: predictions skipped")
-    else:
-        preds = predict(result.best_path, [str(p) for p, _, _ in files], topk=1, device="cpu")
-        from PIL import Image
+    preds = predict(result.best_path, [str(p) for p, _, _ in files], topk=1, device="cpu")
+    for (path, mode, true), p in zip(files, preds):
+        with Image.open(path) as im:
+            size = im.size
+        predictions.append(DemoPrediction(path, mode, size, true, p.label, p.probability, p.error))
 
-        for (path, mode, true), p in zip(files, preds):
-            with Image.open(path) as im:
-                size = im.size
-            predictions.append(DemoPrediction(path, mode, size, true, p.label, p.probability, p.error))
-
-    tour = None
-    formats_tour = _optional("torchkeep._tour", "formats_tour")
-    if formats_tour is None:
-        notes.append("the formats tour (torchkeep._tour) is not available in this build: skipped")
-    else:
-        say("4/4 save the model in every format and inspect each")
-        from torchkeep._modelfile import load
-
-        tour = formats_tour(load(result.best_path, device="cpu"), out_dir / "formats")
+    say("4/4 save the model in every format and inspect each")
+    tour = formats_tour(load(result.best_path, device="cpu"), out_dir / "formats")
     return DemoResult(out_dir, result, report, predictions, tour, time.perf_counter() - t0, notes)
