@@ -519,7 +519,7 @@ def sample_inputs(spec: ModelSpec, samples: Sequence[str | os.PathLike[str]] | N
         tensors = []
         for it in items[:64]:
             with contextlib.suppress(Exception):  # parity needs some good images, not all of them
-                tensors.append(load_input(it.source, spec))
+                tensors.append(load_input(it.source, spec, tf))
         if not tensors:
             raise InputError("no readable image among the parity samples", path=os.fspath(samples[0]))
         tensors = _same_size(tensors)
