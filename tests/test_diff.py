@@ -164,3 +164,22 @@ def test_missing_and_bad_files_are_one_line_errors(tmp_path, cli):
     code, _, err = cli("diff", a, bad)
     assert code == 3
     assert "notes.pt" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_nan_and_inf_in_the_same_places_are_equal_and_complex_parts_both_count(tmp_path):
+    """A file diffed with its copy is identical even with NaN / -inf (attention masks); an imaginary part counts."""
+    sd = {"mask": torch.tensor([0.0, float("-inf"), float("inf")]), "w": torch.tensor([float("nan"), 1.0]),
+          "z": torch.tensor([1 + 1j, 2 - 1j])}
+    torch.save(sd, tmp_path / "a.pt")
+    torch.save({k: v.clone() for k, v in sd.items()}, tmp_path / "b.pt")
+    report = torchkeep.diff(tmp_path / "a.pt", tmp_path / "b.pt")
+    assert report.identical and report.changed == []
+    changed = {**sd, "w": torch.tensor([1.0, 1.0]), "z": torch.tensor([1 + 2j, 2 - 1j])}
+    torch.save(changed, tmp_path / "c.pt")
+    report = torchkeep.diff(tmp_path / "a.pt", tmp_path / "c.pt")
+    by_name = {d.name: d for d in report.changed}
+    assert sorted(by_name) == ["w", "z"]
+    assert by_name["w"].max_abs == float("inf") and by_name["z"].max_abs == 1.0
+    torch.save({**sd, "z": torch.tensor([1.0, 2.0])}, tmp_path / "d.pt")  # complex vs real: a dtype change
+    report = torchkeep.diff(tmp_path / "a.pt", tmp_path / "d.pt")
+    assert [(d.name, d.kind, d.max_abs) for d in report.changed] == [("z", "dtype", 1.0)]

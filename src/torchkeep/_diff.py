@@ -138,14 +138,23 @@ def _compare(name: str, ta: torch.Tensor, tb: torch.Tensor, atol: float) -> Tens
     dtype_a, dtype_b = str(ta.dtype).removeprefix("torch."), str(tb.dtype).removeprefix("torch.")
     if shape_a != shape_b:
         return TensorDiff(name, "shape", shape_a, shape_b, dtype_a, dtype_b, numel=ta.numel())
-    # float64 so that tiny fine-tuning steps on float16/bfloat16 weights are not rounded away
-    da = ta.detach().to("cpu", torch.float64).flatten()
-    db = tb.detach().to("cpu", torch.float64).flatten()
+    # float64 so that tiny fine-tuning steps on float16/bfloat16 weights are not rounded away;
+    # complex tensors as (real, imaginary) pairs, so that both parts count
+    as_complex = ta.is_complex() or tb.is_complex()
+    da, db = (
+        torch.view_as_real(t.detach().cpu().to(torch.complex128)).flatten()
+        if as_complex
+        else t.detach().cpu().to(torch.float64).flatten()
+        for t in (ta, tb)
+    )
     if da.numel() == 0:
         max_abs = 0.0
     else:
-        delta = db - da
-        max_abs = float(delta.abs().max())
+        # NaN and +-inf in the same places are equal (a file diffed with its copy is identical);
+        # a NaN or inf against anything else is an infinite difference
+        same = (da == db) | (da.isnan() & db.isnan())
+        delta = torch.where(same, 0.0, (db - da).abs().nan_to_num(nan=float("inf")))
+        max_abs = float(delta.max())
     if max_abs <= atol and ta.dtype == tb.dtype:
         return None
     norm_a, norm_b = float(da.norm()), float(db.norm())
