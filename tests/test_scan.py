@@ -285,6 +285,20 @@ def test_truncated_npy_headers_are_error_reports(tmp_path):
         assert npz.verdict == "error" and any(f.rule == "npy-header" for f in npz.findings), npz
 
 
+def test_broken_zip_directories_inside_files_are_findings(tmp_path):
+    mc = make_corpus
+    inner = mc.torch_zip_bytes(pickle.dumps({"w": 1}, protocol=2))
+    at = inner.rindex(b"PK\x05\x06") + 16  # central directory offset: past the real one -> negative member offsets
+    shifted = inner[:at] + (int.from_bytes(inner[at : at + 4], "little") + 100).to_bytes(4, "little") + inner[at + 4 :]
+    at = inner.index(b"PK\x01\x02") + 6  # version needed to extract: 20.2, which zipfile refuses
+    versioned = inner[:at] + (202).to_bytes(2, "little") + inner[at + 2 :]
+    for i, bad in enumerate([shifted, versioned]):
+        embedded = scan(_write(tmp_path, f"e{i}.pkl", mc.pk(mc.call(mc.G("torch.storage", "_load_from_bytes"), mc.B(bad)))))
+        nested = scan(_write(tmp_path, f"n{i}.zip", mc._zip_of((("m.pt", bad),))))
+        for report in (embedded, nested):
+            assert report.verdict in ("error", "dangerous") and report.findings, report
+
+
 def test_tensor_bytes_that_look_like_a_pickle_are_data(tmp_path):
     # A storage member starting with b"N." (NONE, STOP) followed by float bytes is not a pickle.
     data = make_corpus.torch_zip_bytes(pickle.dumps({"w": 1}, protocol=2), extra=(("archive/data/0", b"N." + b"\x01" * 64),))

@@ -42,6 +42,8 @@ _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_MAGIC_BYTES = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # LONG1 of the magic number
 _PICKLE_FIRST = {op.code.encode("latin-1") for op in __import__("pickletools").opcodes}
 _PICKLE_NAMES = ("data.pkl", "constants.pkl")
+# what zipfile raises on a directory it cannot read (NotImplementedError: a "version needed" above 6.3)
+_ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, NotImplementedError)
 
 # element sizes of legacy storage types (the storage table stores element counts)
 _ELEMENT_SIZE = {
@@ -304,7 +306,7 @@ class Walker:
     def zip_archive(self, fh: IO[bytes], prefix: str, depth: int, *, torchscript_root: bool) -> None:
         try:
             zf = zipfile.ZipFile(fh)
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        except _ZIP_ERRORS as exc:
             self.sink.on_finding("error", "zip-unreadable", prefix or "archive", None, f"zip directory unreadable: {exc}")
             return
         infos = zf.infolist()
@@ -334,8 +336,10 @@ class Walker:
 
     def zip_member(self, fh: IO[bytes], info: zipfile.ZipInfo, prefix: str, depth: int, torchscript: bool) -> None:
         place = prefix + info.filename
-        fh.seek(info.header_offset)
-        header = fh.read(30)
+        header = b""
+        if info.header_offset >= 0:  # zipfile shifts offsets by the data it thinks precedes the archive
+            fh.seek(info.header_offset)
+            header = fh.read(30)
         if len(header) < 30 or header[:4] != _ZIP_LOCAL:
             self.sink.on_finding("dangerous", "zip-bad-header", place, info.header_offset, "no local header where the directory points")
             return
@@ -616,7 +620,7 @@ def _opens_as_tar(fh: IO[bytes]) -> bool:
 def _is_torchscript(fh: IO[bytes]) -> bool:
     try:
         names = zipfile.ZipFile(fh).namelist()
-    except (zipfile.BadZipFile, OSError, ValueError):
+    except _ZIP_ERRORS:
         return False
     fh.seek(0)
     return any(n.endswith("constants.pkl") for n in names) and any("/code/" in n or n.startswith("code/") for n in names)
@@ -626,7 +630,7 @@ def _zip_start(fh: IO[bytes]) -> int:
     """Offset of the first member of the zip archive at the end of ``fh``, or -1 if there is none."""
     try:
         infos = zipfile.ZipFile(fh).infolist()
-    except (zipfile.BadZipFile, OSError, ValueError):
+    except _ZIP_ERRORS:
         return -1
     return min((i.header_offset for i in infos), default=-1)
 
