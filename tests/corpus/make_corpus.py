@@ -212,6 +212,20 @@ def _malicious(
     inner = p.os_system("pickle_loads")
     code = marshal.dumps(compile(py("marshal_code"), "<payload>", "exec"))
     crc_payload = p.os_system("bad_crc")
+
+    def computed_os_system(ident: str) -> bytes:
+        """os.system through a STACK_GLOBAL whose module is computed: only allow-listed names are imported."""
+        return pk(
+            call(G("copyreg", "_reconstructor"), G("builtins", "str"), G("builtins", "str"), U("os"))
+            + U("system")
+            + STACK_GLOBAL
+            + MARK
+            + U(sh(ident))
+            + TUPLE
+            + REDUCE,
+            PROTO4,
+        )
+
     items: list[tuple[str, str, str, str, str, Callable[[], bytes]]] = [
         (
             "os_system.pkl",
@@ -301,16 +315,7 @@ def _malicious(
             "pickle",
             "pickle",
             "non-constant STACK_GLOBAL",
-            lambda: pk(
-                call(G("copyreg", "_reconstructor"), G("builtins", "str"), G("builtins", "str"), U("os"))
-                + U("system")
-                + STACK_GLOBAL
-                + MARK
-                + U(sh("computed"))
-                + TUPLE
-                + REDUCE,
-                PROTO4,
-            ),
+            lambda: computed_os_system("computed"),
         ),
         (
             "dotted_name_argparse.pkl",
@@ -645,19 +650,7 @@ def _malicious(
             "zip",
             "torch",
             "member names / structural rules",
-            lambda: torch_zip_bytes(
-                pk(
-                    call(G("copyreg", "_reconstructor"), G("builtins", "str"), G("builtins", "str"), U("os"))
-                    + U("system")
-                    + STACK_GLOBAL
-                    + MARK
-                    + U(sh("uppercase_pkl"))
-                    + TUPLE
-                    + REDUCE,
-                    PROTO4,
-                ),
-                pkl_name="DATA.PKL",
-            ),
+            lambda: torch_zip_bytes(computed_os_system("uppercase_pkl"), pkl_name="DATA.PKL"),
         ),
         (
             "long_constant_first.bin",
