@@ -92,8 +92,9 @@ def command(paths: tuple[str, ...], recursive: bool, sarif: str | None, limit: i
     scanned = [scan(f) for f in progress(files, total=len(files), description="scanning", enabled=show_bar)]
     # Files found inside directories that are not model files at all (README, configs) are skipped;
     # a file named on the command line that cannot be read is an error (exit 3).
-    reports = [r for r in scanned if not (r.unknown_format and Path(r.path) not in named)]
-    skipped = [r.path for r in scanned if r not in reports]
+    skip = [r.unknown_format and Path(r.path) not in named for r in scanned]
+    reports = [r for r, s in zip(scanned, skip) if not s]
+    skipped = [r.path for r, s in zip(scanned, skip) if s]
     code = exit_code(reports)
     if sarif:
         with atomic_write(sarif, "w") as fh:
