@@ -27,3 +27,14 @@ def test_new_files_get_the_usual_mode_and_replacements_keep_theirs(tmp_path):
         assert stat.S_IMODE(target.stat().st_mode) == 0o640
     finally:
         os.umask(old)
+
+
+def test_output_that_is_a_directory_or_unwritable_is_a_one_line_error(tmp_path):
+    from torchkeep.errors import TorchkeepError, UsageError
+
+    with pytest.raises(UsageError, match="is a directory"), atomic_path(tmp_path):
+        pass
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(TorchkeepError, match="cannot write the file here"), atomic_path(blocker / "sub" / "m.bin"):
+        pass

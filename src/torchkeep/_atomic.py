@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from torchkeep.errors import TorchkeepError, UsageError
+
 __all__ = ["atomic_path", "atomic_write", "atomic_write_bytes"]
 
 
@@ -43,8 +45,15 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     ``torch.onnx.export``). On any exception the temporary file is removed and ``path`` is untouched.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    if target.is_dir():
+        raise UsageError("is a directory; the output needs a file name", path=target,
+                         fix=f"name a file inside it, e.g. {target / 'model.safetensors'}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:  # errors of the writer itself (disk full...) pass through unchanged below
+        raise TorchkeepError(f"cannot write the file here ({exc.strerror or exc})", path=target,
+                             fix="check that the folder exists and is writable") from None
     # mkstemp makes the file private (0600); give it the mode a plain open() would (0666 minus umask),
     # or keep the mode of the file it replaces
     try:
