@@ -212,3 +212,11 @@ def test_aspect_keeping_spec_exports(tmp_path):
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 4))
     result = torchkeep.export(model, "torchscript", tmp_path / "pooled.pt", spec=spec)
     assert result.parity.passed and 2 <= result.parity.samples < 8
+
+
+def test_onnx_opset_asked_for_is_the_opset_written(cnn_file, tmp_path):
+    """--opset 13 (an older runtime's limit) must give opset 13, not the exporter's own silently."""
+    out = tmp_path / "m13.onnx"
+    result = torchkeep.export(cnn_file, "onnx", out, opset=13)
+    assert [o.version for o in onnx.load(out).opset_import if o.domain in ("", "ai.onnx")] == [13]
+    assert "opset 13" in result.exporter and result.parity is not None and result.parity.passed

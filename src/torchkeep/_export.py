@@ -396,6 +396,9 @@ def to_onnx_bytes(
             if program is None:  # pragma: no cover - only when f= is given
                 raise RuntimeError("torch.onnx.export returned no program")
             proto = program.model_proto
+            if opset is not None and _opset_of(proto) != opset:
+                # it converts only between some opsets and keeps its own when it cannot, with a warning
+                raise RuntimeError(f"asked for opset {opset}, it wrote opset {_opset_of(proto)}")
             return proto.SerializeToString(), f"torch.onnx.export(dynamo=True), opset {_opset_of(proto)}"
         except Exception as exc:  # torch.export rejects some models; the legacy exporter may not
             errors.append(
