@@ -306,3 +306,9 @@ def test_batchnorm_model_with_a_last_batch_of_one_image_trains(tmp_path):
                                out=tmp_path / "run", progress=False, plots=False, tensorboard=False))
     assert (result.train_size, result.epochs_done) == (9, 2)
     assert any("1 training image per epoch left out" in n for n in result.notes)
+
+
+def test_run_directory_that_cannot_be_created_is_a_one_line_error(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(torchkeep.TorchkeepError, match=r"a_file/run: cannot create the run directory"):
+        train(TrainConfig(out=tmp_path / "a_file" / "run", epochs=1, **TINY))

@@ -638,7 +638,14 @@ def train(config: TrainConfig) -> TrainResult:
             path=run_dir,
             fix=f"continue it with --resume {run_dir}, pick another --out, or pass --overwrite",
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TorchkeepError(
+            f"cannot create the run directory ({exc.strerror or exc})",
+            path=run_dir,
+            fix="check that the folder exists and is writable, or pick another --out",
+        ) from None
     _clean_stale_temp(run_dir)
 
     console = _console(cfg.progress)
