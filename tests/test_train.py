@@ -312,3 +312,10 @@ def test_run_directory_that_cannot_be_created_is_a_one_line_error(tmp_path):
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(torchkeep.TorchkeepError, match=r"a_file/run: cannot create the run directory"):
         train(TrainConfig(out=tmp_path / "a_file" / "run", epochs=1, **TINY))
+
+
+def test_negative_weight_decay_and_infinite_lr_are_refused_up_front():
+    with pytest.raises(UsageError, match=r"weight-decay must be >= 0, not -1"):
+        TrainConfig(weight_decay=-1).resolved()
+    with pytest.raises(UsageError, match=r"learning rate must be positive"):
+        TrainConfig(lr=float("inf")).resolved()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -168,8 +169,10 @@ class TrainConfig:
                 raise UsageError(f"{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
         if self.keep is not None and self.keep < 1:
             raise UsageError(f"keep must be at least 1, not {self.keep}")
-        if self.lr is not None and not self.lr > 0:
-            raise UsageError(f"learning rate must be positive, not {self.lr}")
+        if self.lr is not None and not 0 < self.lr < math.inf:
+            raise UsageError(f"learning rate must be positive (and finite), not {self.lr}")
+        if self.weight_decay is not None and not 0 <= self.weight_decay < math.inf:
+            raise UsageError(f"weight-decay must be >= 0, not {self.weight_decay:g}")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"threads must be >= 1, not {self.threads}")
         if self.workers < 0:
