@@ -192,3 +192,13 @@ def test_cifar10_meta_without_label_names_is_refused(tmp_path):
     (tmp_path / "cifar-10-batches-py" / "batches.meta").write_bytes(pickle.dumps({"num_vis": 3072}))
     with pytest.raises(InputError, match=r"batches.meta: not a CIFAR-10 meta file \(no 'label_names' list\)"):
         open_dataset("cifar10", root=tmp_path, download=False)
+
+
+def test_folder_leaves_out_decompression_bombs_warning_zone_included(tmp_path, monkeypatch):
+    """An image over Pillow's pixel limit, or in its 1-2x warning zone, is skipped like a corrupt file."""
+    root = _folder(tmp_path)
+    Image.new("1", (40, 40)).save(root / "circle" / "huge.png")  # 1,600 pixels: over the limit set below
+    Image.new("1", (26, 26)).save(root / "square" / "big.png")  # 676 pixels: in the warning zone (1-2x)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 400)
+    src = open_dataset(f"folder:{root}")
+    assert sorted(Path(p).name for p in src.skipped) == ["big.png", "huge.png"] and len(src) == 6

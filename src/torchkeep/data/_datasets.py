@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -398,8 +399,11 @@ def _folder(path: str) -> ImageSource:
             skipped.append(p)
             return False
         try:
-            with Image.open(p) as im:
-                im.verify()
+            # Pillow's decompression-bomb warning zone (1-2x its pixel limit) is refused too, as load_image does
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(p) as im:
+                    im.verify()
         except Exception:
             skipped.append(p)
             return False
