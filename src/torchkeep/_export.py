@@ -516,13 +516,14 @@ def sample_inputs(spec: ModelSpec, samples: Sequence[str | os.PathLike[str]] | N
 
     tf = transform_for(spec, train=False)
     if samples:
-        from torchkeep._predict import collect_inputs, load_input
+        from torchkeep._predict import collect_inputs
+        from torchkeep._preprocess import load_image
 
         items = [it for it in collect_inputs(samples) if it.error is None]
         tensors = []
         for it in items[:64]:
             with contextlib.suppress(Exception):  # parity needs some good images, not all of them
-                tensors.append(load_input(it.source, spec, tf))
+                tensors.append(load_image(it.source, spec, tf))
         if not tensors:
             raise InputError("no readable image among the parity samples", path=os.fspath(samples[0]))
         tensors = _same_size(tensors)

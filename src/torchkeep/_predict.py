@@ -160,29 +160,6 @@ def _is_pil(obj: Any) -> bool:
     return isinstance(obj, Image.Image)
 
 
-def load_input(
-    source: Any, spec: ModelSpec, transform: Callable[[Any], torch.Tensor] | None = None
-) -> torch.Tensor:
-    """One image (path or PIL image) → the model's input tensor, via the spec's preprocessing.
-
-    Pillow's decompression-bomb check stays on (``Image.MAX_IMAGE_PIXELS``); its warning, given for
-    images between 1x and 2x the limit, is raised as an error here so a huge image is refused
-    instead of exhausting memory in a batch job.
-
-    Args:
-        source: an image file or a PIL image.
-        spec: the model's spec.
-        transform: ``_preprocess.transform_for(spec)``, when the caller built it once for many images
-            (building it costs about as much as decoding a small PNG).
-
-    Returns:
-        The input tensor ``(C, H, W)``.
-    """
-    from torchkeep import _preprocess
-
-    return _preprocess.load_image(source, spec, transform)
-
-
 def _describe_error(exc: BaseException) -> str:
     if isinstance(exc, InputError):  # load_image words Pillow's errors (unreadable, truncated, bomb)
         return exc.what
@@ -359,7 +336,7 @@ def run_batches(
     """Decode, batch, run and rank; the loop behind :func:`predict` (also used by the benchmark)."""
     import torch
 
-    from torchkeep._preprocess import transform_for
+    from torchkeep._preprocess import load_image, transform_for
 
     transform = transform_for(spec, train=False)
     names: list[str] = []
@@ -397,7 +374,7 @@ def run_batches(
                 done += 1
                 continue
             try:
-                tensor = load_input(item.source, spec, transform)
+                tensor = load_image(item.source, spec, transform)
             except Exception as exc:  # any decoding failure skips this image, never the batch
                 results[i] = Prediction(item.name, error=_describe_error(exc))
                 done += 1
