@@ -150,12 +150,14 @@ def test_load_refuses_every_malicious_file_and_reads_every_benign_one(tmp_path):
 
     from torchkeep.errors import TorchkeepError, UnsafeFileError
 
-    script = Path(__file__).parent / "corpus" / "make_corpus.py"
-    spec = importlib.util.spec_from_file_location("make_corpus", script)
-    assert spec is not None and spec.loader is not None
-    make_corpus = importlib.util.module_from_spec(spec)
-    sys.modules["make_corpus"] = make_corpus
-    spec.loader.exec_module(make_corpus)
+    make_corpus = sys.modules.get("make_corpus")  # test_scan may have loaded it: one class object per process
+    if make_corpus is None:
+        script = Path(__file__).parent / "corpus" / "make_corpus.py"
+        spec = importlib.util.spec_from_file_location("make_corpus", script)
+        assert spec is not None and spec.loader is not None
+        make_corpus = importlib.util.module_from_spec(spec)
+        sys.modules["make_corpus"] = make_corpus
+        spec.loader.exec_module(make_corpus)
     entries = make_corpus.build(tmp_path / "corpus")
     loaded = 0
     for e in entries:
@@ -173,3 +175,15 @@ def test_load_refuses_every_malicious_file_and_reads_every_benign_one(tmp_path):
             loaded += 1
     assert loaded >= 8
     assert not list((tmp_path / "corpus").rglob(f"*{make_corpus.MARKER}*"))
+
+
+def test_legacy_full_model_is_custom_code_and_loads_without_its_class(tmp_path):
+    from torchkeep import scan
+
+    p = tmp_path / "legacy_full.pt"
+    torch.save(tiny_model(), p, _use_new_zipfile_serialization=False)
+    report = scan(p)
+    assert report.verdict == "custom-code", report.findings
+    lw = read_weights(p)
+    assert lw.source == "full_model" and lw.model_class == "_files.TinyNet"
+    _same(lw.tensors)

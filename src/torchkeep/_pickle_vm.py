@@ -126,6 +126,23 @@ def concrete(value: Any) -> Any:
     return None
 
 
+def _is_module_source_pid(pid: Any) -> bool:
+    """The id legacy ``torch.save(model)`` writes per module class: ('module', <class>, source_file, source).
+
+    torch's legacy loader only compares that source text with the installed class (no code runs from it)
+    and returns the class, which its own GLOBAL opcode has already been judged for.
+    """
+    if not isinstance(pid, Seq) or pid.kind != "tuple" or len(pid.items) != 4:
+        return False
+    tag, cls, source_file, source = pid.items
+    return (
+        isinstance(tag, Const)
+        and tag.value == "module"
+        and isinstance(cls, Global)
+        and all(isinstance(v, Const) and isinstance(v.value, str | type(None)) for v in (source_file, source))
+    )
+
+
 def _is_storage_pid(pid: Any) -> bool:
     """True for the persistent ids torch writes: ('storage', <StorageType>, key, location, numel[, view])."""
     if not isinstance(pid, Seq) or pid.kind != "tuple" or len(pid.items) not in (5, 6):
@@ -401,7 +418,7 @@ class _Machine:
         elif opname in ("PERSID", "BINPERSID"):
             pid = Const(arg) if opname == "PERSID" else self.pop()
             self.result.pids.append(pid)
-            if not _is_storage_pid(pid):
+            if not (_is_storage_pid(pid) or _is_module_source_pid(pid)):
                 self.find(
                     "dangerous",
                     "persistent-id",
@@ -409,7 +426,8 @@ class _Machine:
                     "('storage', <type>, key, location, numel): loaders with custom persistent_load run code here",
                     pos,
                 )
-            st.append(Unknown("persistent object"))
+            # a module-source id resolves to its class; anything else is an opaque loader object
+            st.append(pid.items[1] if _is_module_source_pid(pid) else Unknown("persistent object"))
         elif opname == "STOP":
             self.result.value = self.pop()
             return True
