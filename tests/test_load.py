@@ -187,3 +187,21 @@ def test_legacy_full_model_is_custom_code_and_loads_without_its_class(tmp_path):
     lw = read_weights(p)
     assert lw.source == "full_model" and lw.model_class == "_files.TinyNet"
     _same(lw.tensors)
+
+
+def test_float8_and_unsigned_dtypes_saved_as_untyped_storage(tmp_path):
+    # torch writes these with _rebuild_tensor_v3 over a torch.storage.UntypedStorage counted in bytes
+    from torchkeep import inspect
+
+    sd = {
+        "f8": torch.randn(4).to(torch.float8_e4m3fn),
+        "f8b": torch.randn(3).to(torch.float8_e5m2),
+        "u16": torch.tensor([1, 2, 60000], dtype=torch.int32).to(torch.uint16),
+        "u32": torch.tensor([7, 2**31], dtype=torch.int64).to(torch.uint32),
+    }
+    torch.save(sd, tmp_path / "f8.pt")
+    got = load_state_dict(tmp_path / "f8.pt")
+    for k, v in sd.items():
+        assert got[k].dtype == v.dtype and torch.equal(got[k].view(torch.uint8), v.view(torch.uint8)), k
+    by = {t.name: t for t in inspect(tmp_path / "f8.pt").tensors}
+    assert (by["f8"].dtype, by["f8"].nbytes, by["u32"].dtype, by["u32"].nbytes) == ("float8_e4m3fn", 4, "uint32", 8)

@@ -230,6 +230,15 @@ def _rebuild_tensor(storage: Any, storage_offset: int, size: Any, stride: Any, *
     )
 
 
+def _rebuild_tensor_v3(storage: Any, storage_offset: int, size: Any, stride: Any, requires_grad: Any = False,
+                       backward_hooks: Any = None, dtype: Any = None, *rest: Any) -> TensorRef:
+    # v3 carries the dtype itself; the storage is an UntypedStorage counted in bytes (float8, uint16...)
+    t = _rebuild_tensor(storage, storage_offset, size, stride, requires_grad)
+    if isinstance(dtype, DTypeRef):
+        t.dtype = dtype.name
+    return t
+
+
 def _rebuild_parameter(data: Any, requires_grad: Any = True, *rest: Any) -> Any:
     if isinstance(data, TensorRef):
         data.is_parameter = True
@@ -319,7 +328,7 @@ _SAFE_BUILTINS: dict[str, Any] = {
 _REBUILDERS: dict[tuple[str, str], Callable[..., Any]] = {
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     ("torch._utils", "_rebuild_meta_tensor_no_storage"): _rebuild_meta,
@@ -351,7 +360,7 @@ class RestrictedUnpickler(pickle.Unpickler):
             return rebuild
         if module in ("builtins", "__builtin__") and name in _SAFE_BUILTINS:
             return _SAFE_BUILTINS[name]
-        if module == "torch":
+        if module in ("torch", "torch.storage"):
             if name.endswith("Storage") and name in STORAGE_DTYPES:
                 return StorageType(STORAGE_DTYPES[name])
             dt = _TORCH_DTYPE_ALIASES.get(name, name)
