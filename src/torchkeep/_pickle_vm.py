@@ -427,7 +427,7 @@ class _Machine:
                     pos,
                 )
             # a module-source id resolves to its class; anything else is an opaque loader object
-            st.append(pid.items[1] if _is_module_source_pid(pid) else Unknown("persistent object"))
+            st.append(pid.items[1] if isinstance(pid, Seq) and _is_module_source_pid(pid) else Unknown("persistent object"))
         elif opname == "STOP":
             self.result.value = self.pop()
             return True
