@@ -785,7 +785,7 @@ def _load_weights(
             f"(threshold {min_match:.0%}): {_problems(report)}",
             path=report.source if is_file else None,
             fix="check the architecture (and --num-classes), add renames ('REGEX=>REPL'), or accept it with "
-            "allow_partial=True (CLI: --allow-partial)",
+            "allow_partial=True (CLI: torchkeep adapt --allow-partial, then train from that model file)",
         )
     if dry_run:
         return report
