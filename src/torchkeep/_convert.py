@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from torchkeep._atomic import atomic_path
 from torchkeep._load import read_weights, torch_dtype
+from torchkeep._weights import wrapper_prefix
 from torchkeep.errors import UsageError
 
 if TYPE_CHECKING:
@@ -73,15 +74,7 @@ def strip_common_prefix(names: list[str], strip_prefix: str | None) -> str | Non
         return None
     if strip_prefix == "auto":
         # only prefixes that are always wrappers; "model." may be a real attribute (self.model = Sequential(...))
-        prefix = ""
-        rest = names
-        while rest:
-            p = next((k for k in ("module.", "_orig_mod.") if all(n.startswith(k) for n in rest)), None)
-            if p is None:
-                break
-            prefix += p
-            rest = [n[len(p):] for n in rest]
-        return prefix or None
+        return wrapper_prefix(names, ("module.", "_orig_mod.")) or None
     return strip_prefix if strip_prefix.endswith(".") else strip_prefix + "."
 
 
@@ -185,9 +178,7 @@ def convert(
         sha = pool.submit(file_sha256, src_path)
         lw = read_weights(src_path, trust=trust, key=key)
         source_sha256 = sha.result()
-    from torchkeep._inspect import inspect as _inspect_file
-
-    kind = _inspect_file(src_path).kind
+    kind = lw.kind
     names = list(lw.tensors)
     prefix = strip_common_prefix(names, strip_prefix)
     tensors: dict[str, torch.Tensor] = {}

@@ -16,7 +16,7 @@ from typing import Any
 from torchkeep._detect import FORMATS
 from torchkeep._pickle import Placeholder, TensorRef, placeholder_name
 from torchkeep._read import FileStructure, RawTensor, read_structure
-from torchkeep._weights import WeightsView, checkpoint_entries, find_weights
+from torchkeep._weights import WeightsView, checkpoint_entries, file_kind, find_weights, wrapper_prefix
 
 __all__ = ["SCHEMA_VERSION", "DtypeTotal", "Inspection", "TensorInfo", "Totals", "inspect"]
 
@@ -186,48 +186,12 @@ def _roles(view: WeightsView) -> tuple[dict[str, str | None], str]:
     return {n: None for n in view.tensors}, "unknown"
 
 
-def _prefixes(names: list[str]) -> list[str]:
-    """The wrapper prefix every key shares (``module.``, ``module._orig_mod.``...), if any."""
-    prefix = ""
-    rest = names
-    while rest:
-        p = next((k for k in KNOWN_PREFIXES if all(n.startswith(k) for n in rest)), None)
-        if p is None:
-            break
-        prefix += p
-        rest = [n[len(p):] for n in rest]
-    return [prefix] if prefix else []
-
-
 def _shared(view: WeightsView) -> list[list[str]]:
     groups: dict[str, list[str]] = {}
     for n, t in view.tensors.items():
         if isinstance(t, TensorRef) and t.storage is not None:
             groups.setdefault(t.storage.view_of or t.storage.key, []).append(n)
     return [names for names in groups.values() if len(names) > 1]
-
-
-def _kind(fs: FileStructure, view: WeightsView) -> str:
-    fmt = fs.format
-    if fmt == "torchscript":
-        return "torchscript"
-    if fmt == "torch-export":
-        return "exported_program"
-    if fmt == "onnx":
-        return "onnx"
-    if fmt == "safetensors" and "torchkeep.spec" in fs.metadata:
-        return "model_file"
-    if fmt in ("safetensors", "numpy", "numpy-npz"):
-        return "tensors"
-    if view.location == "(full model)":
-        return "full_model"
-    if view.source == "state_dict" and view.location == "":
-        return "state_dict"
-    if isinstance(fs.obj, Mapping) and view.tensors:
-        return "checkpoint"
-    if isinstance(fs.obj, TensorRef):
-        return "tensors"
-    return "object"
 
 
 def _classes(fs: FileStructure) -> list[str]:
@@ -312,7 +276,7 @@ def inspect(path: str | os.PathLike[str]) -> Inspection:
     view = find_weights(fs)
     roles, role_source = _roles(view)
     tensors = [_tensor_info(n, t, roles.get(n)) for n, t in view.tensors.items()]
-    kind = _kind(fs, view)
+    kind = file_kind(fs, view)
     ins = Inspection(
         path=os.fspath(fs.path),
         format=fs.format,
@@ -323,7 +287,7 @@ def inspect(path: str | os.PathLike[str]) -> Inspection:
         model_class=view.model_class,
         tensors=tensors,
         totals=_totals(tensors, role_source),
-        prefixes=_prefixes(list(view.tensors)),
+        prefixes=[p] if (p := wrapper_prefix(list(view.tensors), tuple(KNOWN_PREFIXES))) else [],
         shared=_shared(view),
         checkpoint=[{"key": k, "role": r, "value": v} for k, r, v in checkpoint_entries(fs, view)],
         scalars=_scalars(fs) if kind == "checkpoint" else {},

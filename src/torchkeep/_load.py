@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from torchkeep._detect import Detected, corrupt_file_errors, detect
 from torchkeep._pickle import DTYPE_ITEMSIZE, StorageRef, TensorRef
 from torchkeep._read import FileStructure, RawTensor, read_structure
-from torchkeep._weights import WeightsView, find_weights
+from torchkeep._weights import WeightsView, file_kind, find_weights
 from torchkeep.errors import InputError, UnsafeFileError, UsageError
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ class LoadedWeights:
     parameters: set[str] | None = None
     buffers: set[str] | None = None
     scan_verdict: str | None = None
+    kind: str = ""  # as inspect reports it: state_dict, checkpoint, full_model, torchscript, ...
     metadata: dict[str, str] = field(default_factory=dict)
 
 
@@ -302,11 +303,12 @@ def read_weights(
 def _read_weights(path: str | os.PathLike[str], map_location: Any, *, trust: bool, key: str | None) -> LoadedWeights:
     verdict = _check_safety(Path(path))  # first: a file of no known format may still carry a payload
     det = detect(path)
-    if trust and verdict == "custom-code":
-        trusted = _trusted_load(det, map_location)
-        return LoadedWeights(det.path, det.format, trusted, source="trusted torch.load", scan_verdict=verdict)
     fs = read_structure(det)
     view: WeightsView = find_weights(fs, key=key)
+    kind = file_kind(fs, view)
+    if trust and verdict == "custom-code":
+        trusted = _trusted_load(det, map_location)
+        return LoadedWeights(det.path, det.format, trusted, source="trusted torch.load", scan_verdict=verdict, kind=kind)
     if not view.tensors:
         hint = "pass key=... (--key) naming the checkpoint entry that holds the weights"
         if isinstance(fs.obj, Mapping):
@@ -346,7 +348,7 @@ def _read_weights(path: str | os.PathLike[str], map_location: Any, *, trust: boo
         ordered = {n: t.to(map_location) for n, t in ordered.items()}
     return LoadedWeights(
         det.path, det.format, ordered, location=view.location, source=view.source, model_class=view.model_class,
-        parameters=view.parameters, buffers=view.buffers, scan_verdict=verdict, metadata=dict(fs.metadata),
+        parameters=view.parameters, buffers=view.buffers, scan_verdict=verdict, metadata=dict(fs.metadata), kind=kind,
     )
 
 

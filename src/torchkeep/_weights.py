@@ -15,7 +15,10 @@ from typing import Any
 from torchkeep._pickle import Placeholder, TensorRef, placeholder_name
 from torchkeep._read import FileStructure, RawTensor, iter_tensor_refs
 
-__all__ = ["WEIGHT_KEYS", "WeightsView", "checkpoint_entries", "find_weights", "is_module_placeholder"]
+__all__ = [
+    "WEIGHT_KEYS", "WeightsView", "checkpoint_entries", "file_kind", "find_weights", "is_module_placeholder",
+    "wrapper_prefix",
+]
 
 #: checkpoint keys that hold model weights, most preferred first
 WEIGHT_KEYS = (
@@ -247,3 +250,40 @@ def _short(value: Any) -> str:
     if isinstance(value, list | tuple):
         return f"{type(value).__name__} of {len(value)}"
     return type(value).__name__
+
+
+def file_kind(fs: FileStructure, view: WeightsView) -> str:
+    """What the file is for a user: state_dict, checkpoint, full_model, torchscript, onnx, model_file... """
+    fmt = fs.format
+    if fmt == "torchscript":
+        return "torchscript"
+    if fmt == "torch-export":
+        return "exported_program"
+    if fmt == "onnx":
+        return "onnx"
+    if fmt == "safetensors" and "torchkeep.spec" in fs.metadata:
+        return "model_file"
+    if fmt in ("safetensors", "numpy", "numpy-npz"):
+        return "tensors"
+    if view.location == "(full model)":
+        return "full_model"
+    if view.source == "state_dict" and view.location == "":
+        return "state_dict"
+    if isinstance(fs.obj, Mapping) and view.tensors:
+        return "checkpoint"
+    if isinstance(fs.obj, TensorRef):
+        return "tensors"
+    return "object"
+
+
+def wrapper_prefix(names: list[str], known: tuple[str, ...]) -> str:
+    """The chain of ``known`` wrapper prefixes every name shares (``module.``, ``module._orig_mod.``), or ``""``."""
+    prefix = ""
+    rest = names
+    while rest:
+        p = next((k for k in known if all(n.startswith(k) for n in rest)), None)
+        if p is None:
+            break
+        prefix += p
+        rest = [n[len(p):] for n in rest]
+    return prefix
