@@ -1,24 +1,41 @@
-"""A symbolic pickle machine: follows the stack and the memo of one pickle stream without running it.
+"""Follow a pickle with the loader's own parser, and record what it would import and call.
 
-:func:`analyze` walks the opcodes of one pickle with :func:`pickletools.genops` and keeps an *abstract*
-stack: constants stay constants, ``GLOBAL``/``STACK_GLOBAL`` push a reference to the named global,
-``REDUCE``/``NEWOBJ``/``BUILD`` record calls. Nothing is imported or executed. Because the memo is
-followed exactly, names put in the memo and fetched again (the classic scanner bypass) are resolved like
-the real unpickler resolves them, and anything the real unpickler could only know at run time (a
-``STACK_GLOBAL`` whose module is computed by a call) is reported as structurally dangerous.
+The scanner must not parse a pickle differently from the loaders it protects (``torch.load`` and
+``pickle.load`` use CPython's C unpickler; joblib, dill and torch's ``weights_only`` unpickler the pure-
+Python one). So :func:`analyze` runs **CPython's own unpicklers** — ``_pickle.Unpickler`` and
+``pickle._Unpickler`` — over the stream, with ``find_class`` and ``persistent_load`` answering inert
+recording stand-ins:
+
+- every global becomes a fresh stand-in *class* (so ``NEWOBJ`` accepts it) that imports nothing;
+- calling it (REDUCE, INST, OBJ), constructing it (NEWOBJ, NEWOBJ_EX), BUILD, SETITEMS, APPENDS and
+  ADDITEMS on what it returned are recorded with their arguments, and nothing else happens;
+- a few pure data constructors (``_codecs.encode``, ``collections.OrderedDict``, builtin containers) on
+  constant arguments return the real value, so that the stream goes on exactly as it would in a loader.
+
+Strings are decoded the way each loader decodes them (``utf-8`` as torch.load, ``latin1`` as legacy
+files); reads never go past the bytes present. Where the parsers disagree, or a stand-in cannot do what
+the real object would (the stream stops early), the stream is *not fully understood*: that is a
+dangerous finding (fail closed), never ``safe``.
+
+The recorded globals and calls are judged allow-list first by :mod:`torchkeep._scan_rules`.
 """
 
 from __future__ import annotations
 
-import pickletools
+import _pickle
+import io
+import pickle
+import struct
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from torchkeep._scan_rules import classify, normalize_module
+from torchkeep._scan_rules import CALLS, DATA_CLASSES, RECONSTRUCTORS, VALUES, category, resolve_names
 
-__all__ = ["RawFinding", "StreamResult", "analyze"]
+__all__ = ["CallRecord", "RawFinding", "StreamResult", "analyze", "concrete"]
 
-_MAX_ITEMS = 4096  # container items kept for analysis; big lists of numbers need none of them
+_MAX_NODES = 20000  # container nodes walked to judge one call's arguments; more is not plain data
+_MAX_CALLS_KEPT = 200  # calls listed in a report per stream (all are judged)
 
 
 @dataclass(frozen=True)
@@ -33,20 +50,32 @@ class RawFinding:
     why: str
 
 
+@dataclass(frozen=True)
+class CallRecord:
+    """One call a loader would make: ``target(args)`` at ``offset``, and how (REDUCE, NEWOBJ, ...)."""
+
+    target: str
+    how: str
+    args: str
+    offset: int | None
+
+
 @dataclass
 class StreamResult:
     """What :func:`analyze` learned about one pickle stream.
 
     Attributes:
-        findings: everything not safe, in opcode order.
-        imports: every global named, as ``(module, name)``.
-        end: offset just after ``STOP``; ``None`` when the stream is malformed or truncated.
+        findings: everything not safe.
+        imports: every global named, as ``(module, name)`` (after ``fix_imports``).
+        end: offset just after ``STOP``; ``None`` when the stream does not parse to its end.
         error: why parsing stopped early, if it did.
-        value: the abstract value on the stack at ``STOP`` (see :func:`concrete`).
-        pids: abstract persistent ids (``BINPERSID`` arguments), for the storage table of legacy files.
-        opcodes: number of opcodes read.
+        value: the object at ``STOP``: plain Python data where the stream is plain data, stand-ins
+            (:class:`Global`, :class:`Value`) elsewhere.
+        pids: the persistent ids (``BINPERSID`` arguments), for the storage table of legacy files.
+        opcodes: bytes consumed (a measure of how much of the stream parsed).
         nested: ``(offset, bytes)`` of files embedded in the pickle that a load unpickles too
             (``torch.storage._load_from_bytes(b)`` calls ``torch.load(b, weights_only=False)``).
+        calls: the calls a loader would make (the first :data:`_MAX_CALLS_KEPT`), for the report.
     """
 
     findings: list[RawFinding] = field(default_factory=list)
@@ -57,73 +86,491 @@ class StreamResult:
     pids: list[Any] = field(default_factory=list)
     opcodes: int = 0
     nested: list[tuple[int, bytes]] = field(default_factory=list)
+    calls: list[CallRecord] = field(default_factory=list)
 
 
-class _Mark:
-    __slots__ = ()
+# -- stand-ins -----------------------------------------------------------------------------------------
+class _Meta(type):
+    """Metaclass of the stand-in classes: calling one records a call instead of constructing."""
 
-
-_MARK = _Mark()
-
-
-@dataclass(eq=False)
-class Const:
-    value: Any
-
-
-@dataclass(eq=False)
-class Global:
+    _tk_run: _Run
+    _tk_kind: str  # category() of the global: "call", "value", "data-class", "model", "dangerous", ...
+    _tk_why: str
+    _tk_value: bool  # only data (VALUES or a data class): may appear in plain data
     module: str
     name: str
-    severity: str
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:  # REDUCE / INST / OBJ
+        return cls._tk_run.call(cls, args, kwargs, "REDUCE")
+
+    def __setstate__(cls, state: Any) -> None:  # BUILD on a class: monkey-patching
+        cls._tk_run.build(cls, state)
+
+    def __repr__(cls) -> str:
+        return f"{cls.module}.{cls.name}"
+
+
+class Global(metaclass=_Meta):
+    """Base of the stand-in classes ``find_class`` returns, one per lookup."""
+
+    module = ""
+    name = ""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:  # NEWOBJ / NEWOBJ_EX (cls.__new__(cls, *args))
+        return cls._tk_run.call(cls, args, kwargs, "NEWOBJ")
+
+
+class Value:
+    """What a recorded call returned; records what the stream does to it."""
+
+    __slots__ = ("call", "kind", "mutations")
+
+    def __init__(self, call: _Call | None, kind: str) -> None:
+        self.call = call
+        self.kind = kind  # "tensor", "data", "ndarray", "model", "persistent", "other", ...
+        self.mutations: list[tuple[str, Any, int]] = []  # (op, argument, offset)
+
+    def _record(self, op: str, arg: Any) -> None:
+        run = self.call.run if self.call is not None else None
+        if run is not None:
+            run.mutate(self, op, arg)
+
+    def __setstate__(self, state: Any) -> None:
+        self._record("BUILD", state)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._record("SETITEMS", (key, value))
+
+    def append(self, value: Any) -> None:
+        self._record("APPENDS", value)
+
+    def extend(self, values: Any) -> None:
+        self._record("APPENDS", values)
+
+    def add(self, value: Any) -> None:
+        self._record("ADDITEMS", value)
+
+    def __repr__(self) -> str:
+        return f"<{self.call.target if self.call else 'persistent object'}()>"
 
 
 @dataclass(eq=False)
-class Call:
+class _Call:
+    run: _Run
     func: Any
-    args: Any
+    args: tuple
+    kwargs: dict
+    how: str
+    offset: int
+    result: Value | None = None
+
+    @property
+    def target(self) -> str:
+        return repr(self.func) if isinstance(self.func, _Meta) else f"<{type(self.func).__name__}>"
 
 
-@dataclass(eq=False)
-class Seq:
-    kind: str  # list, tuple, dict, set, frozenset
-    items: list[Any] = field(default_factory=list)
+# -- judging -------------------------------------------------------------------------------------------
+_PLAIN_TYPES = (type(None), bool, int, float, complex, str, bytes, bytearray, range, slice)
+_VALUE_KINDS = {"tensor", "data", "ndarray", "np-dtype", "bitgen", "layout", "storage"}
 
 
-@dataclass(eq=False)
-class Unknown:
-    what: str = "?"
+def _plain(obj: Any, *, allow_kinds: frozenset[str] | set[str] = _VALUE_KINDS) -> bool:
+    """Constants, containers of constants, and values of safe calls; iteratively, bounded."""
+    todo = [obj]
+    seen: set[int] = set()
+    while todo:
+        x = todo.pop()
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        if len(seen) > _MAX_NODES:
+            return False
+        if isinstance(x, _PLAIN_TYPES):
+            continue
+        if type(x) in (list, tuple, set, frozenset):
+            todo.extend(x)
+        elif type(x) in (dict, OrderedDict):
+            todo.extend(x.keys())
+            todo.extend(x.values())
+        elif isinstance(x, Value):
+            if x.kind not in allow_kinds:
+                return False
+        elif isinstance(x, _Meta):
+            # a class of model code passed to model code (partial(LayerNorm)): custom-code, judged at import
+            if not x._tk_value and not ("model" in allow_kinds and x._tk_kind in ("model", "stdlib-object")):
+                return False
+        else:
+            return False
+    return True
 
 
-class _Malformed(Exception):
-    pass
+def _short(obj: Any, budget: int = 120) -> str:
+    """A bounded repr of call arguments for reports (never recursive without bound)."""
+    out: list[str] = []
+    todo: list[Any] = [obj]
+    while todo and sum(map(len, out)) < budget:
+        x = todo.pop()
+        if isinstance(x, str) and x in ("(", ")", "[", "]", ", "):
+            out.append(x)
+        elif type(x) in (tuple, list):
+            o, c = ("(", ")") if type(x) is tuple else ("[", "]")
+            todo.append(c)
+            for i, item in enumerate(reversed(x[:8])):
+                todo.append(item)
+                if i < min(len(x), 8) - 1:
+                    todo.append(", ")
+            out.append(o)
+            if len(x) > 8:
+                out.append(f"...{len(x)} items ")
+        elif isinstance(x, (Value, _Meta)):
+            out.append(repr(x))
+        elif isinstance(x, (str, bytes, bytearray)):
+            out.append(repr(x[:40]) + ("..." if len(x) > 40 else ""))
+        elif isinstance(x, (int, float, bool, type(None))):
+            text = repr(x) if not isinstance(x, int) or x.bit_length() < 200 else "<big int>"
+            out.append(text)
+        else:
+            out.append(f"<{type(x).__name__}>")
+    text = "".join(out)
+    return text if len(text) <= budget else text[: budget - 3] + "..."
 
 
-_CONST_OPS = {
-    "INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT", "BINFLOAT",
-    "STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8",
-    "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8",
-}  # fmt: skip
-_EMPTY = {"EMPTY_LIST": "list", "EMPTY_DICT": "dict", "EMPTY_SET": "set", "EMPTY_TUPLE": "tuple"}
-# allow-listed functions that call one of their arguments (position) while loading
-_CALLS_ARGUMENT: dict[tuple[str, str], int] = {
-    ("torch._tensor", "_rebuild_from_type_v2"): 0,  # func(*args)
-    ("numpy.random._pickle", "__randomstate_ctor"): 1,  # bit_generator_ctor(name)
-    ("numpy.random._pickle", "__generator_ctor"): 1,
-    ("numpy.random._pickle", "__bit_generator_ctor"): 0,  # a BitGenerator class is instantiated
-}
-_LOAD_FROM_BYTES = ("torch.storage", "_load_from_bytes")  # torch.load(bytes): the bytes are scanned as a file
-_SEVERITY_ORDER = {"safe": 0, "warning": 1, "custom-code": 2, "dangerous": 3}
+class _Run:
+    """One pass of one unpickler over the stream: stand-ins, records and the judgement."""
+
+    def __init__(self, fh: Any, torchscript: bool) -> None:
+        self.fh = fh
+        self.torchscript = torchscript
+        self.findings: list[RawFinding] = []
+        self.imports: list[tuple[str, str]] = []
+        self.calls: list[_Call] = []
+        self.pids: list[Any] = []
+        self.nested: list[tuple[int, bytes]] = []
+        self._dedupe: set[tuple[str, str, str, str]] = set()
+
+    def pos(self) -> int:
+        try:
+            return int(self.fh.tell())
+        except (OSError, ValueError):
+            return -1
+
+    def find(self, severity: str, rule: str, why: str, module: str = "", name: str = "", offset: int | None = None) -> None:
+        key = (severity, rule, module + "." + name, why)
+        if key in self._dedupe:
+            return
+        self._dedupe.add(key)
+        self.findings.append(RawFinding(severity, rule, module, name, self.pos() if offset is None else offset, why))
+
+    # -- find_class / persistent_load --------------------------------------------------------------
+    def global_(self, module: str, name: str) -> _Meta:
+        resolved = resolve_names(module, name)
+        worst_kind, worst_why, shown = "value", "", resolved[0]
+        order = {"value": 0, "call": 0, "data-class": 0, "stdlib-object": 1, "model": 1, "dangerous": 2}
+        for mod, nm in resolved:
+            self.imports.append((mod, nm))
+            kind, why = category(mod, nm, torchscript=self.torchscript)
+            if order[kind] >= order[worst_kind] or not worst_why:
+                worst_kind, worst_why, shown = kind, why, (mod, nm)
+        offset = self.global_offset(module, name)
+        mod, nm = shown
+        cls = _Meta(
+            "".join(c if c.isalnum() else "_" for c in nm)[:60] or "Anonymous",
+            (Global,),
+            {"module": mod, "name": nm, "_tk_run": self, "_tk_kind": worst_kind, "_tk_why": worst_why,
+             "_tk_value": f"{mod}.{nm}" in VALUES or worst_kind in ("value", "data-class"),
+             "__module__": "torchkeep.scanned"},
+        )
+        if worst_kind == "dangerous":
+            self.find("dangerous", "dangerous-import", f"imports {mod}.{nm}: {worst_why}", mod, nm, offset)
+        elif worst_kind in ("model", "stdlib-object"):
+            self.find("custom-code", "custom-class", worst_why, mod, nm, offset)
+        return cls
+
+    def global_offset(self, module: str, name: str) -> int:
+        """Offset of the GLOBAL / INST / STACK_GLOBAL opcode that asked for ``module name``."""
+        here = self.pos()
+        text = len(module.encode("utf-8", "surrogatepass")) + len(name.encode("utf-8", "surrogatepass")) + 3
+        if here >= text and self.fh.byte_at(here - text) in (b"c", b"i"):
+            return here - text
+        return here - 1  # STACK_GLOBAL
+
+    def persistent(self, pid: Any) -> Any:
+        self.pids.append(pid)
+        if _is_storage_pid(pid):
+            return Value(None, "storage")
+        if _is_module_source_pid(pid):
+            return pid[1]  # legacy torch.save(model): the loader returns the class it already imported
+        self.find(
+            "dangerous",
+            "persistent-id",
+            "a persistent id that is not a torch storage ('storage', <type>, key, location, numel): loaders "
+            "with a custom persistent_load run code here",
+        )
+        return Value(None, "persistent")
+
+    # -- calls -------------------------------------------------------------------------------------
+    def call(self, func: _Meta, args: tuple, kwargs: dict, how: str) -> Any:
+        c = _Call(self, func, args, kwargs, how, self.pos())
+        self.calls.append(c)
+        kind, result = self.judge_call(c)
+        if result is not _NO_VALUE:
+            return result
+        c.result = Value(c, kind)
+        return c.result
+
+    def judge_call(self, c: _Call) -> tuple[str, Any]:
+        func, args, how = c.func, c.args, c.how
+        qual = repr(func)
+        fkind = func._tk_kind
+        module, name = func.module, func.name
+        if fkind == "dangerous":
+            return "dangerous", _NO_VALUE  # already a finding at its import
+        if c.kwargs and how != "NEWOBJ":
+            self.find("dangerous", "unexpected-call", f"{qual} called with keyword arguments", module, name, c.offset)
+            return "dangerous", _NO_VALUE
+        if qual in RECONSTRUCTORS:
+            cls = args[0] if args else None
+            if not isinstance(cls, _Meta):
+                self.find("dangerous", "indirect-call", f"{qual} on a value that is not a class", module, name, c.offset)
+                return "dangerous", _NO_VALUE
+            if qual == "copyreg._reconstructor" and not (
+                len(args) == 3 and isinstance(args[1], _Meta) and args[1]._tk_value
+            ):
+                self.find("dangerous", "unexpected-call", f"{qual} with a base class that is not a builtin type", module, name, c.offset)
+                return "dangerous", _NO_VALUE
+            return self.construct(cls, c)
+        if how == "NEWOBJ":
+            return self.construct(func, c)
+        if fkind == "call":
+            return self.checked_call(qual, c)
+        if fkind in ("model", "stdlib-object"):
+            # A class of model code called with constant arguments (an enum member, a Path, a config
+            # object): custom-code. Computed arguments mean a chain of calls a plain pickler never writes.
+            if _plain(args, allow_kinds=_VALUE_KINDS | {"model"}):
+                return "model", _NO_VALUE
+            self.find(
+                "dangerous",
+                "indirect-call",
+                f"{qual} called with the result of another call or a callable ({_short(args)})",
+                module,
+                name,
+                c.offset,
+            )
+            return "dangerous", _NO_VALUE
+        if fkind == "data-class" and _plain(args):
+            return "data", _NO_VALUE
+        self.find("dangerous", "unexpected-call", f"calls {qual}, which files only use as a value", module, name, c.offset)
+        return "dangerous", _NO_VALUE
+
+    def construct(self, cls: _Meta, c: _Call) -> tuple[str, Any]:
+        """NEWOBJ / copyreg reconstructors: ``cls.__new__(cls)`` then usually BUILD."""
+        kind = cls._tk_kind
+        if kind in ("data-class", "value") or repr(cls) in DATA_CLASSES:
+            if _plain(c.args[1:] if c.func is not cls else c.args, allow_kinds=_VALUE_KINDS | {"model"}):
+                return "data", _NO_VALUE
+        elif kind in ("model", "stdlib-object"):
+            return "model", _NO_VALUE
+        elif kind == "dangerous":
+            return "dangerous", _NO_VALUE
+        self.find(
+            "dangerous",
+            "unexpected-call",
+            f"constructs {cls!r} ({c.how}), which is not a data class or model code",
+            cls.module,
+            cls.name,
+            c.offset,
+        )
+        return "dangerous", _NO_VALUE
+
+    def checked_call(self, qual: str, c: _Call) -> tuple[str, Any]:
+        shapes, result_kind = CALLS[qual]
+        bad = _check_args(shapes, c.args)
+        if bad is not None:
+            self.find(
+                "dangerous",
+                "unexpected-argument",
+                f"{qual}: {bad} ({_short(c.args)}); torch.save/numpy never write this",
+                c.func.module,
+                c.func.name,
+                c.offset,
+            )
+            return "dangerous", _NO_VALUE
+        if qual in ("torch._tensor._rebuild_from_type_v2", "torch._tensor._rebuild_from_type"):
+            inner = c.args[0]
+            bad = _check_args(CALLS[repr(inner)][0], tuple(c.args[2]))
+            if bad is not None:
+                self.find("dangerous", "unexpected-argument", f"{qual} -> {inner!r}: {bad}", c.func.module, c.func.name, c.offset)
+                return "dangerous", _NO_VALUE
+            if c.args[1]._tk_kind == "model":
+                return "model", _NO_VALUE
+        if result_kind == "nested":  # torch.load(bytes): the embedded file is scanned like any other
+            self.nested.append((c.offset, bytes(c.args[0])))
+            return "storage", _NO_VALUE
+        emulated = _emulate(qual, c.args)
+        return result_kind, emulated
+
+    # -- BUILD / SETITEMS / APPENDS / ADDITEMS --------------------------------------------------------
+    def build(self, cls: _Meta, state: Any) -> None:
+        self.find(
+            "dangerous",
+            "build-on-global",
+            "BUILD sets attributes on an imported module or class (monkey-patching at load time)",
+            cls.module,
+            cls.name,
+        )
+
+    def mutate(self, target: Value, op: str, arg: Any) -> None:
+        target.mutations.append((op, arg, self.pos()))
+        # Model code runs its own __setstate__/__setitem__ (custom-code already), a dangerous call is a finding
+        # already; data objects (arrays, dtypes, generators, containers) only store what they are given, and
+        # what they are given was judged when it was made. Tensors and storages take no BUILD from torch.save.
+        if target.kind in ("model", "dangerous", "data", "ndarray", "np-dtype", "bitgen"):
+            return
+        what = target.call.target if target.call else "a persistent object"
+        self.find("dangerous", "unexpected-build", f"{op} on {what}: torch.save/numpy never write this", "", "")
 
 
-def concrete(value: Any) -> Any:
-    """Turn an abstract value built only of constants and containers into Python data (else ``None``)."""
-    if isinstance(value, Const):
-        return value.value
-    if isinstance(value, Seq) and value.kind in ("list", "tuple"):
-        items = [concrete(v) for v in value.items]
-        return items if value.kind == "list" else tuple(items)
+_NO_VALUE = object()
+
+
+def _emulate(qual: str, args: tuple) -> Any:
+    """The real result of a few pure data constructors on plain arguments, else ``_NO_VALUE``.
+
+    Keeps the stream going exactly as in a loader where later opcodes use the value (bytes passed to
+    numpy or torch.load, dict keys). Only constructors whose cost is bounded by the stream's own size.
+    """
+    try:
+        if not all(isinstance(a, (*_PLAIN_TYPES, list, tuple, dict, set, frozenset)) for a in args):
+            return _NO_VALUE
+        if qual == "_codecs.encode":
+            if str(args[1]).lower().replace("_", "-") in ("latin1", "latin-1", "iso-8859-1", "utf-8", "utf8", "ascii"):
+                return args[0].encode(*args[1:])
+            return _NO_VALUE
+        if qual == "collections.OrderedDict":
+            return OrderedDict(*args) if all(type(a) in (list, tuple, dict, OrderedDict) for a in args) else OrderedDict()
+        if qual in ("builtins.set", "builtins.frozenset", "builtins.list", "builtins.tuple", "builtins.dict"):
+            ctor = {"builtins.set": set, "builtins.frozenset": frozenset, "builtins.list": list,
+                    "builtins.tuple": tuple, "builtins.dict": dict}[qual]
+            if all(type(a) in (list, tuple, set, frozenset, dict) for a in args):
+                return ctor(*args)
+        if qual in ("builtins.bytes", "builtins.bytearray") and all(type(a) in (bytes, bytearray, str, list) for a in args):
+            return (bytes if qual.endswith("bytes") else bytearray)(*args)
+        if qual == "builtins.complex" and all(type(a) in (int, float) for a in args):
+            return complex(*args)
+        if qual == "torch.Size":
+            return tuple(args[0])
+        if qual == "torch.device":
+            return ":".join(str(a) for a in args)
+    except (TypeError, ValueError, UnicodeError, OverflowError, MemoryError):
+        return _NO_VALUE
+    return _NO_VALUE
+
+
+# -- argument shapes -------------------------------------------------------------------------------------
+def _is_ints(x: Any) -> bool:
+    if type(x) in (tuple, list):
+        return len(x) < 4096 and all(type(i) in (int, bool) for i in x)
+    return isinstance(x, Value) and x.call is not None and x.call.target == "torch.Size"
+
+
+def _shape_ok(shape: str, x: Any) -> str | None:
+    """None if ``x`` fits ``shape``, else what is wrong."""
+    if shape.startswith("opt:"):
+        return None if x is None else _shape_ok(shape[4:], x)
+    simple = {"int": (int,), "bool": (bool, int), "float": (float, int), "num": (int, float), "str": (str,),
+              "bytes": (bytes, bytearray)}
+    if shape in simple:
+        return None if type(x) in simple[shape] else f"expected {shape}, got {_describe(x)}"
+    if shape == "ints":
+        return None if _is_ints(x) else f"expected a tuple of ints, got {_describe(x)}"
+    if shape == "plain":
+        return None if _plain(x) else f"expected plain data, got {_describe(x)}"
+    if shape in ("tensor", "ndarray", "storage", "np-dtype", "bitgen"):
+        return None if isinstance(x, Value) and x.kind == shape else f"expected a {shape}, got {_describe(x)}"
+    if shape == "tensors":
+        ok = type(x) in (list, tuple) and all(isinstance(t, Value) and t.kind == "tensor" for t in x)
+        return None if ok else f"expected tensors, got {_describe(x)}"
+    if shape == "hooks":
+        empty = x is None or (type(x) in (dict, OrderedDict) and not x)
+        return None if empty else f"backward hooks that would run code ({_describe(x)})"
+    if shape == "qparams":
+        ok = type(x) is tuple and len(x) > 0 and _value_of(x[0]) == "qscheme" and _plain(x[1:])
+        return None if ok else f"expected quantizer parameters, got {_describe(x)}"
+    if shape == "type":
+        return None if _value_of(x) == "type" else f"expected a builtin type, got {_describe(x)}"
+    if shape == "tensor-type":
+        if isinstance(x, _Meta) and x._tk_kind == "model":
+            return None  # a tensor subclass of model code: custom-code (judged at its import)
+        return None if _value_of(x) == "tensor-type" else f"expected a tensor class, got {_describe(x)}"
+    if shape == "rebuild":
+        ok = isinstance(x, _Meta) and repr(x) in CALLS and CALLS[repr(x)][1] == "tensor" and repr(x) != "torch._tensor._rebuild_from_type_v2"  # fmt: skip
+        return None if ok else f"expected a tensor rebuild function, got {_describe(x)}"
+    if shape == "rebuild-args":
+        return None if type(x) in (tuple, list) else f"expected an argument tuple, got {_describe(x)}"
+    if shape in ("bitgen-name", "bitgen-any"):
+        ok = type(x) is str or _value_of(x) == "bitgen-type" or (shape == "bitgen-any" and isinstance(x, Value) and x.kind == "bitgen")  # fmt: skip
+        return None if ok else f"expected a bit generator, got {_describe(x)}"
+    if shape == "bitgen-ctor":
+        ok = isinstance(x, _Meta) and repr(x) == "numpy.random._pickle.__bit_generator_ctor"
+        return None if ok else f"expected numpy's bit generator constructor, got {_describe(x)}"
+    if shape == "seedseq-type":
+        return None if _value_of(x) == "seedseq-type" else f"expected SeedSequence, got {_describe(x)}"
+    if shape in ("dtype", "layout", "ndarray-type"):
+        if shape == "layout" and isinstance(x, Value) and x.kind == "layout":
+            return None
+        return None if _value_of(x) == shape else f"expected a {shape}, got {_describe(x)}"
+    return f"unknown argument shape {shape}"
+
+
+def _value_of(x: Any) -> str | None:
+    """What data value a global is (:data:`torchkeep._scan_rules.VALUES`), or None."""
+    if isinstance(x, _Meta) and x._tk_value:
+        return VALUES.get(repr(x), "type" if repr(x).startswith("__torch__") else None)
     return None
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, _Meta):
+        return f"the global {x!r}"
+    if isinstance(x, Value):
+        return f"the result of {x.call.target}()" if x.call else "a persistent object"
+    return type(x).__name__
+
+
+def _check_args(shapes: tuple[str, ...], args: tuple) -> str | None:
+    """None if ``args`` fit ``shapes`` (see :data:`torchkeep._scan_rules.CALLS`), else what is wrong."""
+    if type(args) is not tuple:
+        return "arguments that are not a tuple"
+    star = shapes[-1] == "*"
+    fixed = shapes[:-1] if star else shapes
+    if len(args) > len(fixed) and not star:
+        return f"{len(args)} arguments, at most {len(fixed)} expected"
+    for i, x in enumerate(args):
+        shape = fixed[min(i, len(fixed) - 1)]
+        bad = _shape_ok(shape, x)
+        if bad is not None:
+            return f"argument {i + 1}: {bad}"
+    return None
+
+
+def _is_storage_pid(pid: Any) -> bool:
+    """The persistent ids torch writes: ('storage', <storage type>, key, location, numel[, view])."""
+    if type(pid) is not tuple or len(pid) not in (5, 6):
+        return False
+    tag, stype, key, location, numel = pid[:5]
+    if isinstance(tag, bytes):
+        tag = tag.decode("ascii", "replace")
+    view_ok = len(pid) == 5 or pid[5] is None or (
+        type(pid[5]) is tuple and len(pid[5]) == 3 and type(pid[5][0]) is str and all(type(v) is int for v in pid[5][1:])
+    )
+    return (
+        tag == "storage"
+        and _value_of(stype) == "storage-type"
+        and type(key) in (str, int)
+        and type(location) in (str, bytes)
+        and type(numel) is int
+        and view_ok
+    )
 
 
 def _is_module_source_pid(pid: Any) -> bool:
@@ -132,342 +579,178 @@ def _is_module_source_pid(pid: Any) -> bool:
     torch's legacy loader only compares that source text with the installed class (no code runs from it)
     and returns the class, which its own GLOBAL opcode has already been judged for.
     """
-    if not isinstance(pid, Seq) or pid.kind != "tuple" or len(pid.items) != 4:
+    if type(pid) is not tuple or len(pid) != 4:
         return False
-    tag, cls, source_file, source = pid.items
-    return (
-        isinstance(tag, Const)
-        and tag.value == "module"
-        and isinstance(cls, Global)
-        and all(isinstance(v, Const) and isinstance(v.value, str | type(None)) for v in (source_file, source))
-    )
+    tag, cls, source_file, source = pid
+    return tag == "module" and isinstance(cls, _Meta) and all(isinstance(v, str | type(None)) for v in (source_file, source))
 
 
-def _is_storage_pid(pid: Any) -> bool:
-    """True for the persistent ids torch writes: ('storage', <StorageType>, key, location, numel[, view])."""
-    if not isinstance(pid, Seq) or pid.kind != "tuple" or len(pid.items) not in (5, 6):
-        return False
-    tag, stype, key, location, numel = pid.items[:5]
-    return (
-        isinstance(tag, Const)
-        and tag.value == "storage"
-        and isinstance(stype, Global)
-        and stype.severity == "safe"
-        and (stype.name.endswith("Storage"))
-        and isinstance(key, Const)
-        and isinstance(key.value, str)
-        and isinstance(location, Const)
-        and isinstance(location.value, str)
-        and isinstance(numel, Const)
-        and isinstance(numel.value, int)
-    )
+# -- the unpicklers --------------------------------------------------------------------------------------
+def _recording(base: type) -> type:
+    class Recording(base):  # type: ignore[misc, valid-type]
+        def __init__(self, fh: Any, run: _Run, encoding: str) -> None:
+            super().__init__(fh, encoding=encoding, errors="strict", fix_imports=True)
+            self._tk_run = run
+
+        def find_class(self, module: str, name: str) -> Any:
+            return self._tk_run.global_(module, name)
+
+        def persistent_load(self, pid: Any) -> Any:
+            return self._tk_run.persistent(pid)
+
+    return Recording
 
 
-class _Machine:
-    def __init__(self, torchscript: bool) -> None:
-        self.torchscript = torchscript
-        self.stack: list[Any] = []
-        self.metastack: list[list[Any]] = []
-        self.memo: dict[int, Any] = {}
-        self.result = StreamResult()
-        self.proto = 0
+_C_UNPICKLER = _recording(_pickle.Unpickler)
+_PY_UNPICKLER = _recording(pickle._Unpickler)  # type: ignore[attr-defined]
+#: (unpickler, encoding) passes: torch.load's (C, utf-8), legacy/numpy files' (C, latin1), and the
+#: pure-Python unpickler of joblib, dill and torch's weights_only loader.
+_PASSES = ((_C_UNPICKLER, "utf-8", "C unpickler"), (_C_UNPICKLER, "latin1", "C unpickler, latin1"),
+           (_PY_UNPICKLER, "utf-8", "Python unpickler"))
 
-    # -- helpers -------------------------------------------------------------------------------
-    def find(self, severity: str, rule: str, why: str, pos: int | None, module: str = "", name: str = "") -> None:
-        self.result.findings.append(RawFinding(severity, rule, module, name, pos, why))
-
-    def pop(self) -> Any:
-        if not self.stack:
-            raise _Malformed("stack underflow")
-        return self.stack.pop()
-
-    def pop_mark(self) -> list[Any]:
-        if not self.metastack:
-            raise _Malformed("no MARK on the stack")
-        items = self.stack
-        self.stack = self.metastack.pop()
-        return items
-
-    def top(self) -> Any:
-        if not self.stack:
-            raise _Malformed("stack underflow")
-        return self.stack[-1]
-
-    def add_global(self, module: str, name: str, pos: int, opname: str) -> Global:
-        module = normalize_module(module)
-        severity, why = classify(module, name, torchscript=self.torchscript)
-        self.result.imports.append((module, name))
-        if severity == "dangerous":
-            self.find("dangerous", "dangerous-import", f"{opname}: {why}", pos, module, name)
-        elif severity == "custom-code":
-            self.find("custom-code", "custom-class", why, pos, module, name)
-        return Global(module, name, severity)
-
-    def call(self, func: Any, args: Any, pos: int, opname: str) -> Call:
-        if not isinstance(func, Global):
-            what = "the result of another call" if isinstance(func, Call) else "a value that is not a global"
-            self.find(
-                "dangerous",
-                "indirect-call",
-                f"{opname} calls {what} (getattr/attrgetter-style chain): a plain pickler never writes this",
-                pos,
-            )
-        return Call(func, args)
-
-    def load_from_bytes(self, args: Any, pos: int) -> None:
-        # Plain pickle.dumps(tensor) embeds a torch.save file and unpickles it with torch.load: the
-        # embedded file is scanned like any other (constant bytes only; computed bytes are refused).
-        data = args.items[0] if isinstance(args, Seq) and len(args.items) == 1 else None
-        if isinstance(data, Const) and isinstance(data.value, (bytes, bytearray)):
-            self.result.nested.append((pos, bytes(data.value)))
-        else:
-            self.find(
-                "dangerous",
-                "nested-load",
-                "torch.storage._load_from_bytes (torch.load) on bytes computed at load time",
-                pos,
-                "torch.storage",
-                "_load_from_bytes",
-            )
-
-    def check_called_argument(self, func: Global, args: Any, pos: int) -> None:
-        # Allow-listed functions that call one of their arguments: that argument must be a plain global
-        # (classified on its own) or a constant, never a computed value (a partial, a getattr result...).
-        # Nor a global whose arguments this machine must see to judge the call (torch.load's bytes, another
-        # forwarding function): the arguments it would get are forwarded at run time, unseen here.
-        index = _CALLS_ARGUMENT[(func.module, func.name)]
-        items = args.items if isinstance(args, Seq) else []
-        arg = items[index] if index < len(items) else None
-        if arg is None or isinstance(arg, Const):
-            return
-        if not isinstance(arg, Global):
-            why = "which is a computed value, not a global"
-        elif (arg.module, arg.name) in _CALLS_ARGUMENT or (arg.module, arg.name) == _LOAD_FROM_BYTES:
-            why = f"{arg.module}.{arg.name}, with arguments this scanner cannot follow (a loader never writes this)"
-        else:
-            return
-        self.find(
-            "dangerous",
-            "indirect-call",
-            f"{func.module}.{func.name} calls its argument {index + 1}, {why}",
-            pos,
-            func.module,
-            func.name,
-        )
-
-    @staticmethod
-    def _append(container: Any, values: list[Any]) -> None:
-        if isinstance(container, Seq) and len(container.items) < _MAX_ITEMS:
-            container.items.extend(values[: _MAX_ITEMS - len(container.items)])
-
-    # -- the opcodes ---------------------------------------------------------------------------
-    def step(self, opname: str, arg: Any, pos: int) -> bool:
-        """Apply one opcode; returns True at STOP."""
-        st = self.stack
-        if opname in _CONST_OPS:
-            st.append(Const(arg))
-        elif opname in ("GET", "BINGET", "LONG_BINGET"):
-            idx = int(arg)
-            if idx not in self.memo:
-                self.find("dangerous", "memo-missing", f"{opname} {idx} reads a memo slot never written", pos)
-                st.append(Unknown("missing memo"))
-            else:
-                st.append(self.memo[idx])
-        elif opname in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
-            idx = len(self.memo) if opname == "MEMOIZE" else int(arg)
-            if idx in self.memo:
-                self.find(
-                    "dangerous",
-                    "memo-overwrite",
-                    f"{opname} overwrites memo slot {idx}: picklers never reuse a slot; scanners that track the memo loosely are fooled",
-                    pos,
-                )
-            self.memo[idx] = self.top()
-        elif opname == "PROTO":
-            self.proto = int(arg)
-        elif opname in ("FRAME", "READONLY_BUFFER"):
-            pass
-        elif opname == "NONE":
-            st.append(Const(None))
-        elif opname in ("NEWTRUE", "NEWFALSE"):
-            st.append(Const(opname == "NEWTRUE"))
-        elif opname == "NEXT_BUFFER":
-            st.append(Unknown("out-of-band buffer"))
-        elif opname in _EMPTY:
-            st.append(Seq(_EMPTY[opname]))
-        elif opname == "MARK":
-            self.metastack.append(st)
-            self.stack = []
-        elif opname in ("TUPLE", "LIST", "FROZENSET"):
-            items = self.pop_mark()
-            self.stack.append(Seq(opname.lower(), items[:_MAX_ITEMS]))
-        elif opname == "DICT":
-            items = self.pop_mark()
-            self.stack.append(Seq("dict", items[:_MAX_ITEMS]))
-        elif opname in ("TUPLE1", "TUPLE2", "TUPLE3"):
-            n = int(opname[-1])
-            items = [self.pop() for _ in range(n)][::-1]
-            st.append(Seq("tuple", items))
-        elif opname == "APPEND":
-            value = self.pop()
-            self._append(self.top(), [value])
-        elif opname in ("APPENDS", "ADDITEMS"):
-            items = self.pop_mark()
-            self._append(self.top(), items)
-        elif opname == "SETITEM":
-            value = self.pop()
-            key = self.pop()
-            self._append(self.top(), [key, value])
-        elif opname == "SETITEMS":
-            items = self.pop_mark()
-            self._append(self.top(), items)
-        elif opname == "POP":
-            if st:
-                st.pop()
-            else:
-                self.pop_mark()  # POP on an empty stack discards a mark, as the unpickler does
-        elif opname == "POP_MARK":
-            self.pop_mark()
-        elif opname == "DUP":
-            st.append(self.top())
-        elif opname == "GLOBAL":
-            module, _, name = str(arg).partition(" ")
-            st.append(self.add_global(module, name, pos, "GLOBAL"))
-        elif opname == "STACK_GLOBAL":
-            name_v = self.pop()
-            module_v = self.pop()
-            if (
-                isinstance(module_v, Const)
-                and isinstance(name_v, Const)
-                and isinstance(module_v.value, str)
-                and isinstance(name_v.value, str)
-            ):
-                st.append(self.add_global(module_v.value, name_v.value, pos, "STACK_GLOBAL"))
-            else:
-                self.find(
-                    "dangerous",
-                    "non-constant-global",
-                    "STACK_GLOBAL imports a name that is not a string constant (computed at load time)",
-                    pos,
-                )
-                st.append(Global("?", "?", "dangerous"))
-        elif opname == "INST":
-            module, _, name = str(arg).partition(" ")
-            args = self.pop_mark()
-            g = self.add_global(module, name, pos, "INST")
-            self.find(
-                "dangerous",
-                "inst-obj",
-                "INST imports and calls in one opcode; Python 3 picklers never write it",
-                pos,
-                g.module,
-                g.name,
-            )
-            self.stack.append(Call(g, Seq("tuple", args)))
-        elif opname == "OBJ":
-            items = self.pop_mark()
-            if not items:
-                raise _Malformed("OBJ without a class")
-            cls = items[0]
-            self.find(
-                "dangerous",
-                "inst-obj",
-                "OBJ calls the first value after MARK; Python 3 picklers never write it",
-                pos,
-                getattr(cls, "module", ""),
-                getattr(cls, "name", ""),
-            )
-            self.stack.append(Call(cls, Seq("tuple", items[1:])))
-        elif opname in ("EXT1", "EXT2", "EXT4"):
-            self.find(
-                "dangerous",
-                "ext-opcode",
-                f"{opname} {arg} imports through the copyreg extension registry, which the file cannot name",
-                pos,
-            )
-            st.append(Global("?", f"<extension {arg}>", "dangerous"))
-        elif opname == "REDUCE":
-            args = self.pop()
-            func = self.pop()
-            if isinstance(func, Global) and (func.module, func.name) == _LOAD_FROM_BYTES:
-                self.load_from_bytes(args, pos)
-            if isinstance(func, Global) and (func.module, func.name) in _CALLS_ARGUMENT:
-                self.check_called_argument(func, args, pos)
-            st.append(self.call(func, args, pos, "REDUCE"))
-        elif opname == "NEWOBJ":
-            args = self.pop()
-            cls = self.pop()
-            st.append(self.call(cls, args, pos, "NEWOBJ"))
-        elif opname == "NEWOBJ_EX":
-            self.pop()  # kwargs
-            args = self.pop()
-            cls = self.pop()
-            st.append(self.call(cls, args, pos, "NEWOBJ_EX"))
-        elif opname == "BUILD":
-            self.pop()  # state
-            target = self.top()
-            if isinstance(target, Global):
-                self.find(
-                    "dangerous",
-                    "build-on-global",
-                    "BUILD sets attributes on an imported module or class (monkey-patching at load time)",
-                    pos,
-                    target.module,
-                    target.name,
-                )
-        elif opname in ("PERSID", "BINPERSID"):
-            pid = Const(arg) if opname == "PERSID" else self.pop()
-            self.result.pids.append(pid)
-            if not (_is_storage_pid(pid) or _is_module_source_pid(pid)):
-                self.find(
-                    "dangerous",
-                    "persistent-id",
-                    f"{opname} asks the loader for an object that is not a torch storage "
-                    "('storage', <type>, key, location, numel): loaders with custom persistent_load run code here",
-                    pos,
-                )
-            # a module-source id resolves to its class; anything else is an opaque loader object
-            st.append(pid.items[1] if isinstance(pid, Seq) and _is_module_source_pid(pid) else Unknown("persistent object"))
-        elif opname == "STOP":
-            self.result.value = self.pop()
-            return True
-        else:  # an opcode added after this code was written
-            self.find("dangerous", "unknown-opcode", f"unknown opcode {opname}", pos)
-            raise _Malformed(f"unknown opcode {opname}")
-        return False
+_DATA_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+                OverflowError, MemoryError, UnicodeError, RecursionError, struct.error, NotImplementedError)
 
 
-def analyze(fh: IO[bytes], *, torchscript: bool = False) -> StreamResult:
-    """Analyse one pickle stream read from ``fh`` (from its current position) up to ``STOP``.
+class _Reader(io.RawIOBase):
+    """``fh`` from its current position; reads never go past ``limit`` bytes (forged lengths allocate nothing)."""
+
+    def __init__(self, fh: IO[bytes], start: int, limit: int | None) -> None:
+        self._fh, self._start, self._pos = fh, start, 0
+        if limit is None:
+            here = fh.tell()
+            fh.seek(0, io.SEEK_END)
+            limit = fh.tell() - start
+            fh.seek(here)
+        self._limit = limit
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, n: int | None = -1) -> bytes:
+        left = self._limit - self._pos
+        if n is None or n < 0:
+            n = left
+        if n > left:
+            self._pos = self._limit  # a length field asking past the end: truncated; nothing is read
+            return b""
+        self._fh.seek(self._start + self._pos)
+        data = self._fh.read(n)
+        self._pos += len(data)
+        return data
+
+    def byte_at(self, offset: int) -> bytes:
+        here = self._fh.tell()
+        self._fh.seek(self._start + offset)
+        data = self._fh.read(1)
+        self._fh.seek(here)
+        return data
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b)
+        if len(view) > self._limit - self._pos:
+            self._pos = self._limit
+            return 0
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        out = bytearray()
+        while self._pos < self._limit:
+            self._fh.seek(self._start + self._pos)
+            chunk = self._fh.read(min(4096, self._limit - self._pos))
+            if not chunk:
+                break
+            nl = chunk.find(b"\n")
+            take = chunk if nl < 0 else chunk[: nl + 1]
+            out += take
+            self._pos += len(take)
+            if nl >= 0:
+                break
+        return bytes(out)
+
+
+def _one_pass(fh: IO[bytes], start: int, limit: int | None, unpickler: type, encoding: str, torchscript: bool) -> tuple[_Run, Any, int | None, str | None]:
+    reader = _Reader(fh, start, limit)
+    run = _Run(reader, torchscript)
+    try:
+        value = unpickler(reader, run, encoding).load()
+    except _DATA_ERRORS as exc:
+        return run, None, None, (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:200]
+    return run, value, reader.tell(), None
+
+
+def _TRUNCATED(error: str) -> bool:
+    """The stream ends early: every loader fails at the same byte, nothing more can run."""
+    return any(t in error for t in ("truncated", "Ran out of input", "EOFError", "unexpected end", "no newline"))
+
+
+_ERROR_RULES = (
+    ("Memo value not found", "memo-missing"),
+    ("memo", "memo-missing"),
+    ("extension code", "ext-opcode"),
+    ("STACK_GLOBAL requires str", "non-constant-global"),
+    ("isn't a type object", "indirect-call"),
+    ("NEWOBJ", "indirect-call"),
+    ("not callable", "indirect-call"),
+    ("has no attribute", "indirect-call"),
+)
+
+
+def analyze(fh: IO[bytes], *, torchscript: bool = False, limit: int | None = None) -> StreamResult:
+    """Follow one pickle stream read from ``fh`` (from its current position) to ``STOP``.
 
     Args:
-        fh: a binary reader positioned at the start of the pickle; offsets are ``fh.tell()`` values.
-        torchscript: the stream belongs to a TorchScript archive (``__torch__`` classes are safe).
+        fh: a seekable binary reader positioned at the start of the pickle.
+        torchscript: the stream belongs to a TorchScript archive (``__torch__`` classes are data).
+        limit: bytes available from the start (default: to the end of ``fh``).
 
     Returns:
-        A :class:`StreamResult`; ``end`` is ``None`` if the stream is malformed or truncated, in which
-        case ``findings`` still holds everything seen before the error (a real unpickler runs those
+        A :class:`StreamResult`; offsets are relative to the start. ``end`` is ``None`` when the stream
+        does not parse to its end; ``findings`` still hold everything seen before (a loader runs those
         opcodes before it fails).
     """
-    vm = _Machine(torchscript)
-    res = vm.result
-    try:
-        for opcode, arg, pos in pickletools.genops(fh):
-            res.opcodes += 1
-            if vm.step(opcode.name, arg, pos if pos is not None else -1):
-                res.end = fh.tell()
-                break
-        else:
-            res.error = "the pickle ends without a STOP opcode"
-    except _Malformed as exc:
-        res.error = str(exc)
-    except (ValueError, EOFError, UnicodeDecodeError, OverflowError, MemoryError, TypeError) as exc:
-        res.error = str(exc) or type(exc).__name__
-    if res.end is None and res.error is None:
-        res.error = "the pickle is truncated"
+    start = fh.tell()
+    res = StreamResult()
+    outcomes: list[tuple[str, int | None, str | None]] = []
+    for i, (unpickler, encoding, label) in enumerate(_PASSES):
+        run, value, end, error = _one_pass(fh, start, limit, unpickler, encoding, torchscript)
+        outcomes.append((label, end, error))
+        if i == 0:
+            res.value, res.end, res.error, res.pids = value, end, error, run.pids
+            res.opcodes = run.fh.tell() if end is None else end
+            res.calls = [CallRecord(c.target, c.how, _short(c.args), c.offset) for c in run.calls[:_MAX_CALLS_KEPT]]
+            res.nested = run.nested
+        seen = {(f.rule, f.module, f.name, f.why) for f in res.findings}
+        res.findings.extend(f for f in run.findings if (f.rule, f.module, f.name, f.why) not in seen)
+        for imp in run.imports:
+            if imp not in res.imports:
+                res.imports.append(imp)
+        if i == 0 and end is None and not run.imports and not run.calls:
+            break  # not a pickle at all (or not past its first opcodes): the other parsers add nothing
+    ends = {end for _, end, _ in outcomes}
+    if len(ends) > 1:
+        detail = "; ".join(f"{label}: {'ends at byte ' + str(end) if end is not None else 'fails (' + str(err) + ')'}" for label, end, err in outcomes)  # fmt: skip
+        res.findings.append(
+            RawFinding("dangerous", "parser-differential", "", "", None,
+                       f"the unpicklers read this stream differently ({detail}): a loader may run what the scan cannot see")
+        )
+    if res.end is None and res.error is not None and not _TRUNCATED(res.error) and res.calls:
+        # Past a call, a failure may be the stand-ins' (a real object would have gone on): fail closed.
+        rule = next((r for text, r in _ERROR_RULES if text in res.error), "malformed-pickle")
+        res.findings.append(RawFinding("dangerous", rule, "", "", res.opcodes,
+                                       f"the stream stops where the scanner's stand-ins cannot follow it ({res.error}); "
+                                       "a loader with the real objects may go on"))
+    fh.seek(start + (res.end if res.end is not None else res.opcodes))
     return res
 
 
-def worst(severities: list[str]) -> str:
-    """The most severe of ``severities`` (``safe`` for none)."""
-    return max(severities, key=lambda s: _SEVERITY_ORDER.get(s, 0), default="safe")
+def concrete(value: Any) -> Any:
+    """``value`` if it is plain Python data (ints, strings, lists, tuples, dicts of them), else ``None``."""
+    return value if _plain(value, allow_kinds=set()) else None
+
+

@@ -1,34 +1,223 @@
-"""Which globals a pickle may name: the allow-list, the deny-list and the rules for dotted names.
+"""What each global a pickle names *is*, and which calls on it a weights file may make.
 
-:func:`classify` turns one ``(module, name)`` seen in a pickle into ``"safe"``, ``"custom-code"`` or
-``"dangerous"`` with a one-line reason. The order matters and is the point of the design:
+The scanner (:mod:`torchkeep._pickle_vm`) follows a pickle with CPython's own unpickler and records every
+global it asks for and every call, BUILD and item assignment it makes. This module judges them,
+**allow-list first**:
 
-1. the **deny-list** (code execution, OS, files, network, interpreter, import machinery) and the
-   structural rules for names (dunder attributes, attribute paths through lower-case names), so that
-   nothing on the allow-list can be reached through a trick;
-2. the **allow-list**: what ``torch.save`` writes for tensors/storages/dtypes, plain containers and
-   NumPy array reconstruction. Only these make a file ``safe``;
-3. everything else is ``custom-code``: loading would import that class and run its code.
+- :data:`CALLS`: the callables ``torch.save``, ``numpy`` and plain Python write for data, each with the
+  shape of the arguments it may receive (:func:`check_args`). Only these calls, with such arguments, keep
+  a file ``safe``.
+- :data:`VALUES`: globals that are only ever data (dtypes, storage types, layouts, builtin types).
+- **model code** (:func:`category` ``"model"``): classes of user modules and model libraries
+  (``__main__.Net``, ``torch.nn.modules.conv.Conv2d``, ``timm...``): constructing them the way
+  ``torch.save(model)`` does (NEWOBJ / copyreg reconstructors + BUILD, or the class called with constant
+  arguments) makes a file ``custom-code``: loading imports and runs that code.
+- **everything else** is ``dangerous``: any other function or method call, any standard-library or
+  torch/numpy-internal callable that is not on the lists above. The deny-list (:data:`DANGEROUS_MODULES`,
+  :data:`DANGEROUS_NAMES`) only *explains* why (``os: operating system access``); it decides nothing.
 
-The deny-list only decides between ``custom-code`` and ``dangerous``; a name missing from it is still
-never ``safe``. It collects the modules and gadgets of the picklescan / modelscan / fickling advisories
-(GHSA-vvpj-8cmc-gx39 ``pkgutil.resolve_name``, CVE-2025-1716 ``pip``, CVE-2025-10157 submodules of
-denied modules, ``_io.FileIO``, ``logging.FileHandler``, ``uuid._get_command_stdout``,
-``imaplib.IMAP4_stream``, ``code.InteractiveInterpreter.runcode``, ``cProfile.run``, ``timeit``,
-``numpy.testing._private.utils.runstring``, ``torch._inductor.codecache.compile_file``, ...), by whole
-module where a module has no business in a weights file. This module imports nothing heavy.
+Python 2 names are mapped exactly as pickle's ``fix_imports`` maps them (all of ``_compat_pickle``).
+This module imports nothing heavy.
 """
 
 from __future__ import annotations
 
-__all__ = ["DANGEROUS_MODULES", "DANGEROUS_NAMES", "SAFE_NAMES", "classify", "normalize_module"]
+import _compat_pickle
+import enum
+import sys
 
-# Python 2 names that pickle's fix_imports maps for protocols < 3.
-_PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg", "cPickle": "pickle", "commands": "subprocess"}
+__all__ = [
+    "CALLS",
+    "DANGEROUS_MODULES",
+    "DANGEROUS_NAMES",
+    "DATA_CLASSES",
+    "RECONSTRUCTORS",
+    "VALUES",
+    "Severity",
+    "category",
+    "classify",
+    "explain",
+    "resolve_names",
+]
 
-#: Modules denied as a whole (and every submodule): module -> why.
+
+class Severity(enum.IntEnum):
+    """How bad a finding is; one ordering for the whole scanner (higher is worse)."""
+
+    SAFE = 0
+    WARNING = 1
+    CUSTOM_CODE = 2
+    ERROR = 3
+    DANGEROUS = 4
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+
+# -- fix_imports, exactly as pickle applies it ----------------------------------------------------------
+def resolve_names(module: str, name: str) -> list[tuple[str, str]]:
+    """The (module, name) pairs an unpickler may import for a global spelled ``module name``.
+
+    Protocols < 3 map Python 2 names with ``_compat_pickle`` (``__builtin__ xrange`` -> ``builtins
+    range``); protocol 3+ imports the name as written. The C unpickler does not tell which protocol is
+    in force at each GLOBAL, so both spellings are returned when both can exist in Python 3. A Python 2
+    spelling that cannot exist in Python 3 (its module or name was renamed, which is why it is mapped)
+    is left out: importing it fails, nothing runs.
+    """
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return [_compat_pickle.NAME_MAPPING[(module, name)]]  # the raw name was removed in Python 3
+    if module in _compat_pickle.IMPORT_MAPPING:
+        mapped = (_compat_pickle.IMPORT_MAPPING[module], name)
+        top = module.split(".")[0]
+        return [mapped, (module, name)] if top in sys.stdlib_module_names else [mapped]
+    return [(module, name)]
+
+
+# -- the allow-list --------------------------------------------------------------------------------------
+_TORCH_DTYPES = ["float16", "float32", "float64", "bfloat16", "half", "float", "double", "complex32", "complex64", "complex128", "cfloat", "cdouble", "chalf", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "short", "int", "long", "bool", "qint8", "quint8", "qint32", "quint4x2", "quint2x4", "bits1x8", "bits2x4", "bits4x2", "bits8", "bits16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu", "float4_e2m1fn_x2", "uint1", "uint2", "uint3", "uint4", "uint5", "uint6", "uint7", "int1", "int2", "int3", "int4", "int5", "int6", "int7"]  # fmt: skip
+_STORAGE_TYPES = ["Double", "Float", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool", "ComplexDouble", "ComplexFloat", "QUInt8", "QInt8", "QInt32", "QUInt4x2", "QUInt2x4"]  # fmt: skip
+_TENSOR_TYPES = ["Double", "Float", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool"]
+
+#: Globals that are only data: referencing them runs nothing (value kind in the second field).
+VALUES: dict[str, str] = {
+    **{f"torch.{d}": "dtype" for d in _TORCH_DTYPES},
+    **{f"torch.{t}Storage": "storage-type" for t in _STORAGE_TYPES},
+    **{f"torch.cuda.{t}Storage": "storage-type" for t in _STORAGE_TYPES},
+    "torch.storage.UntypedStorage": "storage-type",
+    "torch.storage.TypedStorage": "storage-type",
+    "torch.UntypedStorage": "storage-type",
+    "torch.TypedStorage": "storage-type",
+    **{f"torch.{t}Tensor": "tensor-type" for t in _TENSOR_TYPES},
+    **{f"torch.cuda.{t}Tensor": "tensor-type" for t in _TENSOR_TYPES},
+    "torch.Tensor": "tensor-type",
+    "torch._tensor.Tensor": "tensor-type",
+    "torch.nn.parameter.Parameter": "tensor-type",
+    "torch.nn.parameter.Buffer": "tensor-type",
+    **{f"torch.{x}": "layout" for x in ("strided", "sparse_coo", "sparse_csr", "sparse_csc", "sparse_bsr", "sparse_bsc", "_mkldnn", "jagged")},
+    **{f"torch.{x}": "memory-format" for x in ("contiguous_format", "channels_last", "channels_last_3d", "preserve_format")},
+    **{f"torch.{x}": "qscheme" for x in ("per_tensor_affine", "per_tensor_symmetric", "per_channel_affine", "per_channel_symmetric", "per_channel_affine_float_qparams")},
+    "numpy.ndarray": "ndarray-type",
+    "numpy.dtype": "np-dtype-type",
+    "numpy.random._pcg64.PCG64": "bitgen-type",
+    "numpy.random._pcg64.PCG64DXSM": "bitgen-type",
+    "numpy.random._mt19937.MT19937": "bitgen-type",
+    "numpy.random._philox.Philox": "bitgen-type",
+    "numpy.random._sfc64.SFC64": "bitgen-type",
+    "numpy.random.bit_generator.SeedSequence": "seedseq-type",
+    "typing.Any": "type",
+    **{f"builtins.{n}": "type" for n in ("int", "float", "str", "bool", "bytes", "bytearray", "complex", "list", "tuple", "dict", "set", "frozenset", "object", "type", "range", "slice")},
+    "collections.OrderedDict": "type",
+}
+
+# Argument shapes (see check_args): a short code per positional argument; "*" = any number more of the last.
+#   int bool float num str bytes  - that Python type (bool for int is accepted, as pickle writes it)
+#   ints      - a tuple/list of ints, or a torch.Size
+#   plain     - constants and containers of constants, and results of safe calls (data only)
+#   tensor    - the result of a tensor rebuild;  storage - a torch storage persistent id
+#   hooks     - None or an empty OrderedDict/dict (backward hooks run code on backward)
+#   dtype / layout / qscheme / tensor-type / ndarray-type / np-dtype / bitgen / device: those values
+#   rebuild   - a tensor-rebuild function global (its arguments are checked against its own shape)
+#   opt:X     - X or None;  any-plain-or-tensor: plain data or tensors
+_REBUILD_TENSOR = ("storage", "int", "ints", "ints", "bool", "hooks", "opt:plain")
+#: Calls a weights file may make: qualified name -> (argument shapes, what the result is).
+CALLS: dict[str, tuple[tuple[str, ...], str]] = {
+    "torch._utils._rebuild_tensor": (("storage", "int", "ints", "ints"), "tensor"),
+    "torch._utils._rebuild_tensor_v2": (_REBUILD_TENSOR, "tensor"),
+    "torch._utils._rebuild_tensor_v3": (("storage", "int", "ints", "ints", "bool", "hooks", "dtype", "opt:plain"), "tensor"),
+    "torch._utils._rebuild_parameter": (("tensor", "bool", "hooks"), "tensor"),
+    "torch._utils._rebuild_parameter_with_state": (("tensor", "bool", "hooks", "plain"), "tensor"),
+    "torch._utils._rebuild_qtensor": (("storage", "int", "ints", "ints", "qparams", "bool", "hooks"), "tensor"),
+    "torch._utils._rebuild_sparse_tensor": (("layout", "tensors"), "tensor"),
+    "torch._utils._rebuild_nested_tensor": (("tensor", "tensor", "tensor", "tensor"), "tensor"),
+    "torch._utils._rebuild_meta_tensor_no_storage": (("dtype", "ints", "ints", "bool"), "tensor"),
+    "torch._utils._rebuild_device_tensor_from_numpy": (("ndarray", "dtype", "str", "bool"), "tensor"),
+    "torch._utils._rebuild_device_tensor_from_cpu_tensor": (("tensor", "dtype", "str", "bool"), "tensor"),
+    "torch._tensor._rebuild_from_type_v2": (("rebuild", "tensor-type", "rebuild-args", "opt:plain"), "tensor"),
+    "torch._tensor._rebuild_from_type": (("rebuild", "tensor-type", "rebuild-args", "opt:plain"), "tensor"),
+    "torch.storage._load_from_bytes": (("bytes",), "nested"),
+    "torch.serialization._get_layout": (("str",), "layout"),
+    "torch.Size": (("ints",), "data"),
+    "torch.device": (("str", "opt:int"), "data"),
+    "torch.torch_version.TorchVersion": (("str",), "data"),
+    "torch.jit._pickle.build_intlist": (("plain",), "data"),
+    "torch.jit._pickle.build_doublelist": (("plain",), "data"),
+    "torch.jit._pickle.build_boollist": (("plain",), "data"),
+    "torch.jit._pickle.build_tensorlist": (("tensors",), "data"),
+    "torch.jit._pickle.build_tensor_from_id": (("int",), "tensor"),
+    "torch.jit._pickle.restore_type_tag": (("plain", "str"), "data"),
+    "collections.OrderedDict": (("opt:plain",), "data"),
+    "collections.Counter": (("opt:plain",), "data"),
+    "collections.deque": (("opt:plain", "opt:int"), "data"),
+    "collections.defaultdict": (("opt:type",), "data"),
+    "_codecs.encode": (("str", "str", "opt:str"), "data"),
+    "numpy.core.multiarray._reconstruct": (("ndarray-type", "ints", "bytes"), "ndarray"),
+    "numpy._core.multiarray._reconstruct": (("ndarray-type", "ints", "bytes"), "ndarray"),
+    "numpy.core.multiarray.scalar": (("np-dtype", "opt:plain"), "data"),
+    "numpy._core.multiarray.scalar": (("np-dtype", "opt:plain"), "data"),
+    "numpy.core.numeric._frombuffer": (("bytes", "np-dtype", "ints", "str"), "ndarray"),
+    "numpy._core.numeric._frombuffer": (("bytes", "np-dtype", "ints", "str"), "ndarray"),
+    "numpy.dtype": (("str", "opt:bool", "opt:bool"), "np-dtype"),
+    "numpy.random._pickle.__randomstate_ctor": (("opt:bitgen-any", "opt:bitgen-ctor"), "data"),
+    "numpy.random._pickle.__generator_ctor": (("opt:bitgen-any", "opt:bitgen-ctor"), "data"),
+    "numpy.random._pickle.__bit_generator_ctor": (("opt:bitgen-name",), "bitgen"),
+    "numpy.random.mtrand._legacy_seeding": (("plain",), "data"),
+    "numpy.random.bit_generator.__pyx_unpickle_SeedSequence": (("seedseq-type", "int", "plain"), "data"),
+    "datetime.datetime": (("plain", "*"), "data"),
+    "datetime.date": (("plain", "*"), "data"),
+    "datetime.time": (("plain", "*"), "data"),
+    "datetime.timedelta": (("plain", "*"), "data"),
+    "datetime.timezone": (("plain", "*"), "data"),
+    "decimal.Decimal": (("plain",), "data"),
+    "fractions.Fraction": (("plain", "*"), "data"),
+    "uuid.UUID": (("opt:plain", "*"), "data"),
+    "pathlib.Path": (("str", "*"), "data"),
+    "pathlib.PosixPath": (("str", "*"), "data"),
+    "pathlib.WindowsPath": (("str", "*"), "data"),
+    "pathlib.PurePath": (("str", "*"), "data"),
+    "pathlib.PurePosixPath": (("str", "*"), "data"),
+    "pathlib.PureWindowsPath": (("str", "*"), "data"),
+    # torch.distributed.checkpoint's .metadata: dataclasses and one enum
+    "torch.distributed.checkpoint.metadata._MEM_FORMAT_ENCODING": (("int",), "data"),
+    **{f"builtins.{n}": (("opt:plain", "*"), "data") for n in ("set", "frozenset", "slice", "complex", "bytearray", "bytes", "range", "int", "float", "str", "bool", "tuple", "list", "dict", "object")},
+}
+
+#: copyreg's reconstructors: construct their first argument (judged as that class's construction).
+RECONSTRUCTORS = frozenset(["copyreg.__newobj__", "copyreg.__newobj_ex__", "copyreg._reconstructor"])
+
+#: Classes whose instances are plain data: NEWOBJ (``cls.__new__``) + BUILD on them is safe.
+DATA_CLASSES = frozenset(
+    [
+        "collections.OrderedDict", "collections.Counter", "collections.deque", "collections.defaultdict",
+        "datetime.datetime", "datetime.date", "datetime.time", "datetime.timedelta", "datetime.timezone",
+        "decimal.Decimal", "fractions.Fraction", "uuid.UUID", "torch.Size", "torch.torch_version.TorchVersion",
+        "pathlib.Path", "pathlib.PosixPath", "pathlib.WindowsPath", "pathlib.PurePath", "pathlib.PurePosixPath",
+        "pathlib.PureWindowsPath", "numpy.random.bit_generator.SeedSequence",
+        *(f"torch.distributed.checkpoint.metadata.{c}" for c in ("Metadata", "TensorStorageMetadata", "ChunkStorageMetadata", "BytesStorageMetadata", "TensorProperties", "MetadataIndex", "StorageMeta")),
+        "torch.distributed.checkpoint.filesystem._StorageInfo",
+        "torch.distributed.checkpoint.planner.WriteItem", "torch.distributed.checkpoint.planner.ReadItem",
+        *(f"builtins.{n}" for n in ("set", "frozenset", "bytearray", "list", "dict", "object", "int", "float", "str", "bytes", "tuple", "complex")),
+    ]
+)
+
+#: Standard-library classes that are not plain data but only hold state: at most ``custom-code``.
+STDLIB_OBJECTS = frozenset(
+    ["argparse.Namespace", "types.SimpleNamespace", "functools.partial", "enum.Enum", "enum.IntEnum",
+     "enum.Flag", "enum.IntFlag", "logging.Logger", "logging.getLogger", "re.Pattern"]
+)
+
+# torch packages whose classes are model code (torch.save(model) names them): at most custom-code
+_TORCH_MODEL_PACKAGES = (
+    "torch.nn.", "torch.ao.nn.", "torch.ao.quantization.", "torch.quantization.", "torch.optim.",
+    "torch.distributions.", "torch.nn.utils.", "torch.utils.hooks.", "torch.nn.functional.",
+    "torch.nn.init.", "torch.ao.ns.", "torch.nn.intrinsic.", "torch.nn.qat.", "torch.nn.quantized.",
+)
+# infrastructure whose internals are never model code (anything not on the lists is dangerous)
+_INTERNAL_TOPS = {"torch", "numpy", "_compat_pickle", "copyreg", "__builtin__"}
+
+# -- the deny-list: explanations only --------------------------------------------------------------------
+#: Modules (and their submodules) with no business in a weights file: module -> why.
 DANGEROUS_MODULES: dict[str, str] = {
-    # process execution and the OS
     "os": "operating system access (os.system, file and process functions)",
     "posix": "the os module under another name (posix.system)",
     "nt": "the os module under another name on Windows",
@@ -60,7 +249,6 @@ DANGEROUS_MODULES: dict[str, str] = {
     "winreg": "Windows registry access",
     "_winapi": "Windows API (CreateProcess)",
     "msvcrt": "Windows C runtime",
-    # interpreter, code objects and import machinery
     "sys": "interpreter internals (sys.modules, sys.exit, audit hooks)",
     "builtins": "interpreter builtins",
     "importlib": "imports any module (import machinery)",
@@ -81,7 +269,6 @@ DANGEROUS_MODULES: dict[str, str] = {
     "operator": "attribute and item lookup gadgets (attrgetter, methodcaller, itemgetter)",
     "_operator": "attribute and item lookup gadgets (attrgetter, methodcaller, itemgetter)",
     "copy": "calls __deepcopy__/__reduce_ex__ of arbitrary objects",
-    # (de)serialisers that load more pickles or code
     "pickle": "unpickles more data (pickle.loads inside a pickle)",
     "_pickle": "unpickles more data",
     "pickletools": "pickle internals",
@@ -91,7 +278,6 @@ DANGEROUS_MODULES: dict[str, str] = {
     "joblib": "loads pickles from files",
     "yaml": "yaml.load/unsafe_load build arbitrary objects",
     "jsonpickle": "builds arbitrary objects",
-    # debuggers, profilers and tooling that run code strings
     "pdb": "debugger (runs code strings)",
     "bdb": "debugger (runs code strings)",
     "profile": "profile.run executes code strings",
@@ -108,14 +294,12 @@ DANGEROUS_MODULES: dict[str, str] = {
     "turtle": "GUI toolkit with Tcl eval",
     "logging.config": "evaluates configuration (logging.config.listen / fileConfig)",
     "logging.handlers": "handlers create files and open sockets",
-    # packaging
     "distutils": "builds and installs code",
     "setuptools": "builds and installs code",
     "_distutils_hack": "setuptools import hook",
     "pip": "installs packages (CVE-2025-1716)",
     "ensurepip": "installs packages",
     "venv": "creates environments and runs pip",
-    # files
     "io": "opens files (io.open, io.FileIO)",
     "_io": "opens files (_io.FileIO)",
     "codecs": "opens files (codecs.open)",
@@ -135,7 +319,6 @@ DANGEROUS_MODULES: dict[str, str] = {
     "dbm": "opens database files",
     "xml": "parsers that fetch files and URLs",
     "mailcap": "runs mailcap commands",
-    # network
     "socket": "network access",
     "_socket": "network access",
     "socketserver": "network servers",
@@ -156,6 +339,7 @@ DANGEROUS_MODULES: dict[str, str] = {
     "telnetlib": "network access",
     "xmlrpc": "remote procedure calls",
     "webbrowser": "opens URLs / runs a browser",
+    "antigravity": "opens a web browser when imported",
     "httplib": "network access (Python 2)",
     "urllib2": "network access (Python 2)",
     "paramiko": "SSH client",
@@ -165,14 +349,12 @@ DANGEROUS_MODULES: dict[str, str] = {
     "IPython": "interactive shell (runs code)",
     "ipykernel": "interactive kernel (runs code)",
     "pandas.io": "pandas readers (read_pickle loads pickles)",
-    # NumPy gadgets
     "numpy.testing": "runstring() executes code strings",
     "numpy.f2py": "evaluates strings and builds extension modules",
     "numpy.distutils": "builds and runs compilers",
     "numpy.ctypeslib": "loads native libraries",
     "numpy.lib.npyio": "loads files (including pickles)",
     "numpy.lib._npyio_impl": "loads files (including pickles)",
-    # torch gadgets (loaders, compilers, code execution)
     "torch.serialization": "torch.load: loads another file (and its pickle)",
     "torch.hub": "downloads and runs repositories",
     "torch.jit": "loads and compiles TorchScript code",
@@ -202,7 +384,7 @@ DANGEROUS_MODULES: dict[str, str] = {
     "torch.cuda.memory": "writes memory snapshot files",
 }
 
-#: Single names denied inside modules that are otherwise only "custom-code".
+#: Single names with a known effect (explanations; any non-allow-listed call is dangerous anyway).
 DANGEROUS_NAMES: dict[str, str] = {
     "torch.load": "loads another file and unpickles it",
     "torch.compile": "compiles and runs code",
@@ -228,116 +410,13 @@ DANGEROUS_NAMES: dict[str, str] = {
     "numpy.dtypes._add_dtype_helper": "plants any object in numpy.dtypes under a name (then trusted as a dtype class)",
 }
 
-# Safe globals: what torch.save writes for tensors and storages, plus plain containers and NumPy.
-_TORCH_DTYPES = ["float16", "float32", "float64", "bfloat16", "half", "float", "double", "complex32", "complex64", "complex128", "cfloat", "cdouble", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "short", "int", "long", "bool", "qint8", "quint8", "qint32", "quint4x2", "quint2x4", "bits1x8", "bits2x4", "bits4x2", "bits8", "bits16", "bcomplex32", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu", "float4_e2m1fn_x2", "uint1", "uint2", "uint3", "uint4", "uint5", "uint6", "uint7", "int1", "int2", "int3", "int4", "int5", "int6", "int7"]
-_STORAGE_TYPES = ["Double", "Float", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool", "ComplexDouble", "ComplexFloat", "QUInt8", "QInt8", "QInt32", "QUInt4x2", "QUInt2x4"]
-_TENSOR_TYPES = ["Double", "Float", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool"]
-_REBUILD = ["_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter", "_rebuild_parameter_with_state", "_rebuild_qtensor", "_rebuild_sparse_tensor", "_rebuild_nested_tensor", "_rebuild_meta_tensor_no_storage", "_rebuild_wrapper_subclass", "_rebuild_device_tensor_from_cpu_tensor", "_rebuild_device_tensor_from_numpy", "_rebuild_xla_tensor", "_rebuild_mtia_tensor"]
-
-#: Fully qualified names that rebuild data without running user code.
-SAFE_NAMES: frozenset[str] = frozenset(
-    [
-        "collections.OrderedDict",
-        "collections.Counter",
-        "collections.defaultdict",
-        "collections.deque",
-        "_codecs.encode",
-        "copyreg._reconstructor",
-        "copyreg.__newobj__",
-        "copyreg.__newobj_ex__",
-        "torch.Size",
-        "torch.Tensor",
-        "torch.device",
-        "torch.nn.parameter.Parameter",
-        "torch.nn.parameter.Buffer",
-        "torch.serialization._get_layout",
-        "torch._tensor._rebuild_from_type_v2",
-        "torch.storage.TypedStorage",
-        "torch.storage.UntypedStorage",
-        "torch.storage._load_from_bytes",
-        "torch.per_tensor_affine",
-        "torch.per_tensor_symmetric",
-        "torch.per_channel_affine",
-        "torch.per_channel_symmetric",
-        "torch.per_channel_affine_float_qparams",
-        "torch.strided",
-        "torch.sparse_coo",
-        "torch.sparse_csr",
-        "torch.contiguous_format",
-        "torch.channels_last",
-        "torch.preserve_format",
-        "torch.jit._pickle.build_intlist",
-        "torch.jit._pickle.build_tensorlist",
-        "torch.jit._pickle.build_doublelist",
-        "torch.jit._pickle.build_boollist",
-        "torch.jit._pickle.build_tensor_from_id",
-        "torch.jit._pickle.restore_type_tag",
-        "numpy.dtype",
-        "numpy.ndarray",
-        "numpy.core.multiarray._reconstruct",
-        "numpy.core.multiarray.scalar",
-        "numpy._core.multiarray._reconstruct",
-        "numpy._core.multiarray.scalar",
-        "numpy.random._pickle.__randomstate_ctor",
-        "numpy.random._pickle.__bit_generator_ctor",
-        "numpy.random._pickle.__generator_ctor",
-        "numpy.random.mtrand._legacy_seeding",
-        "numpy.random._pcg64.PCG64",
-        "numpy.random._mt19937.MT19937",
-        "numpy.random._philox.Philox",
-        "numpy.random._sfc64.SFC64",
-        "numpy.core.numeric._frombuffer",  # protocol-5 pickles of arrays
-        "numpy._core.numeric._frombuffer",
-        # plain stdlib values found in checkpoints' metadata
-        "datetime.datetime",
-        "datetime.date",
-        "datetime.time",
-        "datetime.timedelta",
-        "datetime.timezone",
-        "decimal.Decimal",
-        "fractions.Fraction",
-        "uuid.UUID",
-        "torch.torch_version.TorchVersion",
-    ]
-    + [f"builtins.{n}" for n in ["set", "frozenset", "slice", "complex", "bytearray", "bytes", "range", "object", "int", "float", "str", "bool", "tuple", "list", "dict"]]
-    + [f"torch.{d}" for d in _TORCH_DTYPES]
-    + [f"torch.{t}Storage" for t in _STORAGE_TYPES]
-    + [f"torch.cuda.{t}Storage" for t in _STORAGE_TYPES]
-    + [f"torch.{t}Tensor" for t in _TENSOR_TYPES]
-    + [f"torch.cuda.{t}Tensor" for t in _TENSOR_TYPES]
-    + [f"torch._utils.{f}" for f in _REBUILD]
+# Function names that load, open, run, write or fetch, whatever module they live in.
+_DANGEROUS_WORDS = (
+    "load", "open", "system", "popen", "spawn", "exec", "eval", "run_path", "run_module", "import",
+    "download", "urlretrieve", "save", "write", "dump", "remove", "unlink", "rmtree", "mkdir", "makedirs",
+    "rename", "chmod", "chown", "symlink", "shell", "subprocess", "compile", "from_file", "fromfile",
+    "dlopen", "getattr", "setattr", "delattr", "globals", "locals", "__import__", "read_pickle", "unpickle",
 )
-
-# Harmless classes inside denied modules: only "custom-code" (checked before the deny-list).
-_NOT_DENIED = frozenset(
-    [
-        # partial(nn.LayerNorm, eps=1e-6) is stored by torchvision's ViT: building a partial calls nothing;
-        # the wrapped function is classified on its own and calling a partial is an indirect call.
-        "functools.partial",
-        "types.SimpleNamespace",
-        "pathlib.Path",
-        "pathlib.PosixPath",
-        "pathlib.WindowsPath",
-        "pathlib.PurePath",
-        "pathlib.PurePosixPath",
-        "pathlib.PureWindowsPath",
-    ]
-)
-
-# Low-level torch bindings: functions are harmless except the JIT importers and file/registration hooks.
-_TORCH_C_DANGER = ("jit", "import", "load", "save", "compile", "exec", "file", "register", "_set_", "dlopen")
-
-# NumPy >= 1.25 pickles dtypes of scalars as numpy.dtypes.<Name>DType (public names ending in DType only).
-_SAFE_PREFIX_CLASSES = ("numpy.dtypes.",)
-
-# Functions that load, open, run or fetch, whatever module they live in (PIL.Image.open, yaml.load,
-# keras load_model, UntypedStorage.from_file, a library's own `load` helper...).
-_DANGEROUS_LAST = {
-    "load", "loads", "load_file", "load_model", "from_file", "read_pickle", "load_library", "dlopen",
-    "open", "urlopen", "urlretrieve", "system", "popen", "spawn", "exec", "execfile", "eval", "run_path",
-    "run_module", "import_module", "__import__",
-}  # fmt: skip
-
 # Components that reach a denied module through another module's attribute (torch.serialization.os).
 _DANGEROUS_COMPONENTS = {
     "os", "sys", "subprocess", "builtins", "__builtin__", "__builtins__", "posix", "nt", "importlib",
@@ -345,16 +424,7 @@ _DANGEROUS_COMPONENTS = {
 }  # fmt: skip
 
 
-def normalize_module(module: str) -> str:
-    """Map Python 2 module names to the ones pickle resolves them to (``__builtin__`` -> ``builtins``)."""
-    head, _, rest = module.partition(".")
-    if head in _PY2_MODULES:
-        return _PY2_MODULES[head] + ("." + rest if rest else "")
-    return module
-
-
 def _denied_module(qualified: str) -> tuple[str, str] | None:
-    """The denied module that ``qualified`` (module or module.attr) falls under, and why."""
     parts = qualified.split(".")
     for i in range(len(parts), 0, -1):
         prefix = ".".join(parts[:i])
@@ -363,54 +433,86 @@ def _denied_module(qualified: str) -> tuple[str, str] | None:
     return None
 
 
-def classify(module: str, name: str, *, torchscript: bool = False) -> tuple[str, str]:
-    """Classify one global named in a pickle.
-
-    Args:
-        module: the module part (``GLOBAL``/``STACK_GLOBAL``/``INST`` argument).
-        name: the attribute part; may be dotted (``Outer.Inner``), which protocol 4 resolves attribute by attribute.
-        torchscript: the pickle belongs to a TorchScript archive, where ``__torch__.*`` names are compiled
-            TorchScript classes, not Python imports.
-
-    Returns:
-        ``(severity, why)`` with severity ``"safe"``, ``"custom-code"`` or ``"dangerous"``.
-    """
-    module = normalize_module(module)
+def explain(module: str, name: str) -> str | None:
+    """Why the global is known to be dangerous (deny-list and structural rules), or None."""
     qualified = f"{module}.{name}"
     parts = name.split(".")
-
-    # 1. exact allow-list names, then the deny-list and structural rules: nothing allowed by a pattern
-    #    below can be reached through a trick.
     if not module or not name or any(not p for p in parts) or any(not p for p in module.split(".")):
-        return "dangerous", "empty component in the global's name"
-    if qualified in SAFE_NAMES:  # exact names only, so no trick reaches anything else through them
-        return "safe", "rebuilds tensors, storages or plain data"
+        return "empty component in the global's name"
     if any(p.startswith("__") and p.endswith("__") for p in parts):
-        return "dangerous", f"reaches interpreter internals through a dunder attribute ({name})"
-    denied = None if qualified in _NOT_DENIED else _denied_module(qualified)
-    if module.split(".")[:2] == ["torch", "_C"] and any(w in qualified.lower()[8:] for w in _TORCH_C_DANGER):
-        return "dangerous", "low-level torch binding that imports, loads or compiles code"
-    if denied is not None:
-        which, why = denied
-        return "dangerous", f"{which}: {why}"
+        return f"reaches interpreter internals through a dunder attribute ({name})"
     for dotted in (qualified, module):
         if dotted in DANGEROUS_NAMES:
-            return "dangerous", DANGEROUS_NAMES[dotted]
-    if parts[-1] in _DANGEROUS_LAST:
-        return "dangerous", f"{parts[-1]}: loads, opens, fetches or runs something named at load time"
+            return DANGEROUS_NAMES[dotted]
+    denied = _denied_module(qualified)
+    if denied is not None:
+        return f"{denied[0]}: {denied[1]}"
+    last = parts[-1].lower()
+    word = next((w for w in _DANGEROUS_WORDS if w in last), None)
+    if word is not None and not parts[-1][:1].isupper():
+        return f"{parts[-1]}: a function that loads, opens, writes, fetches or runs something ({word})"
     components = module.split(".")[1:] + parts
     hit = next((c for c in components if c in _DANGEROUS_COMPONENTS), None)
     if hit is not None:
-        return "dangerous", f"reaches the {hit.lstrip('_')} module through an attribute path ({qualified})"
+        return f"reaches the {hit.lstrip('_')} module through an attribute path ({qualified})"
     if len(parts) > 1 and not all(p[:1].isupper() for p in parts[:-1]):
-        # Protocol 4 resolves "a.b.c" with getattr; a lower-case step is a module or function, not a nested class.
-        return "dangerous", f"dotted name walks attributes of a module or function ({name})"
+        return f"dotted name walks attributes of a module or function ({name})"
+    return None
 
-    # 2. allow-list.
-    if qualified.startswith(_SAFE_PREFIX_CLASSES) and len(parts) == 1 and name.endswith("DType") and name[:1] != "_":
-        return "safe", "rebuilds tensors, storages or plain data"
+
+def _is_model_module(module: str) -> bool:
+    """User modules and model libraries: not the standard library, not torch/numpy internals."""
+    top = module.split(".")[0]
+    if top in _INTERNAL_TOPS or top in sys.stdlib_module_names:
+        return (module + ".").startswith(_TORCH_MODEL_PACKAGES)
+    return True
+
+
+def category(module: str, name: str, *, torchscript: bool = False) -> tuple[str, str]:
+    """What a global is: ``("call"|"value"|"data-class"|"stdlib-object"|"model"|"dangerous", why)``.
+
+    ``call``: on :data:`CALLS` (its arguments are checked per call); ``value``: on :data:`VALUES`;
+    ``data-class``: constructing it (NEWOBJ + BUILD) builds plain data; ``stdlib-object``: a standard-
+    library class that only holds state; ``model``: code of a user module or model library
+    (custom-code); ``dangerous``: everything else.
+    """
+    qualified = f"{module}.{name}"
+    if qualified in CALLS or qualified in RECONSTRUCTORS:
+        return "call", "rebuilds tensors, storages or plain data"
+    if qualified in VALUES:
+        return "value", "a data value (dtype, storage type, layout...)"
+    if qualified in DATA_CLASSES:
+        return "data-class", "plain data"
     if torchscript and (module == "__torch__" or module.startswith("__torch__.")):
-        return "safe", "TorchScript class (compiled TorchScript, not a Python import)"
+        return "value", "TorchScript class (compiled TorchScript, not a Python import)"
+    if (
+        module == "numpy.dtypes" and "." not in name and name.endswith("DType") and name[:1] != "_"
+    ):  # numpy >= 1.25 pickles scalar dtypes by class
+        return "value", "a numpy dtype class"
+    if qualified in STDLIB_OBJECTS:
+        return "stdlib-object", "a standard-library class that holds state"
+    why = explain(module, name)
+    if why is not None:
+        return "dangerous", why
+    if _is_model_module(module):
+        return "model", "imports a class or function whose code runs when the file is loaded"
+    top = module.split(".")[0]
+    where = "torch/numpy internals" if top in _INTERNAL_TOPS else "the standard library"
+    return "dangerous", f"a callable of {where} that is not on the allow-list of data types"
 
-    # 3. everything else imports and runs code from an installed module.
-    return "custom-code", "imports a class or function whose code runs when the file is loaded"
+
+def classify(module: str, name: str, *, torchscript: bool = False) -> tuple[str, str]:
+    """Severity of importing one global on its own: ``"safe"``, ``"custom-code"`` or ``"dangerous"``.
+
+    What a file does with the global (calls, arguments) is judged by the scanner on top of this.
+    """
+    worst = ("safe", "")
+    for mod, nm in resolve_names(module, name):
+        kind, why = category(mod, nm, torchscript=torchscript)
+        sev = {"call": "safe", "value": "safe", "data-class": "safe", "dangerous": "dangerous"}.get(kind, "custom-code")
+        if _RANK[sev] > _RANK[worst[0]] or not worst[1]:
+            worst = (sev, why)
+    return worst
+
+
+_RANK = {"safe": 0, "custom-code": 1, "dangerous": 2}
