@@ -34,7 +34,8 @@ from torchkeep._scan_rules import CALLS, DATA_CLASSES, RECONSTRUCTORS, VALUES, c
 
 __all__ = ["CallRecord", "RawFinding", "StreamResult", "analyze", "concrete"]
 
-_MAX_NODES = 20000  # container nodes walked to judge one call's arguments; more is not plain data
+_MAX_NODES = 2_000_000  # container nodes walked to judge one call's arguments; more is not plain data
+_BUDGET = 20_000_000  # nodes walked for all calls of one stream; past it the stream is too complex to judge
 _MAX_CALLS_KEPT = 200  # calls listed in a report per stream (all are judged)
 
 
@@ -123,17 +124,16 @@ class Global(metaclass=_Meta):
 class Value:
     """What a recorded call returned; records what the stream does to it."""
 
-    __slots__ = ("call", "kind", "mutations")
+    __slots__ = ("call", "kind", "mutations", "run")
 
-    def __init__(self, call: _Call | None, kind: str) -> None:
+    def __init__(self, run: _Run, call: _Call | None, kind: str) -> None:
+        self.run = run
         self.call = call
-        self.kind = kind  # "tensor", "data", "ndarray", "model", "persistent", "other", ...
+        self.kind = kind  # "tensor", "data", "ndarray", "model", "storage", "persistent", "dangerous", ...
         self.mutations: list[tuple[str, Any, int]] = []  # (op, argument, offset)
 
     def _record(self, op: str, arg: Any) -> None:
-        run = self.call.run if self.call is not None else None
-        if run is not None:
-            run.mutate(self, op, arg)
+        self.run.mutate(self, op, arg)
 
     def __setstate__(self, state: Any) -> None:
         self._record("BUILD", state)
@@ -170,6 +170,7 @@ class _Call:
 
 
 # -- judging -------------------------------------------------------------------------------------------
+_SPENT = [0]  # nodes walked by _plain in the current pass (reset per pass; checked against _BUDGET)
 _PLAIN_TYPES = (type(None), bool, int, float, complex, str, bytes, bytearray, range, slice)
 _VALUE_KINDS = {"tensor", "data", "ndarray", "np-dtype", "bitgen", "layout", "storage"}
 
@@ -185,6 +186,7 @@ def _plain(obj: Any, *, allow_kinds: frozenset[str] | set[str] = _VALUE_KINDS) -
         seen.add(id(x))
         if len(seen) > _MAX_NODES:
             return False
+        _SPENT[0] += 1
         if isinstance(x, _PLAIN_TYPES):
             continue
         if type(x) in (list, tuple, set, frozenset):
@@ -238,8 +240,9 @@ def _short(obj: Any, budget: int = 120) -> str:
 class _Run:
     """One pass of one unpickler over the stream: stand-ins, records and the judgement."""
 
-    def __init__(self, fh: Any, torchscript: bool) -> None:
+    def __init__(self, fh: Any, torchscript: bool, data: bytes | None = None) -> None:
         self.fh = fh
+        self.data = data
         self.torchscript = torchscript
         self.findings: list[RawFinding] = []
         self.imports: list[tuple[str, str]] = []
@@ -247,6 +250,15 @@ class _Run:
         self.pids: list[Any] = []
         self.nested: list[tuple[int, bytes]] = []
         self._dedupe: set[tuple[str, str, str, str]] = set()
+
+    def left(self) -> int:
+        """Bytes of the stream not read yet."""
+        if self.data is not None:
+            return len(self.data) - self.pos()
+        return int(self.fh._limit - self.fh.tell())
+
+    def byte_at(self, offset: int) -> bytes:
+        return self.data[offset : offset + 1] if self.data is not None else self.fh.byte_at(offset)
 
     def pos(self) -> int:
         try:
@@ -290,14 +302,14 @@ class _Run:
         """Offset of the GLOBAL / INST / STACK_GLOBAL opcode that asked for ``module name``."""
         here = self.pos()
         text = len(module.encode("utf-8", "surrogatepass")) + len(name.encode("utf-8", "surrogatepass")) + 3
-        if here >= text and self.fh.byte_at(here - text) in (b"c", b"i"):
+        if here >= text and self.byte_at(here - text) in (b"c", b"i"):
             return here - text
         return here - 1  # STACK_GLOBAL
 
     def persistent(self, pid: Any) -> Any:
         self.pids.append(pid)
         if _is_storage_pid(pid):
-            return Value(None, "storage")
+            return Value(self, None, "storage")
         if _is_module_source_pid(pid):
             return pid[1]  # legacy torch.save(model): the loader returns the class it already imported
         self.find(
@@ -306,16 +318,18 @@ class _Run:
             "a persistent id that is not a torch storage ('storage', <type>, key, location, numel): loaders "
             "with a custom persistent_load run code here",
         )
-        return Value(None, "persistent")
+        return Value(self, None, "persistent")
 
     # -- calls -------------------------------------------------------------------------------------
     def call(self, func: _Meta, args: tuple, kwargs: dict, how: str) -> Any:
         c = _Call(self, func, args, kwargs, how, self.pos())
         self.calls.append(c)
+        if _SPENT[0] > _BUDGET:
+            raise _TooComplex(f"judging the arguments of {len(self.calls)} calls took more than {_BUDGET} steps")
         kind, result = self.judge_call(c)
         if result is not _NO_VALUE:
             return result
-        c.result = Value(c, kind)
+        c.result = Value(self, c, kind)
         return c.result
 
     def judge_call(self, c: _Call) -> tuple[str, Any]:
@@ -431,6 +445,10 @@ class _Run:
 
 
 _NO_VALUE = object()
+
+
+class _TooComplex(Exception):
+    """The stream asks for more judging work than a weights file ever needs."""
 
 
 def _emulate(qual: str, args: tuple) -> Any:
@@ -603,6 +621,19 @@ def _recording(base: type) -> type:
 
 _C_UNPICKLER = _recording(_pickle.Unpickler)
 _PY_UNPICKLER = _recording(pickle._Unpickler)  # type: ignore[attr-defined]
+
+
+def _load_bytearray8(self: Any) -> None:
+    # pickle.py allocates bytearray(length) before reading: a forged length would allocate gigabytes here.
+    (length,) = struct.unpack("<Q", self.read(8))
+    if length > self._tk_run.left():
+        raise pickle.UnpicklingError("pickle data was truncated")
+    b = bytearray(length)
+    self.readinto(b)
+    self.append(b)
+
+
+_PY_UNPICKLER.dispatch = {**pickle._Unpickler.dispatch, pickle.BYTEARRAY8[0]: _load_bytearray8}  # type: ignore[attr-defined]
 #: (unpickler, encoding) passes: torch.load's (C, utf-8), legacy/numpy files' (C, latin1), and the
 #: pure-Python unpickler of joblib, dill and torch's weights_only loader.
 _PASSES = ((_C_UNPICKLER, "utf-8", "C unpickler"), (_C_UNPICKLER, "latin1", "C unpickler, latin1"),
@@ -674,14 +705,33 @@ class _Reader(io.RawIOBase):
         return bytes(out)
 
 
-def _one_pass(fh: IO[bytes], start: int, limit: int | None, unpickler: type, encoding: str, torchscript: bool) -> tuple[_Run, Any, int | None, str | None]:
-    reader = _Reader(fh, start, limit)
-    run = _Run(reader, torchscript)
+def _one_pass(fh: IO[bytes], start: int, limit: int | None, unpickler: type, encoding: str, torchscript: bool,
+              data: bytes | None) -> tuple[_Run, Any, int | None, str | None]:
+    # In-memory streams are read by the unpicklers from a BytesIO (C reads; reads never allocate past the
+    # bytes present); streams on disk through _Reader, bounded the same way.
+    reader: Any = io.BytesIO(data) if data is not None else _Reader(fh, start, limit)
+    run = _Run(reader, torchscript, data)
+    _SPENT[0] = 0
     try:
         value = unpickler(reader, run, encoding).load()
+    except _TooComplex as exc:
+        run.find("dangerous", "too-complex", f"{exc}: not judged further (fail closed)")
+        return run, None, None, str(exc)
     except _DATA_ERRORS as exc:
         return run, None, None, (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:200]
     return run, value, reader.tell(), None
+
+
+def _call_records(calls: list[_Call], per_target: int = 3) -> list[CallRecord]:
+    """The calls for a report: the first few of each target with their arguments (a big checkpoint makes
+    thousands of identical tensor-rebuild calls)."""
+    seen: dict[str, int] = {}
+    out: list[CallRecord] = []
+    for c in calls:
+        n = seen[c.target] = seen.get(c.target, 0) + 1
+        if n <= per_target and len(out) < _MAX_CALLS_KEPT:
+            out.append(CallRecord(c.target, c.how, _short(c.args), c.offset))
+    return out
 
 
 def _TRUNCATED(error: str) -> bool:
@@ -715,15 +765,23 @@ def analyze(fh: IO[bytes], *, torchscript: bool = False, limit: int | None = Non
         opcodes before it fails).
     """
     start = fh.tell()
+    data: bytes | None = None
+    if isinstance(fh, io.BytesIO):
+        if start == 0 and limit is None:
+            data = fh.getvalue()  # shares the buffer of a BytesIO made from bytes: no copy
+        else:
+            buf = fh.getbuffer()
+            data = bytes(buf[start : len(buf) if limit is None else start + limit])
+            del buf
     res = StreamResult()
     outcomes: list[tuple[str, int | None, str | None]] = []
     for i, (unpickler, encoding, label) in enumerate(_PASSES):
-        run, value, end, error = _one_pass(fh, start, limit, unpickler, encoding, torchscript)
+        run, value, end, error = _one_pass(fh, start, limit, unpickler, encoding, torchscript, data)
         outcomes.append((label, end, error))
         if i == 0:
             res.value, res.end, res.error, res.pids = value, end, error, run.pids
             res.opcodes = run.fh.tell() if end is None else end
-            res.calls = [CallRecord(c.target, c.how, _short(c.args), c.offset) for c in run.calls[:_MAX_CALLS_KEPT]]
+            res.calls = _call_records(run.calls)
             res.nested = run.nested
         seen = {(f.rule, f.module, f.name, f.why) for f in res.findings}
         res.findings.extend(f for f in run.findings if (f.rule, f.module, f.name, f.why) not in seen)
@@ -732,7 +790,9 @@ def analyze(fh: IO[bytes], *, torchscript: bool = False, limit: int | None = Non
                 res.imports.append(imp)
         if i == 0 and end is None and not run.imports and not run.calls:
             break  # not a pickle at all (or not past its first opcodes): the other parsers add nothing
-    ends = {end for _, end, _ in outcomes}
+    # A pass that fails to decode a string (utf-8 vs latin1) only says which loaders can read the file;
+    # everything each pass saw is judged above. Other disagreements on where the stream ends are findings.
+    ends = {end for _, end, err in outcomes if not (err and ("codec can't decode" in err or "Unicode" in err))}
     if len(ends) > 1:
         detail = "; ".join(f"{label}: {'ends at byte ' + str(end) if end is not None else 'fails (' + str(err) + ')'}" for label, end, err in outcomes)  # fmt: skip
         res.findings.append(
