@@ -199,7 +199,7 @@ def _plain(obj: Any, *, allow_kinds: frozenset[str] | set[str] = _VALUE_KINDS) -
                 return False
         elif isinstance(x, _Meta):
             # a class of model code passed to model code (partial(LayerNorm)): custom-code, judged at import
-            if not x._tk_value and not ("model" in allow_kinds and x._tk_kind in ("model", "stdlib-object")):
+            if not x._tk_value and not ("model" in allow_kinds and x._tk_kind in ("model", "stdlib-object", "model-function")):
                 return False
         else:
             return False
@@ -277,7 +277,7 @@ class _Run:
     def global_(self, module: str, name: str) -> _Meta:
         resolved = resolve_names(module, name)
         worst_kind, worst_why, shown = "value", "", resolved[0]
-        order = {"value": 0, "call": 0, "data-class": 0, "stdlib-object": 1, "model": 1, "dangerous": 2}
+        order = {"value": 0, "call": 0, "data-class": 0, "stdlib-object": 1, "model": 1, "model-function": 1, "dangerous": 2}
         for mod, nm in resolved:
             self.imports.append((mod, nm))
             kind, why = category(mod, nm, torchscript=self.torchscript)
@@ -294,7 +294,7 @@ class _Run:
         )
         if worst_kind == "dangerous":
             self.find("dangerous", "dangerous-import", f"imports {mod}.{nm}: {worst_why}", mod, nm, offset)
-        elif worst_kind in ("model", "stdlib-object"):
+        elif worst_kind in ("model", "stdlib-object", "model-function"):
             self.find("custom-code", "custom-class", worst_why, mod, nm, offset)
         return cls
 
@@ -357,6 +357,16 @@ class _Run:
             return self.construct(func, c)
         if fkind == "call":
             return self.checked_call(qual, c)
+        if fkind == "model-function":
+            self.find(
+                "dangerous",
+                "unexpected-call",
+                f"calls {qual}, a function of torch or the standard library (only their classes rebuild models)",
+                module,
+                name,
+                c.offset,
+            )
+            return "dangerous", _NO_VALUE
         if fkind in ("model", "stdlib-object"):
             # A class of model code called with constant arguments (an enum member, a Path, a config
             # object): custom-code. Computed arguments mean a chain of calls a plain pickler never writes.
@@ -788,8 +798,6 @@ def analyze(fh: IO[bytes], *, torchscript: bool = False, limit: int | None = Non
         for imp in run.imports:
             if imp not in res.imports:
                 res.imports.append(imp)
-        if i == 0 and end is None and not run.imports and not run.calls:
-            break  # not a pickle at all (or not past its first opcodes): the other parsers add nothing
     # A pass that fails to decode a string (utf-8 vs latin1) only says which loaders can read the file;
     # everything each pass saw is judged above. Other disagreements on where the stream ends are findings.
     ends = {end for _, end, err in outcomes if not (err and ("codec can't decode" in err or "Unicode" in err))}

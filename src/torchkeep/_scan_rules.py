@@ -495,6 +495,10 @@ def category(module: str, name: str, *, torchscript: bool = False) -> tuple[str,
     if why is not None:
         return "dangerous", why
     if _is_model_module(module):
+        top = module.split(".")[0]
+        if (top in _INTERNAL_TOPS or top in sys.stdlib_module_names) and not name.split(".")[-1][:1].isupper():
+            # torch.nn.functional.relu stored in a pickled model is model code; calling it is not rebuilding
+            return "model-function", "a torch function referenced by model code (calling it is dangerous)"
         return "model", "imports a class or function whose code runs when the file is loaded"
     top = module.split(".")[0]
     where = "torch/numpy internals" if top in _INTERNAL_TOPS else "the standard library"

@@ -1,0 +1,99 @@
+"""Generated families of scanner bypasses (tests/corpus/families.py): each one is real (its payload runs under
+the loader it targets), each is dangerous, no torchkeep verb runs it, and benign look-alikes stay safe."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from torchkeep import scan
+
+_SPEC = importlib.util.spec_from_file_location("families", Path(__file__).parent / "corpus" / "families.py")
+assert _SPEC is not None and _SPEC.loader is not None
+families = importlib.util.module_from_spec(_SPEC)
+sys.modules["families"] = families
+_SPEC.loader.exec_module(families)
+
+_NAMES = families.Family(Path("/nonexistent"))
+MALICIOUS = sorted(name for name, *_ in _NAMES.malicious())
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, list[dict[str, str]]]:
+    root = tmp_path_factory.mktemp("families")
+    return root, families.build(root)
+
+
+def _no_markers(root: Path) -> None:
+    assert not list(root.glob(f"{families.MARKER}*")), "a payload ran"
+
+
+def test_every_variant_really_runs_under_its_loader(tmp_path_factory):
+    # Built in a directory of its own (not this test's tmp_path, which the suite checks stays marker-free):
+    # here the markers must appear.
+    where = tmp_path_factory.mktemp("families_verify")
+    entries = families.build(where, benign=False)
+    assert families.verify(where, entries) == []
+    shutil.rmtree(where)
+    assert {e["family"] for e in entries} == {"differential", "computed", "gadget"}
+    assert min(sum(e["family"] == f for e in entries) for f in ("differential", "computed", "gadget")) >= 4
+
+
+@pytest.mark.parametrize("name", MALICIOUS)
+def test_every_variant_is_dangerous(built, name):
+    root, _ = built
+    report = scan(root / name)
+    assert report.verdict == "dangerous", (report.findings, report.error)
+    assert all(f.why for f in report.dangerous)
+    _no_markers(root)
+
+
+def test_benign_look_alikes_are_not_false_alarms(built):
+    root, entries = built
+    for e in (e for e in entries if e["kind"] == "benign"):
+        report = scan(root / e["file"])
+        assert report.verdict == e["expected"], (e["file"], report.findings, report.error)
+
+
+def test_no_torchkeep_verb_runs_a_variant(built, tmp_path):
+    import torchkeep
+
+    root, entries = built
+    for e in (e for e in entries if e["kind"] == "malicious"):
+        path = root / e["file"]
+        for verb in (
+            lambda p=path: torchkeep.inspect(p),
+            lambda p=path: torchkeep.load_state_dict(p),
+            lambda p=path: torchkeep.load_state_dict(p, trust=True),  # trust covers custom code, never dangerous
+            lambda p=path: torchkeep.convert(p, tmp_path / (p.name + ".safetensors")),
+            lambda p=path: torchkeep.diff(p, p),
+        ):
+            try:
+                verb()
+            except Exception:  # refusing or failing is fine; running the payload is not
+                pass
+            _no_markers(root)
+
+
+def test_a_report_lists_the_calls_a_loader_would_make(built):
+    root, _ = built
+    report = scan(root / "gadget_wave_open.pkl")
+    (f,) = [f for f in report.dangerous if f.module == "wave"]
+    assert f.name == "open" and "open" in f.why and f.offset == 2
+    benign = scan(root / "benign_numpy_rng_state.pt")
+    assert benign.verdict == "safe" and "numpy.random._pickle.__generator_ctor" in benign.imports
+
+
+def test_families_script_runs_standalone(tmp_path):
+    script = Path(families.__file__)
+    copy = tmp_path / "families.py"
+    shutil.copy(script, copy)
+    import subprocess
+
+    proc = subprocess.run([sys.executable, str(copy), str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "wrote" in proc.stdout, proc.stderr
+    _no_markers(tmp_path / "out")
