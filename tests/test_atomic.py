@@ -38,3 +38,22 @@ def test_output_that_is_a_directory_or_unwritable_is_a_one_line_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(TorchkeepError, match="cannot write the file here"), atomic_path(blocker / "sub" / "m.bin"):
         pass
+
+
+def test_a_writer_that_replaces_the_temporary_file_still_gives_the_usual_mode(tmp_path):
+    # safetensors' save_file writes its own private (0600) temporary and renames it over the path it is given
+    import torch
+    from safetensors.torch import save_file
+
+    import torchkeep
+    from torchkeep.models import build
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "w.safetensors") as tmp:
+            save_file({"a": torch.zeros(2)}, os.fspath(tmp))
+        torchkeep.save(build("cifar10_cnn", 10, in_channels=1, input_size=8), tmp_path / "m.safetensors")
+        for name in ("w.safetensors", "m.safetensors"):
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+    finally:
+        os.umask(old)

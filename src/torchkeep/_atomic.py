@@ -65,6 +65,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # again after the writer: some replace the path with a file of their own (safetensors' save_file
+        # writes a private 0600 temporary and renames it over ``tmp``)
+        os.chmod(tmp, mode)
         with open(tmp, "rb+") as fh:
             fh.flush()
             os.fsync(fh.fileno())
