@@ -95,3 +95,28 @@ def test_cli(tmp_path, cli):
     code, out, _ = cli("convert", src, tmp_path / "w.pt", "--dtype", "bf16")
     assert code == 0 and "cast" in out
     assert load_state_dict(tmp_path / "w.pt")["fc.weight"].dtype == torch.bfloat16
+
+
+def test_the_output_format_follows_the_suffix_or_convert_refuses(tmp_path, cli):
+    src = state_dict_pt(tmp_path)
+    # out.onnx once held safetensors, exit 0: now a one-line refusal naming what convert writes, and no file
+    code, _, err = cli("convert", src, tmp_path / "out.onnx")
+    assert code == 64 and not (tmp_path / "out.onnx").exists()
+    assert len(err.strip().splitlines()) == 1
+    assert "cannot write an ONNX file: convert writes safetensors (.safetensors) or a PyTorch state_dict" in err
+    assert "torchkeep export MODEL --format onnx -o out.onnx" in err
+    for name, match in (("out.npz", r"cannot write a \.npz file"), ("out", "without a suffix.*or pass --format")):
+        with pytest.raises(UsageError, match=match):
+            convert(src, tmp_path / name)
+    with pytest.raises(UsageError, match=r"cannot write pt under a \.safetensors name"):
+        convert(src, tmp_path / "x.safetensors", format="pt")
+    with pytest.raises(UsageError, match=r"cannot write a \.onnx file|ONNX"):
+        convert(src, tmp_path / "x.onnx", format="safetensors")
+    assert not list(tmp_path.glob("out*")) and not list(tmp_path.glob("x.*"))
+    # each suffix writes what it says; --format names the format of a name without one
+    for name, fmt in (("a.safetensors", "safetensors"), ("a.pth", "pt"), ("a.bin", "pt"), ("a.CKPT", "pt")):
+        assert convert(src, tmp_path / name).format == fmt
+    assert convert(src, tmp_path / "weights", format="pt").format == "pt"
+    assert set(load_state_dict(tmp_path / "weights")) == set(EXPECTED)
+    with safe_open(tmp_path / "a.safetensors", "pt") as f:
+        assert set(f.keys()) == set(EXPECTED)

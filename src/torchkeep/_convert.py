@@ -27,7 +27,7 @@ from torchkeep.errors import UsageError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ConvertResult", "convert", "file_sha256", "strip_common_prefix", "write_safetensors"]
+__all__ = ["ConvertResult", "convert", "file_sha256", "output_format", "strip_common_prefix", "write_safetensors"]
 
 DTYPES = {"fp16": "float16", "float16": "float16", "half": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16",
           "fp32": "float32", "float32": "float32", "float": "float32"}
@@ -66,6 +66,43 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# what convert writes, by the output's suffix: any other suffix is refused, never safetensors written under
+# a name that says .onnx
+SUFFIXES = {".safetensors": "safetensors", ".pt": "pt", ".pth": "pt", ".bin": "pt", ".ckpt": "pt"}
+# suffixes of other formats: refused even with --format
+_OTHER_FORMATS = {".onnx", ".pt2", ".npz", ".npy", ".pkl", ".pickle", ".h5", ".keras", ".tflite", ".gguf", ".msgpack"}
+_WRITES = "convert writes safetensors (.safetensors) or a PyTorch state_dict (.pt, .pth, .bin, .ckpt)"
+
+
+def output_format(dst: Path, format: str | None = None) -> str:
+    """``"safetensors"`` or ``"pt"``: from ``dst``'s suffix, or ``format`` for a name whose suffix says neither.
+
+    Raises:
+        UsageError: the suffix names no format convert writes (``out.onnx``), or another one than ``format``.
+    """
+    if format is not None and format not in ("safetensors", "pt"):
+        raise UsageError(f"unknown output format {format!r}; {_WRITES}", fix="use --format safetensors or --format pt")
+    suffix = dst.suffix.lower()
+    by_suffix = SUFFIXES.get(suffix)
+    if suffix == ".onnx":
+        raise UsageError(
+            f"cannot write an ONNX file: {_WRITES}",
+            path=dst,
+            fix=f"torchkeep export MODEL --format onnx -o {dst.name} (MODEL: a model file; "
+            "torchkeep adapt WEIGHTS --arch NAME -o MODEL makes one from weights)",
+        )
+    if suffix in _OTHER_FORMATS or (format is None and by_suffix is None):
+        what = f"a {suffix} file" if suffix else "a file without a suffix"
+        fix = "name the output .safetensors or .pt"
+        raise UsageError(f"cannot write {what}: {_WRITES}", path=dst,
+                         fix=fix if suffix in _OTHER_FORMATS else f"{fix} (or pass --format)")
+    if format is not None and by_suffix not in (None, format):
+        raise UsageError(f"cannot write {format} under a {suffix} name", path=dst,
+                         fix=f"name the output {'.safetensors' if format == 'safetensors' else '.pt'}, "
+                         "or leave out --format")
+    return format or by_suffix or "safetensors"
 
 
 def strip_common_prefix(names: list[str], strip_prefix: str | None) -> str | None:
@@ -146,11 +183,13 @@ def convert(
 
     Args:
         src: any file :func:`torchkeep.load_state_dict` reads (full pickled models included; no code runs).
-        dst: output path; its suffix picks the format (``.safetensors`` unless ``.pt``/``.pth``/``.bin``).
+        dst: output path; its suffix picks the format: ``.safetensors``, or a ``.pt`` state_dict for
+            ``.pt``/``.pth``/``.bin``/``.ckpt``; any other suffix is refused unless ``format`` is given
+            (and a suffix of another format, such as ``.onnx``, is refused even then).
         dtype: ``fp16`` | ``bf16`` | ``fp32`` to cast floating-point tensors; None keeps every value bit for bit.
         strip_prefix: ``"auto"`` (strip ``module.`` / ``_orig_mod.`` when every key has it),
             ``"none"``, or an explicit prefix.
-        format: ``"safetensors"`` or ``"pt"`` to override the suffix.
+        format: ``"safetensors"`` or ``"pt"``, for an output name whose suffix says neither.
         trust: see :func:`torchkeep.load_state_dict`.
         key: checkpoint entry holding the weights, if the automatic choice is wrong.
 
@@ -162,9 +201,7 @@ def convert(
     from torchkeep import __version__
 
     dst_path = Path(dst)
-    fmt = format or ("pt" if dst_path.suffix.lower() in (".pt", ".pth", ".bin", ".ckpt") else "safetensors")
-    if fmt not in ("safetensors", "pt"):
-        raise UsageError(f"unknown output format {fmt!r}", fix="use safetensors or pt")
+    fmt = output_format(dst_path, format)
     target = None
     if dtype is not None:
         if dtype.lower() not in DTYPES:

@@ -16,7 +16,8 @@ from torchkeep._cli.common import console, emit, human_bytes, json_option
 @click.option("--strip-prefix", default="auto", show_default=True, metavar="auto|none|PREFIX",
               help="Strip a wrapper prefix such as module. (DDP) or _orig_mod. (torch.compile).")
 @click.option("--format", "fmt", type=click.Choice(["safetensors", "pt"]), default=None,
-              help="Output format (default: from DST's suffix; safetensors unless .pt/.pth/.bin/.ckpt).")
+              help="Output format, for a DST whose suffix names none (the suffix decides: .safetensors; "
+              ".pt/.pth/.bin/.ckpt for a state_dict; others are refused).")
 @click.option("--key", default=None, help="Checkpoint entry holding the weights, if the automatic choice is wrong.")
 @click.option("--trust", is_flag=True, help="Fully unpickle a custom-code file (RUNS its classes' code).")
 @json_option
