@@ -14,6 +14,9 @@ Hierarchy::
     ├── UntrustedCodeError         (exit 1)  refused: loading would import/run classes; pass ``trust=True``
     └── CompatibilityError         (exit 4)  weights do not fit a model (shapes, keys, architecture)
 
+    TorchkeepWarning (a UserWarning): works, but probably not as meant (freezing a backbone that has no
+    pretrained weights); the CLI prints it as ``torchkeep: warning: ...``.
+
 Exit codes of the CLI: 0 success; 1 a "negative" result that scripts test for (``scan`` found
 custom code, ``diff`` found differences, ``predict`` had unreadable inputs); 2 dangerous file;
 3 unreadable input; 4 operation failed; 64 usage error; 130 interrupted.
@@ -27,6 +30,7 @@ __all__ = [
     "CompatibilityError",
     "InputError",
     "TorchkeepError",
+    "TorchkeepWarning",
     "UnknownFormatError",
     "UnsafeFileError",
     "UntrustedCodeError",
@@ -99,3 +103,7 @@ class CompatibilityError(TorchkeepError):
     """Weights do not fit the model they are loaded into."""
 
     exit_code = 4
+
+
+class TorchkeepWarning(UserWarning):
+    """Something that works but is probably not what was meant (the CLI prints ``torchkeep: warning: ...``)."""

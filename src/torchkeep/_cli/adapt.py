@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from torchkeep._cli.common import console, emit, json_option, to_jsonable
+from torchkeep._cli.common import console, emit, emit_error, error_payload, json_option
 
 
 def _keys_cell(keys: list[str], limit: int) -> str:
@@ -111,9 +111,6 @@ def command(
     out: str | None,
     as_json: bool,
 ) -> int:
-    import json
-    import sys
-
     from torchkeep._adapt import adapt, parse_rename
     from torchkeep.errors import CompatibilityError, UsageError
 
@@ -142,9 +139,9 @@ def command(
     except CompatibilityError as exc:
         report = getattr(exc, "report", None)
         if report is not None:  # refused: still show what would have loaded, then fail with one line
-            if as_json:
-                payload = {"refused": True, "error": str(exc), "verdict": report.verdict, "report": report.to_dict()}
-                sys.stdout.write(json.dumps(to_jsonable(payload), indent=2) + "\n")
+            if as_json:  # the error document, with what would have loaded
+                payload = error_payload(exc, type(exc).__name__, str(exc), exc.exit_code)
+                emit_error({**payload, "refused": True, "verdict": report.verdict, "report": report.to_dict()})
             else:
                 from types import SimpleNamespace
 

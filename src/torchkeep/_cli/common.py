@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-__all__ = ["console", "emit", "human_bytes", "human_count", "json_option", "to_jsonable"]
+__all__ = ["console", "emit", "emit_error", "error_payload", "human_bytes", "human_count", "json_option", "to_jsonable"]
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -65,6 +65,29 @@ def emit(result: Any, as_json: bool, human: Callable[[Any], None]) -> None:
         sys.stdout.write(json.dumps(to_jsonable(result), indent=2) + "\n")
     else:
         human(result)
+
+
+def error_payload(exc: BaseException, kind: str, message: str, code: int, hint: str | None = None) -> dict:
+    """``{"error": {"type", "message", "exit_code", "what", "path", "fix", ...}}``: a failure under ``--json``."""
+    from torchkeep.errors import TorchkeepError
+
+    error: dict[str, Any] = {"type": kind, "message": message, "exit_code": code}
+    if isinstance(exc, TorchkeepError):
+        error.update(what=exc.what, path=exc.path, fix=exc.fix)
+        for extra in ("findings", "classes"):  # UnsafeFileError, UntrustedCodeError
+            if getattr(exc, extra, None):
+                error[extra] = getattr(exc, extra)
+    if hint:
+        error["hint"] = hint
+    return {"error": error}
+
+
+def emit_error(payload: dict) -> None:
+    """Print a failure's JSON document on stdout (``--json``); the CLI then prints no second one."""
+    sys.stdout.write(json.dumps(to_jsonable(payload), indent=2) + "\n")
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and isinstance(ctx.obj, dict):
+        ctx.obj["error_emitted"] = True
 
 
 def human_bytes(n: float) -> str:

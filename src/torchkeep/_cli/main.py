@@ -6,14 +6,18 @@ from its own module under ``torchkeep._cli``; a module exposes a click command n
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
 import traceback
+import warnings
+from collections.abc import Iterator
 
 import click
 
-from torchkeep.errors import TorchkeepError
+from torchkeep._cli.common import emit_error, error_payload
+from torchkeep.errors import TorchkeepError, TorchkeepWarning
 
 # name -> (module under torchkeep._cli, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -70,8 +74,19 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
-def _debug_requested(argv: list[str]) -> bool:
-    return "--debug" in argv or os.environ.get("TORCHKEEP_DEBUG", "") not in ("", "0")
+def _global_flags(args: list[str]) -> tuple[list[str], bool, bool]:
+    """``--debug`` may come anywhere (``torchkeep inspect x --debug``): it is moved before the subcommand.
+
+    Returns the arguments for click, whether a traceback was asked for and whether ``--json`` was given
+    (then errors are JSON on stdout too). A lone ``--`` ends the options: what follows is left alone.
+    """
+    end = args.index("--") if "--" in args else len(args)
+    options, rest = args[:end], args[end:]
+    debug = "--debug" in options
+    as_json = "--json" in options
+    if debug:
+        options = ["--debug", *(a for a in options if a != "--debug")]
+    return options + rest, debug or os.environ.get("TORCHKEEP_DEBUG", "") not in ("", "0"), as_json
 
 
 def _explain(exc: BaseException) -> str | None:
@@ -92,33 +107,29 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(args: list[str]) -> int:
     """Run the CLI with ``args`` and return the exit code (used by tests and ``main``)."""
-    debug = _debug_requested(args)
+    args, debug, as_json = _global_flags(args)
+    state: dict = {}
     try:
-        rv = cli.main(args=args, prog_name="torchkeep", standalone_mode=False)
+        with _warnings_as_lines():
+            rv = cli.main(args=args, prog_name="torchkeep", standalone_mode=False, obj=state)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
-    except click.UsageError as exc:
+    except click.ClickException as exc:  # usage errors: bad options, missing arguments
         exc.show()
-        return EXIT_USAGE
-    except click.ClickException as exc:
-        exc.show()
-        return EXIT_USAGE
-    except click.Abort:
+        return _failed(as_json, state, exc, "UsageError", exc.format_message(), EXIT_USAGE)
+    except (click.Abort, KeyboardInterrupt) as exc:
         click.echo("torchkeep: interrupted", err=True)
-        return 130
-    except KeyboardInterrupt:
-        click.echo("torchkeep: interrupted", err=True)
-        return 130
+        return _failed(as_json, state, exc, "Interrupted", "interrupted", 130)
     except TorchkeepError as exc:
         if debug:
             traceback.print_exc()
         click.echo(f"torchkeep: error: {exc}", err=True)
-        return exc.exit_code
+        return _failed(as_json, state, exc, type(exc).__name__, str(exc), exc.exit_code)
     except Exception as exc:  # an unexpected failure: still one line unless --debug
+        first = (str(exc).strip().splitlines() or [""])[0]
         if debug:
             traceback.print_exc()
         else:
-            first = (str(exc).strip().splitlines() or [""])[0]
             click.echo(
                 f"torchkeep: internal error: {type(exc).__name__}: {first} (re-run with --debug for the traceback)",
                 err=True,
@@ -126,5 +137,31 @@ def run(args: list[str]) -> int:
         hint = _explain(exc)
         if hint:
             click.echo(f"torchkeep: hint: {hint}", err=True)
-        return 4
+        return _failed(as_json, state, exc, "InternalError", f"{type(exc).__name__}: {first}", 4, hint=hint)
     return int(rv or 0)
+
+
+def _failed(as_json: bool, state: dict, exc: BaseException, kind: str, message: str, code: int,
+            hint: str | None = None) -> int:
+    """With ``--json``, the error as a JSON document on stdout too (unless the command wrote its own)."""
+    if as_json and not state.get("error_emitted"):
+        emit_error(error_payload(exc, kind, message, code, hint))
+    return code
+
+
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """torchkeep's own warnings (``TorchkeepWarning``) print as ``torchkeep: warning: ...`` on stderr."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        if issubclass(category, TorchkeepWarning):
+            click.echo(f"torchkeep: warning: {message}", err=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
