@@ -427,3 +427,76 @@ def test_constructor_assertions_and_bad_sizes_are_usage_errors():
 
     with pytest.raises(UsageError, match=r"cannot build fashion_mlp.*negative dimension"):
         build_from_spec(ModelSpec("fashion_mlp", arch_kwargs={"num_classes": -1}))
+
+
+# ------------------------------------------------------------------------------------- catalog, completion
+
+
+def test_the_bundled_catalog_is_the_live_listing():
+    from torchkeep.models import _catalog
+    from torchkeep.models._registry import live_models
+
+    tv = _catalog._torchvision_version()
+    bundled = _catalog._read(_catalog.BUNDLED, tv)
+    if bundled is None:
+        pytest.skip(f"_catalog.json is for another torchvision than {tv} (listing falls back to the live one); "
+                    'refresh it: python -c "from torchkeep.models._catalog import main; main()"')
+    assert bundled == live_models()
+
+
+def test_listing_reads_a_cache_made_on_first_use_when_no_catalog_fits(tmp_path, monkeypatch):
+    from torchkeep.models import _catalog, _registry
+
+    monkeypatch.setattr(_catalog, "BUNDLED", tmp_path / "none.json")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _catalog._catalog.cache_clear()
+    try:
+        first = list_models()
+        cached = list((tmp_path / "cache" / "torchkeep").glob("models-torchvision*.json"))
+        assert len(cached) == 1
+        _catalog._catalog.cache_clear()
+
+        def no_live_listing():
+            raise AssertionError("the cache should have been read")
+
+        monkeypatch.setattr(_registry, "live_models", no_live_listing)
+        assert list_models() == first and first[0].name == "cifar10_cnn"
+        # a cache made for another torchvision is not used
+        text = cached[0].read_text().replace(_catalog._torchvision_version(), "0.0.0", 1)
+        cached[0].write_text(text)
+        _catalog._catalog.cache_clear()
+        with pytest.raises(AssertionError, match="the cache should have been read"):
+            list_models()
+    finally:
+        _catalog._catalog.cache_clear()
+
+
+def test_models_command_imports_neither_torch_nor_torchvision():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, io, contextlib\n"
+        "from torchkeep._cli.main import run\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out: rc = run(['models', '--json'])\n"
+        "assert rc == 0 and 'resnet18' in out.getvalue()\n"
+        "print('torch' in sys.modules, 'torchvision' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_shell_completion_completes_architecture_names():
+    import os
+    import subprocess
+    import sys
+
+    def complete(words: str) -> list[str]:
+        env = {**os.environ, "_TORCHKEEP_COMPLETE": "bash_complete", "COMP_WORDS": words,
+               "COMP_CWORD": str(len(words.split()) - 1)}
+        code = "from torchkeep._cli.main import main; main()"
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout
+        return [line.split(",", 1)[1] for line in out.splitlines()]
+
+    assert complete("torchkeep train --arch resnet1") == ["resnet101", "resnet152", "resnet18"]
+    assert complete("torchkeep adapt w.pth --arch cifar") == ["cifar10_cnn"]

@@ -34,8 +34,8 @@ from torchkeep._scan_rules import CALLS, DATA_CLASSES, RECONSTRUCTORS, VALUES, c
 
 __all__ = ["CallRecord", "RawFinding", "StreamResult", "analyze", "concrete"]
 
-_MAX_NODES = 2_000_000  # container nodes walked to judge one call's arguments; more is not plain data
-_BUDGET = 20_000_000  # nodes walked for all calls of one stream; past it the stream is too complex to judge
+_MAX_NODES = 1_000_000  # container nodes walked to judge one call's arguments; more is not plain data
+_BUDGET = 5_000_000  # nodes walked for all calls of one stream (~3 s); past it, too complex to judge
 _MAX_CALLS_KEPT = 200  # calls listed in a report per stream (all are judged)
 
 
@@ -181,12 +181,12 @@ def _plain(obj: Any, *, allow_kinds: frozenset[str] | set[str] = _VALUE_KINDS) -
     seen: set[int] = set()
     while todo:
         x = todo.pop()
+        _SPENT[0] += 1  # every visit costs, repeated references included (K calls on one big list)
         if id(x) in seen:
             continue
         seen.add(id(x))
         if len(seen) > _MAX_NODES:
             return False
-        _SPENT[0] += 1
         if isinstance(x, _PLAIN_TYPES):
             continue
         if type(x) in (list, tuple, set, frozenset):
@@ -367,6 +367,17 @@ class _Run:
                 c.offset,
             )
             return "dangerous", _NO_VALUE
+        if fkind == "model" and _is_function_name(name):
+            self.find(
+                "dangerous",
+                "unexpected-call",
+                f"calls {qual}, a function (only classes are rebuilt from model code; a library function can "
+                "evaluate or run what it is given)",
+                module,
+                name,
+                c.offset,
+            )
+            return "dangerous", _NO_VALUE
         if fkind in ("model", "stdlib-object"):
             # A class of model code called with constant arguments (an enum member, a Path, a config
             # object): custom-code. Computed arguments mean a chain of calls a plain pickler never writes.
@@ -389,7 +400,9 @@ class _Run:
     def construct(self, cls: _Meta, c: _Call) -> tuple[str, Any]:
         """NEWOBJ / copyreg reconstructors: ``cls.__new__(cls)`` then usually BUILD."""
         kind = cls._tk_kind
-        if kind in ("data-class", "value") or repr(cls) in DATA_CLASSES:
+        torchscript_class = kind == "value" and repr(cls).startswith("__torch__")
+        if repr(cls) in DATA_CLASSES or torchscript_class:
+            # only classes whose __new__ builds plain data (never a type, a storage, a tensor from arguments)
             if _plain(c.args[1:] if c.func is not cls else c.args, allow_kinds=_VALUE_KINDS | {"model"}):
                 return "data", _NO_VALUE
         elif kind in ("model", "stdlib-object"):
@@ -445,16 +458,43 @@ class _Run:
 
     def mutate(self, target: Value, op: str, arg: Any) -> None:
         target.mutations.append((op, arg, self.pos()))
-        # Model code runs its own __setstate__/__setitem__ (custom-code already), a dangerous call is a finding
-        # already; data objects (arrays, dtypes, generators, containers) only store what they are given, and
-        # what they are given was judged when it was made. Tensors and storages take no BUILD from torch.save.
-        if target.kind in ("model", "dangerous", "data", "ndarray", "np-dtype", "bitgen"):
-            return
         what = target.call.target if target.call else "a persistent object"
-        self.find("dangerous", "unexpected-build", f"{op} on {what}: torch.save/numpy never write this", "", "")
+        if target.kind == "dangerous":
+            return  # a finding already
+        if op == "BUILD":
+            # BUILD without a class __setstate__ sets instance attributes; the unpicklers then look up
+            # __setstate__/append/extend/add on the *instance*: a callable stored there is called by the
+            # loader itself with what follows (torch.load of bytes, ...). torch.save never writes that.
+            hook = _sets_unpickler_hook(arg)
+            if hook is not None:
+                self.find("dangerous", "unexpected-build",
+                          f"BUILD on {what} stores a callable as {hook!r}, which the unpickler then calls", "", "")
+                return
+        if target.kind == "model":
+            return  # model code runs its own __setstate__/__setitem__: custom-code already
+        if target.kind in ("data", "ndarray", "np-dtype", "bitgen") and _plain(arg, allow_kinds=_VALUE_KINDS | {"model"}):
+            return  # data objects only store data (arrays of objects may hold model objects)
+        self.find("dangerous", "unexpected-build", f"{op} on {what} with {_short(arg)}: torch.save/numpy never write this", "", "")
 
 
 _NO_VALUE = object()
+_UNPICKLER_HOOKS = ("__setstate__", "append", "extend", "add")
+
+
+def _sets_unpickler_hook(state: Any) -> str | None:
+    """The attribute a BUILD state would set that the unpicklers call on instances (or any dunder), when the
+    value stored there may be callable (a global or a call's result), else None."""
+    parts = [state]
+    if type(state) is tuple and len(state) == 2:
+        parts = list(state)
+    for part in parts:
+        if type(part) not in (dict, OrderedDict):
+            continue
+        for key, value in part.items():
+            risky = isinstance(value, (_Meta, Value))
+            if risky and isinstance(key, str) and (key in _UNPICKLER_HOOKS or key.startswith("__")):
+                return key
+    return None
 
 
 class _TooComplex(Exception):
@@ -495,6 +535,13 @@ def _emulate(qual: str, args: tuple) -> Any:
 
 
 # -- argument shapes -------------------------------------------------------------------------------------
+def _is_function_name(name: str) -> bool:
+    """By Python's naming convention a lower-case name is a function; Cython's generated
+    ``__pyx_unpickle_<Class>`` reconstructors only fill a class's fields and count as the class."""
+    last = name.split(".")[-1]
+    return not last[:1].isupper() and not last.startswith("__pyx_unpickle_")
+
+
 def _is_ints(x: Any) -> bool:
     if type(x) in (tuple, list):
         return len(x) < 4096 and all(type(i) in (int, bool) for i in x)
@@ -792,7 +839,9 @@ def analyze(fh: IO[bytes], *, torchscript: bool = False, limit: int | None = Non
             res.value, res.end, res.error, res.pids = value, end, error, run.pids
             res.opcodes = run.fh.tell() if end is None else end
             res.calls = _call_records(run.calls)
-            res.nested = run.nested
+        for item in run.nested:  # an embedded file only one decoding produces is scanned too
+            if all(item[1] != known for _, known in res.nested):
+                res.nested.append(item)
         seen = {(f.rule, f.module, f.name, f.why) for f in res.findings}
         res.findings.extend(f for f in run.findings if (f.rule, f.module, f.name, f.why) not in seen)
         for imp in run.imports:

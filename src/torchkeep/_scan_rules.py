@@ -106,7 +106,7 @@ VALUES: dict[str, str] = {
     "numpy.random._sfc64.SFC64": "bitgen-type",
     "numpy.random.bit_generator.SeedSequence": "seedseq-type",
     "typing.Any": "type",
-    **{f"builtins.{n}": "type" for n in ("int", "float", "str", "bool", "bytes", "bytearray", "complex", "list", "tuple", "dict", "set", "frozenset", "object", "type", "range", "slice")},
+    **{f"builtins.{n}": "type" for n in ("int", "float", "str", "bool", "bytes", "bytearray", "complex", "list", "tuple", "dict", "set", "frozenset", "object", "range", "slice")},
     "collections.OrderedDict": "type",
 }
 

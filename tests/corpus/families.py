@@ -15,6 +15,10 @@ Classes (a family per class, named after it):
   UTF-8 or Latin-1 bytes, a module name from a computed STRING) — the payload follows the odd opcode;
 - ``computed``: allow-listed callables given computed or forwarded arguments (argument tuples built by a
   call, numpy's generator constructors forwarding to torch.load, backward hooks);
+- ``redteam``: what the red-team pass got past the first version of the new scanner (a class built with
+  ``type`` or an allow-listed container whose instance ``__setstate__``/``append`` is set to
+  ``torch.load`` of bytes, nested bytes that only a Latin-1 decoding turns into a payload, a third-party
+  library function that evaluates a string);
 - ``gadget``: standard-library, torch- and numpy-internal callables that write files or run commands
   from modules no deny-list names (wave, sunau, py_compile, numpy.lib.format, torch.from_file), and
   Python 2 names that ``fix_imports`` maps to dangerous ones.
@@ -114,6 +118,23 @@ class Family:
              lambda n: pk(call(G("commands", "getoutput"), U(f"touch '{m(n)}'")))),
             ("gadget_py2_urllib_urlretrieve.pkl", "gadget", "pickle",
              lambda n: pk(call(G("urllib", "urlretrieve"), U((self.root / "helper_source.py").as_uri()), U(m(n))))),
+            # -- found by the red-team pass (each one a root-cause fix in the scanner) -------------------
+            ("redteam_type_class_setstate.pkl", "redteam", "pickle",
+             lambda n: pk(G("builtins", "type") + MARK + U("K") + b")" + b"}" + TUPLE + b"\x81"
+                          + MARK + b"N" + b"}" + U("__setstate__") + G("torch.storage", "_load_from_bytes") + b"s" + TUPLE
+                          + b"b" + B(torch_file(sh(n))) + b"b")),
+            ("redteam_counter_append_hook.pkl", "redteam", "pickle",
+             lambda n: pk(call(G("collections", "Counter")) + b"}" + U("append") + G("torch.storage", "_load_from_bytes")
+                          + b"s" + b"b" + MARK + B(torch_file(sh(n))) + b"e")),
+            ("redteam_counter_setstate_hook.pkl", "redteam", "pickle",
+             lambda n: pk(call(G("collections", "Counter")) + b"}" + U("__setstate__")
+                          + G("torch.storage", "_load_from_bytes") + b"s" + b"b" + B(torch_file(sh(n))) + b"b")),
+            ("redteam_namespace_setstate_hook.pkl", "redteam", "pickle",
+             lambda n: pk(G("argparse", "Namespace") + b")" + b"\x81" + b"}" + U("__setstate__")
+                          + G("torch.storage", "_load_from_bytes") + b"s" + b"b" + B(torch_file(sh(n))) + b"b")),
+            ("redteam_latin1_nested_load.pkl", "redteam", "pickle-latin1", lambda n: pk(_latin1_nested(m(n)))),
+            ("redteam_library_function.pkl", "redteam", "pickle",
+             lambda n: pk(call(G("sympy.core.sympify", "sympify"), U(f"__import__('os').system('touch {m(n)}')")))),
             ("gadget_torch_nn_function.pkl", "gadget", "pickle",
              lambda n: pk(call(G("torch.nn.modules.module", "register_module_forward_pre_hook"), G("os", "system")) + POP + sh(n))),
         ]
@@ -157,6 +178,15 @@ class Family:
             ("benign_all_protocols.pkl", "safe", protocols),
             ("benign_plain_pickled_tensors.pkl", "safe", pickled_tensors),
         ]
+
+
+def _latin1_nested(marker: str) -> bytes:
+    """torch.load of bytes that differ by decoding: valid UTF-8 (read as utf-8, the inner file's BINBYTES
+    swallows the payload as data) whose raw Latin-1 reading ends the BINBYTES early, so the payload runs."""
+    payload = b"cos\nsystem\n(V" + f"touch '{marker}'".encode() + b"\ntR."
+    inner = b"B" + struct.pack("<I", 2 * len(payload)) + b"\xc3\xa9" * len(payload) + payload + b"."
+    return call(G("torch.storage", "_load_from_bytes"),
+                call(G("_codecs", "encode"), b"T" + struct.pack("<I", len(inner)) + inner, U("latin1")))
 
 
 def _torch_file_with(pickle_bytes: bytes) -> bytes:

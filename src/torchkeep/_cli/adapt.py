@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from torchkeep._cli.common import console, emit, emit_error, error_payload, json_option
+from torchkeep._cli.common import complete_arch, console, emit, emit_error, error_payload, json_option
 
 
 def _keys_cell(keys: list[str], limit: int) -> str:
@@ -68,7 +68,7 @@ def _human(result, limit: int) -> None:
     "less than --min-match of the parameters would load. Exit 0 written, 4 refused, 3 unreadable SRC."
 )
 @click.argument("src", type=click.Path(dir_okay=False))
-@click.option("--arch", required=True, help="Architecture name (see `torchkeep models`).")
+@click.option("--arch", required=True, shell_complete=complete_arch, help="Architecture name (see `torchkeep models`).")
 @click.option("--num-classes", type=click.IntRange(min=1), help="Outputs of the model (default: the source's).")
 @click.option("--class-names", help="Comma-separated class names, in index order.")
 @click.option(

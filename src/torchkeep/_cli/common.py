@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-__all__ = ["console", "emit", "emit_error", "error_payload", "human_bytes", "human_count", "json_option", "to_jsonable"]
+__all__ = ["complete_arch", "console", "emit", "emit_error", "error_payload", "human_bytes", "human_count", "json_option", "to_jsonable"]
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -43,6 +43,15 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, bytes):
         return obj.hex()
     return str(obj)
+
+
+def complete_arch(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    """Shell completion of ``--arch``: the architecture names (from the catalog: no torch import)."""
+    from click.shell_completion import CompletionItem
+
+    from torchkeep.models import arch_names
+
+    return [CompletionItem(n) for n in arch_names() if n.startswith(incomplete)]
 
 
 def json_option(f: Callable) -> Callable:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from torchkeep._cli.common import console, emit, json_option
+from torchkeep._cli.common import complete_arch, console, emit, json_option
 
 
 def _human(result) -> None:
@@ -46,7 +46,7 @@ def _human(result) -> None:
     "DATA: digits (embedded), cifar10, fashion-mnist, or folder:PATH (one sub-folder per class).\n\n"
     "Example: torchkeep train --arch cifar10_cnn --data digits --out runs/digits"
 )
-@click.option("--arch", help="Architecture (torchkeep models lists them). [default: cifar10_cnn]")
+@click.option("--arch", shell_complete=complete_arch, help="Architecture (torchkeep models lists them). [default: cifar10_cnn]")
 @click.option("--data", help="Dataset: digits, cifar10, fashion-mnist or folder:PATH. [default: digits]")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory. [default: runs/ARCH-DATA]")
 @click.option("--epochs", type=click.IntRange(min=1), help="Total epochs (raise it on --resume to train longer). [default: 15]")

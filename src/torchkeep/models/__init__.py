@@ -10,8 +10,31 @@ find_head(model)                                                         # -> He
 
 from __future__ import annotations
 
-from torchkeep.models._build import build, build_from_spec
-from torchkeep.models._heads import HeadInfo, find_head
-from torchkeep.models._registry import ArchInfo, list_models
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["ArchInfo", "HeadInfo", "build", "build_from_spec", "find_head", "list_models"]
+# listing needs no torch (``torchkeep models`` answers at once): the rest is imported when first used
+from torchkeep.models._catalog import ArchInfo, arch_names, list_models
+
+__all__ = ["ArchInfo", "HeadInfo", "arch_names", "build", "build_from_spec", "find_head", "list_models"]
+
+_LAZY = {
+    "build": "torchkeep.models._build",
+    "build_from_spec": "torchkeep.models._build",
+    "HeadInfo": "torchkeep.models._heads",
+    "find_head": "torchkeep.models._heads",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'torchkeep.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from torchkeep.models._build import build, build_from_spec
+    from torchkeep.models._heads import HeadInfo, find_head

@@ -13,42 +13,18 @@ import importlib
 import re
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import Any
 
 from torch import nn
 
 from torchkeep.errors import UntrustedCodeError, UsageError
+from torchkeep.models._catalog import ArchInfo
 
-__all__ = ["ArchInfo", "Resolved", "construct", "is_known", "is_user_arch", "list_models", "resolve"]
+__all__ = ["ArchInfo", "Resolved", "construct", "is_known", "is_user_arch", "live_models", "resolve"]
 
 _USER_RX = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-
-
-@dataclass
-class ArchInfo:
-    """One buildable architecture.
-
-    Attributes:
-        name: the name ``build`` and ``--arch`` accept.
-        source: "seed", "torchvision" or "user".
-        description: one line.
-        input_size: default ``(H, W)`` of the input.
-        in_channels: default input channels.
-        num_classes: default number of outputs.
-        weights: torchvision pretrained weights names (``IMAGENET1K_V1``, ...); ``pretrained=`` accepts them.
-        num_params: parameters of the default model, where torchvision publishes it.
-    """
-
-    name: str
-    source: str
-    description: str
-    input_size: tuple[int, int]
-    in_channels: int = 3
-    num_classes: int = 1000
-    weights: list[str] = field(default_factory=list)
-    num_params: int | None = None
 
 
 @dataclass
@@ -136,30 +112,14 @@ def is_user_arch(arch: str) -> bool:
     return bool(_USER_RX.match(arch))
 
 
-def list_models(filter: str | None = None) -> list[ArchInfo]:
-    """Every architecture name ``build`` accepts (user classes aside), seeds first.
-
-    Args:
-        filter: a regular expression; only names it matches (``re.search``) are listed.
-
-    Returns:
-        One :class:`ArchInfo` per architecture.
-
-    Raises:
-        UsageError: ``filter`` is not a valid regular expression.
-    """
-    rx = None
-    if filter:
-        try:
-            rx = re.compile(filter)
-        except re.error as exc:
-            raise UsageError(f"invalid --filter regular expression {filter!r}: {exc}") from None
+def live_models() -> list[ArchInfo]:
+    """Every architecture ``build`` accepts (user classes aside), seeds first, found by importing torchvision
+    and reading its weights enums (seconds): ``torchkeep.models.list_models`` reads them from a catalog."""
     out = []
     for info, factory in _seed_infos():
         info.num_params = sum(p.numel() for p in factory().parameters())  # tiny: build to count
         out.append(info)
-    out += [_torchvision_info(n) for n in _torchvision_names()]
-    return [i for i in out if rx is None or rx.search(i.name)]
+    return out + [_torchvision_info(n) for n in _torchvision_names()]
 
 
 def _unknown(arch: str) -> UsageError:
