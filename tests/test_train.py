@@ -109,6 +109,58 @@ def test_resume_with_more_epochs_matches_a_longer_run(tmp_path):
     assert _weights_equal(straight.last_path, resumed.last_path)
 
 
+def test_extending_a_finished_run_trains_a_new_segment_and_accuracy_holds(tmp_path, cli):
+    """The README's and the demo's "try next": cosine had ended at lr 0, so every added epoch trained at lr 0
+    and left the weights bit-identical. Now the added epochs are a new cosine segment (a warm restart)."""
+    first = train(TrainConfig(out=tmp_path / "run", epochs=6, subset=900, progress=False, plots=False,
+                              tensorboard=False))
+    before = load_file(first.last_path)
+    code, out, err = cli("train", "--resume", tmp_path / "run", "--epochs", "9", "--quiet", "--no-plots",
+                         "--no-tensorboard")
+    assert code == 0, err
+    assert "epochs 7-9: a new cosine segment of the schedule from lr 0.003 (warm restart" in out
+    after = load_file(first.last_path)
+    assert all(not torch.equal(before[k], after[k]) for k in before if after[k].is_floating_point())
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt["scheduler"]["segments"] == [[0, 6, 0.003, "cosine"], [6, 9, 0.003, "cosine"]]
+    lrs = [h["lr"] for h in ckpt["history"]]
+    assert lrs[0] == lrs[6] == 0.003 and lrs[6] > lrs[7] > lrs[8] > 0
+    # accuracy holds: the restart's first epochs may dip, the segment ends at least where the first one did
+    accs = [h["val_acc"] for h in ckpt["history"]]
+    assert accs[-1] >= accs[5] - 0.02 and max(accs) >= max(accs[:6])
+
+
+def test_an_extended_run_resumes_exactly_and_takes_a_new_lr(tmp_path):
+    """The segments are in the checkpoint: stopping inside the added segment and resuming changes nothing."""
+    train(TrainConfig(out=tmp_path / "a", epochs=2, **TINY))
+    straight = train(TrainConfig(resume=tmp_path / "a", epochs=4, lr=1e-3, progress=False))
+    train(TrainConfig(out=tmp_path / "b", epochs=2, **TINY))
+    stopped = train(TrainConfig(resume=tmp_path / "b", epochs=4, lr=1e-3, progress=False,
+                                on_epoch_end=lambda m: m["epoch"] == 3))
+    assert stopped.stopped_early and stopped.epochs_done == 3
+    resumed = train(TrainConfig(resume=tmp_path / "b", progress=False))
+    assert not any("segment" in n for n in resumed.notes)  # it continues the segment, no new one
+    assert _weights_equal(straight.last_path, resumed.last_path)
+    assert [h["lr"] for h in resumed.history] == [h["lr"] for h in straight.history]
+    assert resumed.history[2]["lr"] == 1e-3  # --lr on resume: the peak of the new segment
+
+
+def test_schedule_segments_stretch_an_unfinished_run_and_read_old_checkpoints():
+    from torchkeep.training._schedule import Segment, extend, from_checkpoint, lr_at
+
+    run = [Segment(0, 4, 0.01, "cosine")]
+    stretched, note = extend(run, 2, 6, 0.5, "step")  # stopped early at 2 of 4: the cosine now ends at 6
+    assert stretched == [Segment(0, 6, 0.01, "cosine")] and "now ends at epoch 6" in (note or "")
+    assert extend(run, 4, 4, 0.01, "cosine") == (run, None)
+    assert [round(lr_at([Segment(0, 6, 0.3, "step")], e), 6) for e in range(6)] == [0.3, 0.3, 0.03, 0.03, 0.003, 0.003]
+    # a checkpoint written before segments held torch's CosineAnnealingLR state
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.003)
+    old = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=5).state_dict()
+    assert from_checkpoint(old, {"epochs": 5, "lr": 0.003, "scheduler": "cosine"}, 0.1, "step") == [
+        Segment(0, 5, 0.003, "cosine")
+    ]
+
+
 def test_resume_refuses_another_architecture_or_dataset(run, tmp_path):
     with pytest.raises(CompatibilityError, match=r"this run was trained with --arch cifar10_cnn, not fashion_mlp"):
         train(TrainConfig(resume=run.run_dir, arch="fashion_mlp", progress=False))

@@ -50,12 +50,16 @@ class TrainConfig:
         arch: architecture name (``torchkeep models`` lists them); default ``cifar10_cnn``.
         data: ``digits``, ``cifar10``, ``fashion-mnist`` or ``folder:PATH``; default ``digits``.
         out: run directory (created); default ``runs/<arch>-<data>``; the resumed run's directory on resume.
-        epochs: total epochs (on resume: the new total); default 15.
+        epochs: total epochs; default 15. On resume, the new total: a run that finished its schedule trains
+            the added epochs as a new segment of it (a warm restart, ``training._schedule``), an unfinished
+            one has its schedule end at the new total.
         batch_size: training batch size; default 32.
-        lr: learning rate; default 3e-3 for adamw, 0.05 for sgd.
+        lr: learning rate (the peak of the schedule); default 3e-3 for adamw, 0.05 for sgd. On resume: the
+            peak of a new segment (the run's own when None).
         optimizer: ``adamw`` or ``sgd`` (momentum 0.9, Nesterov).
         weight_decay: default 0.01 for adamw, 5e-4 for sgd.
-        scheduler: ``cosine`` (per epoch, to 0 at the last epoch), ``step`` (x0.1 every third of the run) or ``none``.
+        scheduler: ``cosine`` (per epoch, to 0 at the last epoch), ``step`` (x0.1 every third of the run) or
+            ``none``; on resume, the kind of a new segment.
         device: ``auto`` (cuda, then mps, then cpu), ``cpu``, ``cuda`` or ``mps``.
         amp: mixed precision; None = on when training on CUDA. Ignored (with a note) elsewhere.
         pretrained: weights file or torchvision weights name to start from.

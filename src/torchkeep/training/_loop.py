@@ -4,7 +4,7 @@ Order of work per epoch (why: the checkpoint is the single source of truth, writ
 
 1. train on the epoch's batches (data order = f(seed, epoch), independent of global RNG state);
 2. validate in ``eval()`` mode under ``torch.inference_mode()``;
-3. update the in-memory state (history, best, scheduler, epoch counter);
+3. update the in-memory state (history, best, epoch counter; the learning rate is a function of the epoch);
 4. write ``best`` / top-k / ``last`` model files, then ``checkpoint.pt``, then ``metrics.csv`` - each atomic.
 
 A kill before 4 finishes leaves the previous checkpoint; resuming replays the epoch and, since every
@@ -42,6 +42,7 @@ from torchkeep.training._checkpoint import (
     write_error,
 )
 from torchkeep.training._config import IDENTITY_FIELDS, TrainConfig, TrainResult
+from torchkeep.training._schedule import Segment, extend, from_checkpoint, lr_at, to_checkpoint
 
 __all__ = ["TrainingInterrupted", "train"]
 
@@ -129,15 +130,6 @@ def _make_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def _make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> Any:
-    epochs = int(cfg.epochs or 1)
-    if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    if cfg.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, math.ceil(epochs / 3)), gamma=0.1)
-    return None
 
 
 def _with_defaults_for_scratch(spec: Any) -> Any:
@@ -259,7 +251,8 @@ class _Run:
         if not params:
             raise UsageError(f"{cfg.arch} has no trainable parameters (all frozen)", fix="leave out --freeze")
         self.opt = _make_optimizer(cfg, params)
-        self.sched = _make_scheduler(cfg, self.opt)
+        assert cfg.epochs is not None and cfg.lr is not None and cfg.scheduler is not None
+        self.segments = [Segment(0, int(cfg.epochs), float(cfg.lr), cfg.scheduler)]
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.criterion = nn.CrossEntropyLoss()
 
@@ -307,11 +300,14 @@ class _Run:
                 path=self.dir / CHECKPOINT,
                 fix="resume with the run's own --arch/--num-classes, or start a new run with another --out",
             ) from exc
-        if self.sched is not None and ckpt.get("scheduler"):
-            self.sched.load_state_dict(ckpt["scheduler"])
-            # a longer run (--epochs raised on resume): the cosine schedule now ends at the new total
-            if hasattr(self.sched, "T_max"):
-                self.sched.T_max = int(self.cfg.epochs or 1)
+        cfg = self.cfg
+        assert cfg.epochs is not None and cfg.lr is not None and cfg.scheduler is not None
+        segments = from_checkpoint(ckpt.get("scheduler"), dict(ckpt.get("config") or {}), cfg.lr, cfg.scheduler)
+        # --epochs raised on resume: a finished schedule gets a new segment (else the new epochs would all
+        # train at the learning rate 0 where cosine ended), an unfinished one now ends at the new total
+        self.segments, note = extend(segments, int(ckpt["epoch"]), int(cfg.epochs), cfg.lr, cfg.scheduler)
+        if note:
+            self.notes.append(note)
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch = int(ckpt["epoch"])
@@ -341,7 +337,7 @@ class _Run:
         return {
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.opt.state_dict(),
-            "scheduler": self.sched.state_dict() if self.sched is not None else {},
+            "scheduler": to_checkpoint(self.segments),
             "scaler": self.scaler.state_dict() if self.amp else {},
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
@@ -394,6 +390,9 @@ class _Run:
         self.sampler.set_epoch(epoch, start=start)
         # the loader's generator seeds worker processes: per-epoch, so resumed epochs see the same seeds
         self.loader_gen.manual_seed(epoch_seed(cfg.seed or 0, epoch) + 1)
+        lr = lr_at(self.segments, self.epoch)  # closed form: a resumed epoch gets the very same value
+        for group in opt.param_groups:
+            group["lr"] = lr
         model.train()
         if self.frozen_norms:
             # a frozen backbone keeps its BatchNorm statistics too (train mode would keep updating them)
@@ -500,8 +499,6 @@ class _Run:
             "seconds": round(seconds, 3),
         }
         self.history.append(row)
-        if self.sched is not None:
-            self.sched.step()
         self.batch_in_epoch = 0
         self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0}
         value = float(row[cfg.metric or "val_acc"])
