@@ -175,8 +175,13 @@ _PLAIN_TYPES = (type(None), bool, int, float, complex, str, bytes, bytearray, ra
 _VALUE_KINDS = {"tensor", "data", "ndarray", "np-dtype", "bitgen", "layout", "storage"}
 
 
-def _plain(obj: Any, *, allow_kinds: frozenset[str] | set[str] = _VALUE_KINDS) -> bool:
-    """Constants, containers of constants, and values of safe calls; iteratively, bounded."""
+def _plain(obj: Any, *, allow_kinds: frozenset[str] | set[str] = _VALUE_KINDS, model_globals: bool = True,
+           globals_: bool = True) -> bool:
+    """Constants, containers of constants, and values of safe calls; iteratively, bounded.
+
+    ``allow_kinds``: the kinds of call results accepted ("model" also accepts classes of model code as
+    values unless ``model_globals`` is False); ``globals_``: data globals (dtypes, builtin types) accepted.
+    """
     todo = [obj]
     seen: set[int] = set()
     while todo:
@@ -199,7 +204,8 @@ def _plain(obj: Any, *, allow_kinds: frozenset[str] | set[str] = _VALUE_KINDS) -
                 return False
         elif isinstance(x, _Meta):
             # a class of model code passed to model code (partial(LayerNorm)): custom-code, judged at import
-            if not x._tk_value and not ("model" in allow_kinds and x._tk_kind in ("model", "stdlib-object", "model-function")):
+            model_ok = model_globals and "model" in allow_kinds and x._tk_kind in ("model", "stdlib-object", "model-function")
+            if not globals_ or not (x._tk_value or model_ok):
                 return False
         else:
             return False
@@ -468,11 +474,12 @@ class _Run:
             hook = _sets_unpickler_hook(arg)
             if hook is not None:
                 self.find("dangerous", "unexpected-build",
-                          f"BUILD on {what} stores a callable as {hook!r}, which the unpickler then calls", "", "")
+                          f"BUILD on {what} sets {hook!r}: objects torch.save writes never carry it (the unpickler, "
+                          "or the loader after it, would call or use what is stored there)", "", "")
                 return
         if target.kind == "model":
             return  # model code runs its own __setstate__/__setitem__: custom-code already
-        if target.kind in ("data", "ndarray", "np-dtype", "bitgen") and _plain(arg, allow_kinds=_VALUE_KINDS | {"model"}):
+        if target.kind in ("data", "ndarray", "np-dtype", "bitgen") and _plain(arg, allow_kinds=_VALUE_KINDS | {"model"}, model_globals=False):
             return  # data objects only store data (arrays of objects may hold model objects)
         self.find("dangerous", "unexpected-build", f"{op} on {what} with {_short(arg)}: torch.save/numpy never write this", "", "")
 
@@ -482,8 +489,10 @@ _UNPICKLER_HOOKS = ("__setstate__", "append", "extend", "add")
 
 
 def _sets_unpickler_hook(state: Any) -> str | None:
-    """The attribute a BUILD state would set that the unpicklers call on instances (or any dunder), when the
-    value stored there may be callable (a global or a call's result), else None."""
+    """What a BUILD state would set that no object torch.save writes has, else None: any dunder attribute
+    (``__name__`` of a class, ``__class__``), an attribute name computed at load time (its value is unknown
+    here), or one of the methods the unpicklers look up on the *instance* (``__setstate__``, ``append``,
+    ``extend``, ``add``) holding something that may be callable."""
     parts = [state]
     if type(state) is tuple and len(state) == 2:
         parts = list(state)
@@ -491,8 +500,11 @@ def _sets_unpickler_hook(state: Any) -> str | None:
         if type(part) not in (dict, OrderedDict):
             continue
         for key, value in part.items():
-            risky = isinstance(value, (_Meta, Value))
-            if risky and isinstance(key, str) and (key in _UNPICKLER_HOOKS or key.startswith("__")):
+            if type(key) is not str:
+                return f"<computed name {_short(key, 40)}>"
+            if key.startswith("__") and key.endswith("__"):
+                return key
+            if key in _UNPICKLER_HOOKS and isinstance(value, (_Meta, Value)):
                 return key
     return None
 
@@ -560,6 +572,8 @@ def _shape_ok(shape: str, x: Any) -> str | None:
         return None if _is_ints(x) else f"expected a tuple of ints, got {_describe(x)}"
     if shape == "plain":
         return None if _plain(x) else f"expected plain data, got {_describe(x)}"
+    if shape == "const":  # functions that return their argument: a global passed through would be laundered
+        return None if _plain(x, allow_kinds=set(), globals_=False) else f"expected constants, got {_describe(x)}"
     if shape in ("tensor", "ndarray", "storage", "np-dtype", "bitgen"):
         return None if isinstance(x, Value) and x.kind == shape else f"expected a {shape}, got {_describe(x)}"
     if shape == "tensors":
@@ -657,7 +671,12 @@ def _is_module_source_pid(pid: Any) -> bool:
     if type(pid) is not tuple or len(pid) != 4:
         return False
     tag, cls, source_file, source = pid
-    return tag == "module" and isinstance(cls, _Meta) and all(isinstance(v, str | type(None)) for v in (source_file, source))
+    return (
+        tag == "module"
+        and isinstance(cls, _Meta)
+        and cls._tk_kind == "model"  # torch's legacy loader writes .patch files named after the class
+        and all(isinstance(v, str | type(None)) for v in (source_file, source))
+    )
 
 
 # -- the unpicklers --------------------------------------------------------------------------------------

