@@ -619,3 +619,50 @@ def test_load_into_a_model_with_versioned_modules():
     report = load_into(dst, plain, strict=True)
     assert report.applied and report.complete
     assert torch.equal(_out(src), _out(dst))
+
+
+# ------------------------------------------------------------------- the seeds' VGG16 recipe from the CLI
+
+
+def test_cli_adapt_appends_a_head_and_records_the_preprocessing_it_prints(tmp_path, cli):
+    """``vgg.classifier.add_module("add_linear", nn.Linear(1000, 10))`` from the CLI (a small torchvision
+    classifier of the same shape of head): the source's whole 1000-class head loads, the new layer is fresh."""
+    src = tmp_path / "mnv3.pth"
+    base = torchvision.models.mobilenet_v3_small()
+    torch.save(base.state_dict(), src)
+    out = tmp_path / "m.safetensors"
+    code, stdout, err = cli("adapt", src, "--arch", "mobilenet_v3_small", "--head", "append", "--num-classes", "10",
+                            "--input-size", "64", "--mean", "0.5", "--std", "0.25,0.5,0.75", "-o", out)
+    assert code == 0, err
+    assert ("preprocessing (records; change with --input-size/--mean/--std): RGB, resize 64x64 (bilinear), "
+            "mean [0.5, 0.5, 0.5], std [0.25, 0.5, 0.75]") in stdout
+    assert "classifier.add_linear is the appended head: it starts fresh" in stdout
+    model = torchkeep.load(out, device="cpu")
+    spec = model.torchkeep_spec
+    assert (spec.head.mode, spec.head.added_path, spec.num_classes) == ("append", "classifier.add_linear", 10)
+    assert (spec.preprocessing.mean, spec.preprocessing.std, spec.preprocessing.resize) == (
+        [0.5, 0.5, 0.5], [0.25, 0.5, 0.75], [64, 64])
+    assert torch.equal(model.state_dict()["classifier.3.weight"], base.state_dict()["classifier.3.weight"])
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 10)
+    # --json carries the same preprocessing; without flags it is the architecture's (ImageNet's)
+    code, stdout, _ = cli("adapt", src, "--arch", "mobilenet_v3_small", "--dry-run", "--json")
+    pre = json.loads(stdout)["preprocessing"]
+    assert code == 0 and (pre["resize"], pre["crop"], pre["mean"]) == ([256], [224, 224], [0.485, 0.456, 0.406])
+    code, stdout, _ = cli("adapt", src, "--arch", "mobilenet_v3_small", "--dry-run")
+    assert ("would record; change with --input-size/--mean/--std): RGB, resize 256 (shorter side, bilinear), "
+            "center crop 224x224, mean [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225]") in stdout
+
+
+def test_cli_adapt_head_and_normalisation_usage_errors(tmp_path, cli):
+    src = tmp_path / "cnn.pth"
+    torch.save(torchkeep.models.build("cifar10_cnn", 10).state_dict(), src)
+    for args, message in (
+        (("--head", "append"), "--head append adds Linear(outputs, N) after the model's head: it needs"),
+        (("--mean", "0.5"), "--mean and --std go together"),
+        (("--mean", "0.1,0.2", "--std", "1"), "--mean has 2 values; the input has 3 channels (RGB)"),
+        (("--mean", "0.5", "--std", "0"), "--std must be positive"),
+        (("--mean", "half", "--std", "1"), "--mean takes numbers separated by commas, not 'half'"),
+    ):
+        code, _, err = cli("adapt", src, "--arch", "cifar10_cnn", "-o", tmp_path / "o.safetensors", *args)
+        assert code == 64 and message in err and len(err.strip().splitlines()) == 1, (args, err)
+    assert not (tmp_path / "o.safetensors").exists()

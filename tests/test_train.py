@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -371,3 +372,32 @@ def test_negative_weight_decay_and_infinite_lr_are_refused_up_front():
         TrainConfig(weight_decay=-1).resolved()
     with pytest.raises(UsageError, match=r"learning rate must be positive"):
         TrainConfig(lr=float("inf")).resolved()
+
+
+def test_cli_train_head_append_and_a_frozen_random_backbone_warns(cli, tmp_path):
+    """The seeds' VGG16 recipe on the CLI: --head append --freeze backbone; without --pretrained that warns."""
+    out = tmp_path / "run"
+    code, stdout, err = cli("train", "--head", "append", "--freeze", "backbone", "--subset", "60", "--epochs", "1",
+                            "--out", out, "--quiet", "--no-plots", "--no-tensorboard", "--json")
+    assert code == 0, err
+    warning = "freezing the backbone of cifar10_cnn without pretrained weights: it keeps its random initialisation"
+    assert f"torchkeep: warning: {warning}" in err and "pass pretrained weights (--pretrained FILE)" in err
+    assert any(n.startswith(warning) for n in json.loads(stdout)["notes"])
+    spec = torchkeep.load(out / "best.safetensors", device="cpu").torchkeep_spec
+    assert (spec.head.mode, spec.head.added_path, spec.freeze) == ("append", "model.add_linear", "backbone")
+    code, _, err = cli("train", "--resume", out, "--head", "replace", "--quiet")
+    assert code == 4 and "this run was trained with --head append, not replace" in err
+    # a run recorded before --head existed used "replace": resuming it with --head replace is no change
+    from torchkeep.training._loop import _check_identity
+
+    saved = {k: v for k, v in json.loads((out / "config.json").read_text()).items() if k != "head"}
+    _check_identity(TrainConfig(head="replace"), saved, out / "checkpoint.pt")
+    with pytest.raises(CompatibilityError, match="trained with --head replace, not append"):
+        _check_identity(TrainConfig(head="append"), saved, out / "checkpoint.pt")
+    # with pretrained weights the same recipe is silent
+    torch.save(build("cifar10_cnn", 10, in_channels=1, input_size=8).state_dict(), tmp_path / "pre.pth")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torchkeep.TorchkeepWarning)
+        result = train(TrainConfig(out=tmp_path / "pre", pretrained=str(tmp_path / "pre.pth"), freeze="backbone",
+                                   head="append", epochs=1, subset=60, progress=False, plots=False, tensorboard=False))
+    assert not result.notes

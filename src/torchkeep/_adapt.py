@@ -932,6 +932,7 @@ class AdaptResult:
     out: str | None
     source_sha256: str | None
     dry_run: bool
+    preprocessing: dict[str, Any] | None = None  # what the model file records (and predict/eval will feed)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -942,6 +943,7 @@ class AdaptResult:
             "out": self.out,
             "source_sha256": self.source_sha256,
             "dry_run": self.dry_run,
+            "preprocessing": self.preprocessing,
             "verdict": self.report.verdict,
             "report": self.report.to_dict(),
         }
@@ -1039,6 +1041,9 @@ def adapt(
     on_shape_mismatch: Literal["skip", "error"] = "skip",
     trust: bool = False,
     key: str | None = None,
+    head: Literal["replace", "append"] = "replace",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> AdaptResult:
     """Build ``arch``, load the weights of ``src`` into it, and write a self-describing model file.
 
@@ -1061,9 +1066,15 @@ def adapt(
         on_shape_mismatch: ``"skip"`` (a new head stays initialised) or ``"error"``.
         trust: passed to ``torchkeep.load_state_dict`` (only for files whose classes you trust).
         key: the checkpoint entry holding the weights (``"ema"``), if not the automatic choice.
+        head: how the model gets ``num_classes`` outputs when the architecture has another number:
+            ``"replace"`` its last classifier layer, or ``"append"`` ``Linear(outputs, num_classes)`` after it
+            (the seeds' VGG16: ``vgg.classifier.add_module("add_linear", nn.Linear(1000, 10))``), so the
+            source's whole head loads. ``"append"`` needs ``num_classes`` (or ``class_names``).
+        mean, std: the per-channel normalisation the model file records (one value, or one per channel),
+            instead of the architecture's (ImageNet's for torchvision, none for the seeds); both or neither.
 
     Returns:
-        An :class:`AdaptResult` with the :class:`LoadReport` and the file written.
+        An :class:`AdaptResult` with the :class:`LoadReport`, the file written and the preprocessing it records.
 
     Raises:
         UsageError: no ``out`` without ``dry_run``, an unknown architecture (with close matches), or
@@ -1074,6 +1085,13 @@ def adapt(
 
     if out is None and not dry_run:
         raise UsageError("adapt needs an output file", fix="pass out=... (CLI: -o OUT.safetensors) or dry_run=True")
+    if (mean is None) != (std is None):
+        raise UsageError("--mean and --std go together", fix="pass both (e.g. --mean 0.5 --std 0.5)")
+    if head == "append" and num_classes is None and class_names is None:
+        raise UsageError(
+            "--head append adds Linear(outputs, N) after the model's head: it needs the number of classes N",
+            fix="pass --num-classes N (or --class-names)",
+        )
     if class_names is not None:
         class_names = [str(c) for c in class_names]
         if num_classes is None:
@@ -1088,7 +1106,7 @@ def adapt(
     raw, label, where = _read_source(path, trust, notes, key)
 
     def _build(n: int | None) -> nn.Module:
-        return build(arch, n, in_channels=in_channels, input_size=input_size, class_names=class_names)
+        return build(arch, n, in_channels=in_channels, input_size=input_size, class_names=class_names, head=head)
 
     def _run(model: nn.Module, dry: bool, partial: bool, shapes: Literal["skip", "error"]) -> LoadReport:
         # adapt (unlike load_into) refuses a backbone that does not fit unless partial loads are allowed
@@ -1146,6 +1164,13 @@ def adapt(
             f"{', '.join(report.collapsed('shape_mismatched'))} keep their fresh initialisation: train "
             "(fine-tune) the model before trusting its predictions"
         )
+    spec = getattr(model, "torchkeep_spec", None)
+    added = getattr(getattr(spec, "head", None), "added_path", None)
+    if added and any(k.startswith(added + ".") for k in report.missing):
+        report.notes.append(f"{added} is the appended head: it starts fresh; train (fine-tune) the model before "
+                            "trusting its predictions")
+    if spec is not None and mean is not None and std is not None:
+        spec.preprocessing = spec.preprocessing.normalised(mean, std)
     if isinstance(raw, dict):
         raw.clear()  # the model holds copies now; dropping the source halves peak memory while saving
     from torchkeep._convert import file_sha256
@@ -1155,7 +1180,6 @@ def adapt(
     if not dry_run and out is not None:
         from torchkeep._modelfile import save
 
-        spec = getattr(model, "torchkeep_spec", None)
         if spec is not None:
             spec.provenance.source_file = os.fspath(path)
             spec.provenance.source_sha256 = sha
@@ -1173,6 +1197,7 @@ def adapt(
         out=written,
         source_sha256=sha,
         dry_run=dry_run,
+        preprocessing=asdict(spec.preprocessing) if spec is not None else None,
     )
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +69,39 @@ class Preprocessing:
     mean: list[float] | None = None
     std: list[float] | None = None
     channels: str = "RGB"
+
+    def normalised(self, mean: Sequence[float], std: Sequence[float]) -> Preprocessing:
+        """A copy with this per-channel ``mean`` / ``std`` (one value is used for every channel).
+
+        Raises:
+            UsageError: a count that is neither 1 nor the number of channels, or a std that is not positive.
+        """
+        n = len(self.channels)  # "L", "RGB", "RGBA": 1, 3, 4 channels
+        values = []
+        for name, given in (("mean", mean), ("std", std)):
+            v = [float(x) for x in given]
+            if len(v) not in (1, n):
+                raise UsageError(f"--{name} has {len(v)} values; the input has {n} channels ({self.channels})",
+                                 fix=f"give 1 or {n} comma-separated values")
+            values.append(v * n if len(v) == 1 else v)
+        if not all(0 < s < math.inf for s in values[1]):
+            raise UsageError(f"--std must be positive, not {values[1]}")
+        return dataclasses.replace(self, mean=values[0], std=values[1])
+
+    def describe(self) -> str:
+        """One line: ``RGB, resize 256 (shorter side, bilinear), center crop 224x224, mean [...], std [...]``."""
+        parts = [self.channels]
+        if self.resize and len(self.resize) == 1:
+            parts.append(f"resize {self.resize[0]} (shorter side, {self.interpolation})")
+        elif self.resize:
+            parts.append(f"resize {'x'.join(map(str, self.resize))} ({self.interpolation})")
+        if self.crop:
+            parts.append(f"center crop {'x'.join(map(str, self.crop))}")
+        if self.mean is not None and self.std is not None:
+            parts.append(f"mean [{', '.join(f'{m:g}' for m in self.mean)}], std [{', '.join(f'{v:g}' for v in self.std)}]")
+        else:
+            parts.append("pixels in [0, 1], not normalised")
+        return ", ".join(parts)
 
 
 @dataclass

@@ -53,12 +53,28 @@ def _human(result, limit: int) -> None:
         out.print(f"note: {escape(note)}")
     style = "green" if r.complete else ("red" if r.verdict.startswith("REFUSED") else "yellow")
     out.print(f"[{style}]verdict:[/{style}] {escape(r.verdict)}")
+    pre = getattr(result, "preprocessing", None)
+    if pre:  # what predict/eval will feed the model: say it, so a wrong guess is seen before it is used
+        from torchkeep._spec import Preprocessing
+
+        verb = "records" if result.out else "would record"
+        out.print(f"preprocessing ({verb}; change with --input-size/--mean/--std): "
+                  f"{escape(Preprocessing(**pre).describe())}")
     if result.out:
         out.print(f"wrote {escape(result.out)}")
     elif result.dry_run:
         out.print("dry run: nothing written")
     else:
         out.print("[red]refused: nothing written[/red]")
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    from torchkeep.errors import UsageError
+
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise UsageError(f"{flag} takes numbers separated by commas, not {text!r}", fix=f"e.g. {flag} 0.5,0.5,0.5") from None
 
 
 @click.command(
@@ -86,7 +102,12 @@ def _human(result, limit: int) -> None:
               help="Skip tensors whose shape differs (a new head) or refuse.")
 @click.option("--no-match-by-order", is_flag=True, help="Never pair tensors by order when names differ.")
 @click.option("--in-channels", type=click.IntRange(min=1), help="Input channels (seed and user architectures).")
-@click.option("--input-size", type=click.IntRange(min=1), help="Input height = width.")
+@click.option("--input-size", type=click.IntRange(min=1), help="Input height = width (the recorded resize).")
+@click.option("--mean", metavar="M[,M,M]", help="Per-channel mean the model file records (with --std), e.g. 0.5.")
+@click.option("--std", metavar="S[,S,S]", help="Per-channel std the model file records (with --mean), e.g. 0.5.")
+@click.option("--head", type=click.Choice(["replace", "append"]), default="replace", show_default=True,
+              help="Reach --num-classes by replacing the last classifier layer, or by appending Linear(outputs, N) "
+              "after it (the VGG16 recipe: classifier.add_linear; the source's whole head loads).")
 @click.option("--key", help="Checkpoint entry holding the weights (dotted: 'ema', 'model.state_dict').")
 @click.option("--dry-run", is_flag=True, help="Show the report, write nothing.")
 @click.option("--limit", type=int, default=8, show_default=True, help="Key patterns shown per row (0: all).")
@@ -105,6 +126,9 @@ def command(
     no_match_by_order: bool,
     in_channels: int | None,
     input_size: int | None,
+    mean: str | None,
+    std: str | None,
+    head: str,
     key: str | None,
     dry_run: bool,
     limit: int,
@@ -117,6 +141,7 @@ def command(
     if out is None and not dry_run:
         raise UsageError("adapt needs an output file", fix="pass -o OUT.safetensors, or --dry-run to preview")
     rules = [parse_rename(r) for r in renames]
+    norm = [_floats(v, flag) if v is not None else None for v, flag in ((mean, "--mean"), (std, "--std"))]
     names = [c.strip() for c in class_names.split(",")] if class_names else None
     try:
         result = adapt(
@@ -135,6 +160,9 @@ def command(
             match_by_order=False if no_match_by_order else "auto",
             on_shape_mismatch=on_shape_mismatch,  # type: ignore[arg-type]
             key=key,
+            head=head,  # type: ignore[arg-type]
+            mean=norm[0],
+            std=norm[1],
         )
     except CompatibilityError as exc:
         report = getattr(exc, "report", None)

@@ -58,7 +58,10 @@ def _human(result) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision (CUDA only). [default: on with CUDA]")
 @click.option("--pretrained", help="Start from a weights file or a torchvision weights name (IMAGENET1K_V1).")
-@click.option("--freeze", type=click.Choice(["backbone"]), help="Train only the head.")
+@click.option("--freeze", type=click.Choice(["backbone"]), help="Train only the head (use with --pretrained).")
+@click.option("--head", type=click.Choice(["replace", "append"]),
+              help="Give the model the dataset's classes by replacing its last classifier layer, or by appending "
+              "Linear(outputs, classes) after it (the VGG16 recipe: classifier.add_linear). [default: replace]")
 @click.option("--num-classes", type=click.IntRange(min=1), help="Model outputs. [default: the dataset's classes]")
 @click.option("--input-size", type=click.IntRange(min=1), help="Model input size. [default: the dataset's native size]")
 @click.option("--seed", type=int, help="Seeds the split, init, data order and augmentation. [default: 0]")
@@ -78,7 +81,7 @@ def _human(result) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
 @json_option
 def command(
-    arch, data, out, epochs, batch_size, lr, optimizer, weight_decay, scheduler, device, amp, pretrained, freeze,
+    arch, data, out, epochs, batch_size, lr, optimizer, weight_decay, scheduler, device, amp, pretrained, freeze, head,
     num_classes, input_size, seed, val_fraction, subset, augment, workers, threads, data_root, no_download, keep, metric,
     resume, overwrite, no_tensorboard, no_plots, quiet, as_json,
 ) -> int:
@@ -87,7 +90,7 @@ def command(
     config = TrainConfig(
         arch=arch, data=data, out=out, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
         weight_decay=weight_decay, scheduler=scheduler, device=device, amp=amp, pretrained=pretrained,
-        freeze=freeze, num_classes=num_classes, input_size=input_size, seed=seed, val_fraction=val_fraction,
+        freeze=freeze, head=head, num_classes=num_classes, input_size=input_size, seed=seed, val_fraction=val_fraction,
         subset=subset, augment=augment, workers=workers, threads=threads, data_root=data_root, download=not no_download,
         keep=keep, metric=metric, resume=resume, overwrite=overwrite, progress=not quiet,
         tensorboard=not no_tensorboard, plots=not no_plots,

@@ -11,6 +11,7 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from torchkeep._spec import HeadRecipe, ModelSpec, Preprocessing, Provenance, channels_mode
-from torchkeep.errors import CompatibilityError, InputError, UsageError
+from torchkeep.errors import CompatibilityError, InputError, TorchkeepWarning, UsageError
 from torchkeep.models._heads import (
     HeadInfo,
     _features,
@@ -275,6 +276,8 @@ def build(
             for one with ``num_classes`` outputs (``vgg.classifier[6] = nn.Linear(4096, 10)``); ``"append"``
             adds ``Linear(out, num_classes)`` after it (``vgg.classifier.add_module("add_linear", ...)``).
         freeze: ``"backbone"`` sets ``requires_grad=False`` on everything but the head (the new layer).
+            Without ``pretrained`` this warns (:class:`~torchkeep.errors.TorchkeepWarning`): a frozen random
+            backbone is rarely what was meant.
         class_names: names of the classes, index order (sets ``num_classes`` when that is None).
         **arch_kwargs: more keyword arguments for the architecture's constructor (JSON values).
 
@@ -307,6 +310,14 @@ def build(
 
     resolved = resolve(arch, trust=True)  # the caller named the class: importing it is their choice
     info = resolved.info
+    if freeze == "backbone" and pretrained is None:
+        named = f" or {info.weights[0]}" if info.weights else ""
+        warnings.warn(
+            f"freezing the backbone of {arch} without pretrained weights: it keeps its random initialisation "
+            f"and only the head learns; pass pretrained weights (--pretrained FILE{named}) or leave out --freeze",
+            TorchkeepWarning,
+            stacklevel=2,
+        )
     hw = _hw(input_size)
     kwargs = dict(arch_kwargs)
     accepts = resolved.accepts

@@ -34,12 +34,14 @@ DEFAULTS: dict[str, Any] = {
     "augment": False,
     "keep": 1,
     "metric": "val_acc",
+    "head": "replace",
 }
 _DEFAULT_LR = {"adamw": 3e-3, "sgd": 0.05}
 _DEFAULT_WD = {"adamw": 0.01, "sgd": 5e-4}
 
 # fields that must match the checkpoint when resuming (the weights or optimizer state would not fit)
-IDENTITY_FIELDS = ("arch", "data", "num_classes", "input_size", "optimizer", "subset", "val_fraction", "seed")
+IDENTITY_FIELDS = ("arch", "data", "num_classes", "input_size", "head", "optimizer", "subset", "val_fraction", "seed")
+HEADS = ("replace", "append")
 
 
 @dataclass
@@ -63,7 +65,10 @@ class TrainConfig:
         device: ``auto`` (cuda, then mps, then cpu), ``cpu``, ``cuda`` or ``mps``.
         amp: mixed precision; None = on when training on CUDA. Ignored (with a note) elsewhere.
         pretrained: weights file or torchvision weights name to start from.
-        freeze: ``backbone`` trains only the head.
+        freeze: ``backbone`` trains only the head (warns without ``pretrained``: the backbone would stay random).
+        head: how the model gets the dataset's classes: ``replace`` (default) its last classifier layer, or
+            ``append`` ``Linear(outputs, classes)`` after it (the seeds' VGG16 recipe:
+            ``vgg.classifier.add_module("add_linear", nn.Linear(1000, 10))``); see ``torchkeep.models.build``.
         num_classes: model outputs; default the dataset's number of classes.
         input_size: model input size ``H`` or ``(H, W)``; default the dataset's native size (digits 8x8,
             cifar10 32x32), or the architecture's own for folders of varied sizes.
@@ -102,6 +107,7 @@ class TrainConfig:
     amp: bool | None = None
     pretrained: str | None = None
     freeze: str | None = None
+    head: str | None = None
     num_classes: int | None = None
     input_size: int | tuple[int, int] | None = None
     seed: int | None = None
@@ -168,6 +174,8 @@ class TrainConfig:
             raise UsageError(f"unknown device {self.device!r}", fix="use auto, cpu, cuda, cuda:N or mps")
         if self.freeze not in (None, "backbone"):
             raise UsageError(f"cannot freeze {self.freeze!r}", fix="use --freeze backbone")
+        if self.head not in HEADS:
+            raise UsageError(f"unknown head {self.head!r}", fix="use --head replace or --head append")
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise UsageError(f"{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")

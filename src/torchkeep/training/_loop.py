@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from torch import nn
 from torchkeep._atomic import atomic_write_bytes
 from torchkeep._device import resolve_device
 from torchkeep.data import ImageSource, TransformedSubset, open_dataset, split_indices
-from torchkeep.errors import CompatibilityError, TorchkeepError, UsageError
+from torchkeep.errors import CompatibilityError, TorchkeepError, TorchkeepWarning, UsageError
 from torchkeep.training._checkpoint import (
     capture_rng,
     load_checkpoint,
@@ -41,7 +42,7 @@ from torchkeep.training._checkpoint import (
     write_checkpoint,
     write_error,
 )
-from torchkeep.training._config import IDENTITY_FIELDS, TrainConfig, TrainResult
+from torchkeep.training._config import DEFAULTS, IDENTITY_FIELDS, TrainConfig, TrainResult
 from torchkeep.training._schedule import Segment, extend, from_checkpoint, lr_at, to_checkpoint
 
 __all__ = ["TrainingInterrupted", "train"]
@@ -189,15 +190,22 @@ class _Run:
 
         _seed_everything(cfg.seed)  # initialisation of a fresh model depends on the seed only
         input_size = cfg.input_size if cfg.input_size is not None else src.image_size
-        model = build(
-            cfg.arch,
-            num_classes=num_classes,
-            in_channels=_in_channels(cfg.arch, src.channels),
-            input_size=input_size,
-            pretrained=cfg.pretrained,
-            freeze=cfg.freeze,
-            class_names=class_names,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TorchkeepWarning)
+            model = build(
+                cfg.arch,
+                num_classes=num_classes,
+                in_channels=_in_channels(cfg.arch, src.channels),
+                input_size=input_size,
+                pretrained=cfg.pretrained,
+                freeze=cfg.freeze,
+                head=cfg.head or "replace",
+                class_names=class_names,
+            )
+        for w in caught:  # shown now (the CLI prints torchkeep's as one line) and kept in the result's notes
+            if issubclass(w.category, TorchkeepWarning):
+                self.notes.append(str(w.message))
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         spec: Any = model.torchkeep_spec
         if cfg.pretrained is None:
             spec = _with_defaults_for_scratch(spec)
@@ -581,7 +589,7 @@ def _check_identity(given: TrainConfig, saved: dict[str, Any], path: Path) -> No
         v = getattr(given, name)
         if v is None:
             continue
-        old = saved.get(name)
+        old = saved.get(name, DEFAULTS.get(name))  # a field newer than the checkpoint had its default
         if isinstance(v, tuple):
             v = list(v)
         if v != old:
