@@ -109,14 +109,14 @@ def _is_stat(key: str) -> bool:
     return key.rsplit(".", 1)[-1] in _STAT_SUFFIXES
 
 
-def _as_state_dict(source: Any) -> tuple[str, dict[str, torch.Tensor]]:
+def _as_state_dict(source: Any, trust: bool) -> tuple[str, dict[str, torch.Tensor]]:
     """Turn a path, an nn.Module or a mapping of tensors into (label, state_dict)."""
     import torch
 
     if isinstance(source, (str, os.PathLike)):
         from torchkeep._load import load_state_dict
 
-        return os.fspath(source), dict(load_state_dict(source, map_location="cpu"))
+        return os.fspath(source), dict(load_state_dict(source, map_location="cpu", trust=trust))
     if isinstance(source, torch.nn.Module):
         return "<module>", dict(source.state_dict())
     if isinstance(source, Mapping):
@@ -210,13 +210,15 @@ def _cover(selected: list[str], universe: list[str]) -> list[str]:
     return out
 
 
-def diff(a: Any, b: Any, *, atol: float = 0.0) -> DiffReport:
+def diff(a: Any, b: Any, *, atol: float = 0.0, trust: bool = False) -> DiffReport:
     """Compare the weights of two models.
 
     Args:
         a: the reference: a model file of any format torchkeep reads, an ``nn.Module`` or a dict of tensors.
         b: the other one, same kinds as ``a``.
         atol: values whose absolute difference is at most ``atol`` count as equal (default: exact).
+        trust: passed to :func:`torchkeep.load_state_dict` (fully unpickle ``custom-code`` files, running
+            their classes' code; ``dangerous`` files are refused regardless).
 
     Returns:
         A :class:`DiffReport`; ``report.identical`` is what scripts test (the CLI exits 0 or 1).
@@ -225,8 +227,8 @@ def diff(a: Any, b: Any, *, atol: float = 0.0) -> DiffReport:
         InputError: a file cannot be read (from :func:`torchkeep.load_state_dict`).
         UnsafeFileError: a file's pickle would run code.
     """
-    label_a, sd_a = _as_state_dict(a)
-    label_b, sd_b = _as_state_dict(b)
+    label_a, sd_a = _as_state_dict(a, trust)
+    label_b, sd_b = _as_state_dict(b, trust)
     keys_a, keys_b = set(sd_a), set(sd_b)
     only_a = [k for k in sd_a if k not in keys_b]
     only_b = [k for k in sd_b if k not in keys_a]

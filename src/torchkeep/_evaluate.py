@@ -65,13 +65,13 @@ class EvalReport:
     notes: list[str] = field(default_factory=list)
 
 
-def _load_model(model_or_path: Any, device: str) -> tuple[Any, str]:
+def _load_model(model_or_path: Any, device: str, trust: bool) -> tuple[Any, str]:
     import torch
 
     if isinstance(model_or_path, (str, os.PathLike)):
         from torchkeep._modelfile import load
 
-        return load(model_or_path, device=device), os.fspath(model_or_path)
+        return load(model_or_path, device=device, trust=trust), os.fspath(model_or_path)
     if isinstance(model_or_path, torch.nn.Module):
         if getattr(model_or_path, "torchkeep_spec", None) is None:
             raise UsageError(
@@ -111,6 +111,7 @@ def evaluate(
     batch_size: int = 256,
     device: str = "auto",
     png: str | os.PathLike[str] | None = None,
+    trust: bool = False,
 ) -> EvalReport:
     """Evaluate a classifier on a dataset.
 
@@ -125,11 +126,13 @@ def evaluate(
         batch_size: images per forward pass.
         device: ``auto``, ``cpu``, ``cuda``, ``mps``.
         png: also write the confusion matrix as a PNG here.
+        trust: allow a model file whose spec names a user class (``package.module:Class``) to import it.
 
     Returns:
         An :class:`EvalReport`.
 
     Raises:
+        UnsafeFileError: the model file can run code (scan verdict ``dangerous``).
         UsageError: unknown dataset or split, no dataset given or recorded.
         CompatibilityError: the dataset has classes the model was not trained on.
     """
@@ -142,7 +145,7 @@ def evaluate(
     t0 = time.perf_counter()
     if split not in SPLITS:
         raise UsageError(f"unknown split {split!r}", fix="use one of: " + ", ".join(SPLITS))
-    model, label = _load_model(model_or_path, device)
+    model, label = _load_model(model_or_path, device, trust)
     spec = model.torchkeep_spec
     trained = dict((spec.extra or {}).get("training") or {})
     data = data or trained.get("data") or spec.provenance.dataset

@@ -22,19 +22,22 @@ import logging
 import os
 import time
 import warnings
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torchkeep._atomic import atomic_path
+from torchkeep._detect import Detected, corrupt_file_errors, detect
+from torchkeep._gate import check_file
+from torchkeep._onnx import read_onnx
+from torchkeep._spec import ModelSpec
 from torchkeep.errors import InputError, TorchkeepError, UsageError
 
 if TYPE_CHECKING:  # torch is imported lazily: importing torchkeep stays cheap
     import torch
     from torch import nn
-
-    from torchkeep._spec import ModelSpec
 
 __all__ = [
     "FORMATS",
@@ -301,10 +304,6 @@ class OnnxRunner(Runner):
         batch = inp.shape[0] if inp.shape else None
         super().__init__(dtype=dtype, device=device, fixed_batch=batch if isinstance(batch, int) else None)
 
-    def metadata(self) -> dict[str, str]:
-        """The model's ``metadata_props``."""
-        return dict(self.session.get_modelmeta().custom_metadata_map)
-
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         import numpy as np
         import torch
@@ -454,47 +453,77 @@ def _embed_onnx_spec(data: bytes, spec_json: str | None) -> Any:
     return proto
 
 
+def read_exported_spec(det: Detected) -> ModelSpec | None:
+    """The spec a TorchScript or ONNX export carries, read from the file without loading it (no torch)."""
+    raw: str | None = None
+    with corrupt_file_errors(det.path):
+        if det.format == "torchscript":
+            # torch.jit.save(_extra_files=...) writes <archive>/extra/NAME, where torch.jit.load reads it
+            member = f"{det.archive_root}/extra/{TORCHSCRIPT_SPEC_FILE}" if det.archive_root else ""
+            with zipfile.ZipFile(det.path) as zf:
+                if member in zf.namelist():
+                    raw = zf.read(member).decode("utf-8")
+        elif det.format == "onnx":
+            raw = read_onnx(det.path).metadata.get(ONNX_SPEC_KEY)  # onnxruntime's custom_metadata_map
+    return ModelSpec.from_json(raw, path=det.path) if raw else None
+
+
 def load_exported(
-    path: str | os.PathLike[str], *, device: str = "cpu"
+    path: str | os.PathLike[str],
+    *,
+    device: str = "cpu",
+    trust: bool = False,
+    spec: ModelSpec | None = None,
+    need_spec: bool = False,
 ) -> tuple[Runner, ModelSpec | None, str]:
     """Open a TorchScript or ONNX export and read the spec it carries.
+
+    The file is scanned first (:func:`torchkeep._gate.check_file`): ``torch.jit.load`` runs TorchScript
+    code (``__setstate__`` while loading) and onnxruntime runs custom ops, so only a ``safe`` file is
+    loaded unless ``trust``. The spec is read from the file without loading it, so a missing spec
+    (``need_spec``) is reported before anything is loaded.
 
     Args:
         path: the exported file.
         device: where to run it.
+        trust: load it whatever the scan says (``--trust``).
+        spec: a spec that overrides the file's.
+        need_spec: raise if neither ``spec`` nor the file gives one.
 
     Returns:
         (runner, spec or None, format) with format "torchscript" or "onnx".
 
     Raises:
-        InputError: the file is neither TorchScript nor ONNX, or cannot be loaded.
+        InputError: the file is neither TorchScript nor ONNX, carries no spec (``need_spec``), or cannot be loaded.
+        UnsafeFileError: the scan found code that is not tensor computation (without ``trust``).
     """
-    from torchkeep._detect import detect
-    from torchkeep._spec import ModelSpec
-
     det = detect(path)
+    if det.format not in ("torchscript", "onnx"):
+        raise InputError(f"not a TorchScript or ONNX export (it is a {det.description})", path=path)
+    check_file(path, trust=trust)
+    spec = spec or read_exported_spec(det)
+    if spec is None and need_spec:
+        raise InputError(
+            f"this {det.format} file carries no torchkeep spec (class names, input size, preprocessing)",
+            path=path,
+            fix="export it with `torchkeep export`, or pass spec=ModelSpec(...)",
+        )
     if det.format == "torchscript":
         import torch
 
-        extra = {TORCHSCRIPT_SPEC_FILE: ""}
         try:
             with _quiet():
-                module = torch.jit.load(os.fspath(path), map_location=device, _extra_files=extra)
+                module = torch.jit.load(os.fspath(path), map_location=device)
         except Exception as exc:
             raise InputError(
                 f"cannot load the TorchScript archive: {exc}".splitlines()[0], path=path
             ) from None
-        raw = extra.get(TORCHSCRIPT_SPEC_FILE) or ""
-        spec = ModelSpec.from_json(raw, path=path) if raw else None
         return TorchScriptRunner(module, device=device), spec, "torchscript"
-    if det.format == "onnx":
-        try:
-            runner = OnnxRunner(path, device=device)
-        except Exception as exc:
-            raise InputError(f"onnxruntime cannot load the model: {exc}".splitlines()[0], path=path) from None
-        raw_spec = runner.metadata().get(ONNX_SPEC_KEY)
-        return runner, (ModelSpec.from_json(raw_spec, path=path) if raw_spec else None), "onnx"
-    raise InputError(f"not a TorchScript or ONNX export (it is a {det.description})", path=path)
+    try:
+        runner = OnnxRunner(path, device=device)
+    except Exception as exc:
+        raise InputError(f"onnxruntime cannot load the model: {exc}".splitlines()[0], path=path) from None
+    return runner, spec, "onnx"
 
 
 # ---------------------------------------------------------------------------------------------- parity

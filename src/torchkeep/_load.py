@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torchkeep._detect import Detected, corrupt_file_errors, detect
+from torchkeep._gate import check_file
 from torchkeep._pickle import DTYPE_ITEMSIZE, StorageRef, TensorRef
 from torchkeep._read import FileStructure, RawTensor, read_structure
 from torchkeep._weights import WeightsView, file_kind, find_weights
-from torchkeep.errors import InputError, UnsafeFileError, UsageError
+from torchkeep.errors import InputError, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -55,26 +56,6 @@ class LoadedWeights:
     scan_verdict: str | None = None
     kind: str = ""  # as inspect reports it: state_dict, checkpoint, full_model, torchscript, ...
     metadata: dict[str, str] = field(default_factory=dict)
-
-
-def _check_safety(path: Path) -> str | None:
-    """Scan the file (every format: a .pt2 or a safetensors/pickle polyglot can carry a pickle too);
-    refuse dangerous ones. Returns the verdict."""
-    from torchkeep._scan import scan
-
-    report = scan(path)
-    if report.verdict == "dangerous":
-        dangerous = [f for f in report.findings if f.severity == "dangerous"]
-        reasons = "; ".join(f"{f.target} ({f.why})" for f in dangerous[:3])
-        if len(dangerous) > 3:
-            reasons += f"; and {len(dangerous) - 3} more"
-        raise UnsafeFileError(
-            f"refused: the file can execute code when loaded: {reasons or 'dangerous pickle'}",
-            path=path,
-            fix="do not load it; run `torchkeep scan` on it for every finding",
-            findings=list(report.findings),
-        )
-    return str(report.verdict)
 
 
 def _read_member_into(zf: zipfile.ZipFile, info: zipfile.ZipInfo, buf: Any) -> int:
@@ -301,7 +282,10 @@ def read_weights(
 
 
 def _read_weights(path: str | os.PathLike[str], map_location: Any, *, trust: bool, key: str | None) -> LoadedWeights:
-    verdict = _check_safety(Path(path))  # first: a file of no known format may still carry a payload
+    # First: a file of no known format may still carry a payload. Dangerous files are refused even with
+    # trust; custom-code passes: the restricted reader below never imports its classes, and with trust the
+    # user vouches for the torch.load(weights_only=False) that does.
+    verdict = check_file(path, runs_code=False).verdict
     det = detect(path)
     fs = read_structure(det)
     view: WeightsView = find_weights(fs, key=key)

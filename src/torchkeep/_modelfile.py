@@ -14,6 +14,7 @@ import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from torchkeep._gate import check_file
 from torchkeep._spec import METADATA_KEY, ModelSpec
 from torchkeep.errors import CompatibilityError, InputError, UntrustedCodeError, UsageError
 
@@ -201,7 +202,8 @@ def _explain_not_model_file(p: Path) -> InputError:
         return InputError(
             "is a TorchScript archive, not a torchkeep model file",
             path=p,
-            fix=f"torch.jit.load(path) runs it without its source; or `{adapt}` to rebuild it as a model file",
+            fix=f"`torchkeep predict {p} IMAGES` runs it after scanning its code (torch.jit.load runs whatever "
+            f"code it holds: `torchkeep scan` it first); or `{adapt}` to rebuild it as a model file",
         )
     if fmt == "safetensors":
         return InputError(
@@ -289,6 +291,7 @@ def load(
 
     Raises:
         InputError: missing file, not a model file (the message says what it is and how to use it).
+        UnsafeFileError: the scan calls the file ``dangerous`` (refused whatever ``trust`` says).
         UntrustedCodeError: the spec names a user class and ``trust`` is False.
         CompatibilityError: weights and spec disagree, or the device is not available.
     """
@@ -298,6 +301,8 @@ def load(
     from torchkeep.models._build import build_from_spec
 
     p = _check_path(path)
+    # safetensors runs no code, but a file that also parses as something that does (a polyglot) is refused
+    check_file(p, runs_code=False)
     spec = read_spec(p)
     if spec is None:
         raise _explain_not_model_file(p)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from torchkeep._detect import detect
 from torchkeep.errors import InputError, UsageError
 
 if TYPE_CHECKING:
@@ -188,10 +189,14 @@ def prepare(
         half: run in float16.
         spec: overrides the spec found in the model (needed for exports made without torchkeep).
         channels_last: eager/torchscript: NHWC memory format (often faster for CNNs on CPU).
-        trust: allow a model file whose spec names a user class to import it (as ``torchkeep.load``).
+        trust: load a file whatever its scan says: a TorchScript / ONNX export whose code is not ``safe``, a
+            model file whose spec names a user class (as ``torchkeep.load``). Only for files you trust.
 
     Returns:
         (runner, spec, backend actually used).
+
+    Raises:
+        UnsafeFileError: the scan found code in the file that is not tensor computation (without ``trust``).
     """
     import torch
     from torch import nn
@@ -207,8 +212,6 @@ def prepare(
     dev = ex.resolve_device(device)
     dtype: str | None = "float16" if half else None
     if isinstance(model, (str, os.PathLike)):
-        from torchkeep._detect import detect
-
         fmt = detect(model).format
         if fmt in ("torchscript", "onnx"):
             natural = "torchscript" if fmt == "torchscript" else "onnxruntime"
@@ -219,14 +222,9 @@ def prepare(
                     fix=f"drop --backend, or export the original model file with torchkeep export --format "
                     f"{'onnx' if backend == 'onnxruntime' else 'torchscript'}",
                 )
-            runner, file_spec, _ = ex.load_exported(model, device=dev)
-            spec = spec or file_spec
-            if spec is None:
-                raise InputError(
-                    f"this {fmt} file carries no torchkeep spec (class names, input size, preprocessing)",
-                    path=model,
-                    fix="export it with `torchkeep export`, or pass spec=ModelSpec(...)",
-                )
+            # scanned, then the spec checked, before torch.jit.load / onnxruntime run anything of the file
+            runner, spec, _ = ex.load_exported(model, device=dev, trust=trust, spec=spec, need_spec=True)
+            assert spec is not None  # need_spec
             if half and runner.dtype != "float16":
                 if isinstance(runner, ex.TorchScriptRunner):
                     runner = ex.TorchScriptRunner(runner.module, dtype="float16", device=dev)
@@ -291,13 +289,15 @@ def predict(
         half: float16 (slow on CPU; use with the parity check of ``torchkeep export --half``).
         spec: overrides the model's spec.
         progress: called as ``progress(done, total)`` after each batch.
-        trust: allow a model file whose spec names a user class (``package.module:Class``) to import it.
+        trust: load the model whatever its scan says (TorchScript / ONNX code that is not ``safe``) and let a
+            model file whose spec names a user class (``package.module:Class``) import it. Only for files you trust.
 
     Returns:
         One :class:`Prediction` per input, in input order; unreadable inputs have ``error`` set.
 
     Raises:
         InputError: no input was found at all, or the model file cannot be read.
+        UnsafeFileError: the model file can run code that is not tensor computation (without ``trust``).
         UsageError: bad arguments.
     """
     if topk < 1:

@@ -2,7 +2,9 @@
 
 Every pickle stream of the file is found by content (:mod:`torchkeep._streams`) and followed opcode by
 opcode on an abstract stack (:mod:`torchkeep._pickle_vm`); each global it names is classified by
-:mod:`torchkeep._scan_rules` (allow-list first). The verdict of a file is the worst of its findings:
+:mod:`torchkeep._scan_rules` (allow-list first). The code the file carries — TorchScript methods and the
+operators they call, ONNX custom ops and external-data locations — is checked by :mod:`torchkeep._scan_code`
+(allow-list first too). The verdict of a file is the worst of its findings:
 
 - ``safe``: only tensor/storage rebuilding and plain containers/scalars;
 - ``custom-code``: imports classes not known to be safe (a full pickled model, ``argparse.Namespace``):
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from torchkeep._pickle_vm import StreamResult
+from torchkeep._scan_code import analyse_code
 from torchkeep._streams import Sink, analyze_start, walk_file
 from torchkeep.errors import InputError, UnknownFormatError
 
@@ -91,6 +94,11 @@ RULES: dict[str, str] = {
     "zip-too-large": "A compressed member too large to inflate completely for scanning",
     "extension-mismatch": "The file's extension does not match its content",
     "unreadable": "The file could not be read",
+    "torchscript-op": "TorchScript code calls an operator or C++ class that is not tensor computation (files, processes, network, custom-registered ops)",
+    "torchscript-unparsed": "TorchScript code that cannot be parsed, or written in a form torch.jit.save never writes",
+    "onnx-custom-op": "An ONNX node of a custom-op domain, or one that calls into PyTorch or Python",
+    "onnx-external-data": "An ONNX external-data location outside the model's folder (absolute, '..', symlink, memory tag)",
+    "onnx-unparsed": "An ONNX protobuf that cannot be followed to its end",
 }
 
 
@@ -136,6 +144,9 @@ class ScanReport:
         streams: the pickle streams scanned.
         error: why the file (or part of it) could not be read, if so.
         notes: facts worth knowing that are not findings (nested archives scanned, storage table walked).
+        code: the code the file carries -> the operators it calls: TorchScript methods (those that run at
+            ``torch.jit.load`` marked ``(runs at load)``) and ONNX graphs/functions; see :mod:`torchkeep._scan_code`.
+            The JSON form carries its summary in ``notes`` (the ops called, the methods run at load).
         unknown_format: the bytes match no model format and do not parse as a pickle (a README, a
             config file): the verdict is ``"error"``; the CLI skips such files found inside directories.
     """
@@ -149,6 +160,7 @@ class ScanReport:
     error: str | None = None
     notes: list[str] = field(default_factory=list)
     unknown_format: bool = False
+    code: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def custom_classes(self) -> list[str]:
@@ -303,7 +315,14 @@ def scan(path: str | os.PathLike[str]) -> ScanReport:
         walk_file(p, fmt, col.sink)
     except OSError as exc:
         return col.report(str(path), fmt, error=f"{path}: cannot read the file ({exc})")
-    return col.report(str(path), fmt)
+    # -- the code the file carries: TorchScript methods and their ops, ONNX custom ops and external data
+    code = analyse_code(p, fmt, col.imports)
+    for c in code.findings:
+        col.add(Finding(c.severity, "", c.name, c.stream, None, c.why, c.rule))
+    col.notes.extend(code.notes)
+    report = col.report(str(path), fmt)
+    report.code = code.code
+    return report
 
 
 def iter_files(paths: Iterable[str | os.PathLike[str]], recursive: bool = False) -> Iterator[Path]:

@@ -109,6 +109,7 @@ def _floats(text: str, flag: str) -> list[float]:
               help="Reach --num-classes by replacing the last classifier layer, or by appending Linear(outputs, N) "
               "after it (the VGG16 recipe: classifier.add_linear; the source's whole head loads).")
 @click.option("--key", help="Checkpoint entry holding the weights (dotted: 'ema', 'model.state_dict').")
+@click.option("--trust", is_flag=True, help="Fully unpickle a custom-code file (RUNS its classes' code).")
 @click.option("--dry-run", is_flag=True, help="Show the report, write nothing.")
 @click.option("--limit", type=int, default=8, show_default=True, help="Key patterns shown per row (0: all).")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="The model file to write (.safetensors).")
@@ -130,6 +131,7 @@ def command(
     std: str | None,
     head: str,
     key: str | None,
+    trust: bool,
     dry_run: bool,
     limit: int,
     out: str | None,
@@ -163,6 +165,7 @@ def command(
             head=head,  # type: ignore[arg-type]
             mean=norm[0],
             std=norm[1],
+            trust=trust,
         )
     except CompatibilityError as exc:
         report = getattr(exc, "report", None)

@@ -59,10 +59,11 @@ def _human(report, limit: int) -> None:
     "--atol", type=float, default=0.0, show_default=True, help="Values closer than this count as equal."
 )
 @click.option("--limit", type=int, default=20, show_default=True, help="Rows to show (0: all).")
+@click.option("--trust", is_flag=True, help="Fully unpickle custom-code files (RUNS their classes' code).")
 @json_option
-def command(a: str, b: str, atol: float, limit: int, as_json: bool) -> int:
+def command(a: str, b: str, atol: float, limit: int, trust: bool, as_json: bool) -> int:
     from torchkeep._diff import diff
 
-    report = diff(a, b, atol=atol)
+    report = diff(a, b, atol=atol, trust=trust)
     emit(report, as_json, lambda r: _human(r, limit if limit > 0 else 1 << 30))
     return report.exit_code

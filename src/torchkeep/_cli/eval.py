@@ -56,13 +56,15 @@ def _human(report) -> None:
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--png", type=click.Path(dir_okay=False), help="Write the confusion matrix as a PNG.")
+@click.option("--trust", is_flag=True, help="Allow a model file naming a user class to import it.")
 @json_option
-def command(model, data, split, seed, val_fraction, data_root, no_download, batch_size, device, png, as_json) -> int:
+def command(model, data, split, seed, val_fraction, data_root, no_download, batch_size, device, png, trust,
+            as_json) -> int:
     from torchkeep._evaluate import evaluate
 
     report = evaluate(
         model, data, split=split, seed=seed, val_fraction=val_fraction, data_root=data_root,
-        download=not no_download, batch_size=batch_size, device=device, png=png,
+        download=not no_download, batch_size=batch_size, device=device, png=png, trust=trust,
     )
     emit(report, as_json, _human)
     return 0

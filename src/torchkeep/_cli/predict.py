@@ -91,7 +91,12 @@ def _write_csv(predictions, path: str, topk: int) -> None:
 @click.option(
     "--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write a CSV file ('-': stdout)."
 )
-@click.option("--trust", is_flag=True, help="Allow a model file naming a user class to import it.")
+@click.option(
+    "--trust",
+    is_flag=True,
+    help="Load the model whatever its scan says (TorchScript/ONNX code that is not safe, a user class the "
+    "spec names). Only for files you trust.",
+)
 @click.option("--no-progress", is_flag=True, help="Never show a progress bar.")
 @json_option
 def command(

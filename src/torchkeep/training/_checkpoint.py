@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from torchkeep._atomic import atomic_path
+from torchkeep._gate import check_file
 from torchkeep.errors import CompatibilityError, InputError, TorchkeepError
 
 __all__ = [
@@ -152,9 +153,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             path=p,
             fix="pass the run directory given to --out (it holds checkpoint.pt)",
         )
-    from torchkeep._load import _check_safety
-
-    _check_safety(p)  # a checkpoint.pt from elsewhere that can run code is refused with its findings
+    # a checkpoint.pt from elsewhere that can run code is refused with its findings (weights_only=True below
+    # runs none, but a file built to run code is no checkpoint to resume from)
+    check_file(p, runs_code=False)
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:

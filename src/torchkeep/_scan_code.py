@@ -1,0 +1,554 @@
+"""The code a model file carries: TorchScript methods and the operators they call, ONNX custom ops and
+external data. Part of :func:`torchkeep.scan`; nothing is executed, ``torch`` and ``onnx`` are not imported.
+
+**TorchScript.** ``torch.jit.load`` compiles every ``<root>/code/**.py`` member of the archive (TorchScript
+source in Python syntax) and runs ``__setstate__`` methods while loading; ``forward`` and the other methods
+run when the model is called. Each member is parsed with :mod:`ast` (never executed) and every operator
+reference is resolved the way TorchScript's importer resolves it (``torch/csrc/jit/serialization/
+import_source.cpp``): ``torch.X`` and ``torch.autograd.X`` are ``aten::X``; ``ops.NS.X`` is ``NS::X``
+(``ops.NS.autograd.X`` is ``aten::X``); ``__torch__.torch.classes.NS.C`` is a C++ class registered by a
+library; ``x.X(...)`` on a tensor is ``aten::X`` too.
+
+What is allowed is decided allow-list first, and fails closed:
+
+- an operator must be in one of torch's own compute namespaces (:data:`COMPUTE_NAMESPACES`) or be one of
+  the few named operators of other namespaces in :data:`COMPUTE_OPS` (profiler ranges, torchvision's
+  detection ops). Any other namespace — a custom op a library registers (``ops.image.write_file`` of
+  torchvision, ``ops.c10d.*`` networking, ``ops.myns.*``) — is ``dangerous``: it is native code torchkeep
+  cannot judge;
+- inside those namespaces, an operator whose name has a word of file, process, network or Python access
+  (:data:`IO_WORDS`: ``aten::save``, ``aten::from_file``, ``prim::PythonOp``, ``prim::rpc_async``...) is
+  ``dangerous``. ``tests/test_scan_code.py`` checks against the installed torch's operator registry that
+  every operator taking a file name or path argument is caught, so a torch upgrade that adds one fails the
+  tests rather than passing silently;
+- a C++ class outside :data:`CUSTOM_CLASS_NAMESPACES` (quantized packed weights, xnnpack/mkldnn op
+  contexts) and :data:`CUSTOM_CLASSES` is ``dangerous``, in the code or in ``data.pkl``;
+- source that torch's own printer (``torch.jit.save``) never writes is ``dangerous``, because Python's
+  parser and TorchScript's lexer could read it differently: bytes outside printable ASCII and newline,
+  comments (TorchScript compiles ``# type:`` comments), string literals with prefixes or triple quotes,
+  an operator namespace used as a value (``m = torch``), or a member that does not parse at all.
+
+**ONNX.** onnxruntime runs ops of the standard domains and its own contrib domain; a node of any other
+domain needs a custom-op library registered with the session (native code), unless it calls a function
+defined in the model (whose body is checked). ``com.microsoft`` ``ATen``/``PythonOp`` call into PyTorch
+or Python. Initializers with external data are read from ``location`` relative to the model's folder:
+an absolute location, a ``..`` step, a symlink leading out of the folder or onnxruntime's in-memory tag
+reads other files or memory. Each of these is a ``dangerous`` finding.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import mmap
+import os
+import re
+import tokenize
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torchkeep._onnx import _fields, _str, _Truncated
+
+__all__ = [
+    "COMPUTE_NAMESPACES",
+    "COMPUTE_OPS",
+    "CUSTOM_CLASSES",
+    "CUSTOM_CLASS_NAMESPACES",
+    "IO_WORDS",
+    "ONNX_DOMAINS",
+    "CodeAnalysis",
+    "CodeFinding",
+    "analyse_code",
+    "classify_op",
+]
+
+#: Operator namespaces of torch's own tensor computation (TorchScript ``torch.X`` is ``aten``).
+COMPUTE_NAMESPACES = frozenset(
+    {"aten", "prim", "prims", "quantized", "_quantized", "prepacked", "mkldnn", "mkldnn_prepacked", "onednn",
+     "sparse", "quantization"}
+)
+#: Operators of other namespaces that only compute (torchvision's detection ops) or time a region.
+COMPUTE_OPS = frozenset(
+    {"profiler::_record_function_enter", "profiler::_record_function_enter_new",
+     "profiler::_record_function_exit", "profiler::_call_end_callbacks_on_jit_fut",
+     "torchvision::nms", "torchvision::roi_align", "torchvision::roi_pool", "torchvision::ps_roi_align",
+     "torchvision::ps_roi_pool", "torchvision::deform_conv2d", "torchvision::box_iou_rotated",
+     "torchvision::qnms", "torchvision::qroi_align", "torchvision::_cuda_version"}
+)  # fmt: skip
+#: Words of an operator's name that mean file, process, network or Python access (whatever its namespace).
+IO_WORDS = frozenset(
+    {"file", "files", "filename", "path", "save", "load", "open", "popen", "read", "write", "socket", "connect",
+     "system", "exec", "spawn", "library", "dlopen", "rpc", "remote", "python", "url", "pickle", "unpickle",
+     "mmap", "shm"}
+)
+# Method syntax (``x.save(p)`` is ``aten::save(x, p)`` on a tensor) cannot tell a tensor from a module whose
+# attribute happens to be named like an operator, so only these exact names are refused there.
+_IO_METHODS = frozenset(
+    {"save", "from_file", "load", "_save", "_load", "_save_for_mobile", "_load_for_mobile", "read_file",
+     "write_file", "load_tensor", "PythonOp", "IgnoredPythonOp", "rpc_async", "rpc_sync", "rpc_remote"}
+)  # fmt: skip
+#: Namespaces of torch's own C++ classes found in saved models (``__torch__.torch.classes.NS.C``): packed
+#: quantized weights, xnnpack/mkldnn op contexts.
+CUSTOM_CLASS_NAMESPACES = frozenset({"quantized", "rnn", "sparse", "mkldnn", "xnnpack"})
+#: Single C++ classes of torch allowed outside those namespaces (``torch.autograd.profiler.record_function``).
+CUSTOM_CLASSES = frozenset({"profiler._RecordFunction"})
+#: ONNX domains onnxruntime implements itself ("" is ai.onnx).
+ONNX_DOMAINS = frozenset(
+    {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training", "com.microsoft", "com.microsoft.nchwc",
+     "com.ms.internal.nhwc"}
+)
+# contrib ops of onnxruntime that call into PyTorch (ATen) or a Python function
+_ONNX_DENIED = frozenset({"com.microsoft::ATen", "com.microsoft::PythonOp", "com.microsoft::PythonOpGrad"})
+
+# TorchScript's global names (ir_emitter.cpp, import_source.cpp) that are not operator namespaces
+_BUILTINS = frozenset(
+    {"print", "tuple", "float", "int", "bool", "str", "getattr", "hasattr", "isinstance", "_to_tensor", "len",
+     "hex", "oct", "round", "hash", "id", "min", "max", "abs", "all", "any", "divmod", "sum", "list", "dict",
+     "ord", "chr", "bin", "pow", "complex", "range", "zip", "enumerate", "rangelist", "sorted", "fork", "wait",
+     "annotate", "unchecked_cast", "uninitialized", "AssertionError"}
+)
+_CODE_LIMIT = 64 << 20  # bytes of TorchScript source read per archive; more is a finding
+_ONNX_DEPTH = 64  # nested subgraphs / functions followed
+_CODE_MEMBER = re.compile(r"(?:^|/)code/.*\.py\Z", re.S)
+_PRINTABLE = re.compile(r"[^\n\x20-\x7e]")
+_PLAIN_STRING = re.compile(r"""\A(?:"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')\Z""", re.S)
+_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+
+
+@dataclass(frozen=True)
+class CodeFinding:
+    """A reason the file's code is not allowed (turned into a :class:`torchkeep._scan.Finding`)."""
+
+    rule: str
+    name: str  # the operator, class or member concerned
+    stream: str  # the archive member or ONNX part
+    why: str
+    severity: str = "dangerous"
+
+
+@dataclass
+class CodeAnalysis:
+    """What :func:`analyse_code` found.
+
+    Attributes:
+        findings: the reasons the code is not allowed.
+        code: where code runs -> the operators it calls, sorted (``"__torch__.Net.forward": ["aten::conv2d",
+            ...]``; TorchScript methods run at ``torch.jit.load`` are marked ``(runs at load)``).
+        notes: facts worth knowing (methods that run at load, external data read).
+    """
+
+    findings: list[CodeFinding] = field(default_factory=list)
+    code: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def classify_op(op: str) -> str | None:
+    """Why ``op`` (``namespace::name``) is not allowed in a model's code, or ``None`` if it computes on tensors."""
+    ns, _, name = op.partition("::")
+    words = {w.lower() for w in _WORDS.findall(name)}
+    io = sorted(words & IO_WORDS)
+    if io:
+        return f"its name says file, process, network or Python access ({', '.join(io)})"
+    if op in COMPUTE_OPS or ns in COMPUTE_NAMESPACES:
+        return None
+    return (f"namespace {ns!r} is not one of torch's compute namespaces: an operator a library registered "
+            "(native code torchkeep cannot judge)")
+
+
+def _classify_class(ns: str, name: str) -> str | None:
+    if ns in CUSTOM_CLASS_NAMESPACES or f"{ns}.{name}" in CUSTOM_CLASSES:
+        return None
+    return f"a C++ class registered by a library (namespace {ns!r}): its methods are native code"
+
+
+def analyse_code(path: str | os.PathLike[str], fmt: str | None, imports: Iterable[str] = ()) -> CodeAnalysis:
+    """Find the code ``path`` carries: TorchScript in any zip archive, custom ops and external data in ONNX.
+
+    Args:
+        path: the file.
+        fmt: its detected format (``"onnx"`` selects the ONNX checks; zips are recognised by content).
+        imports: the globals its pickles name (``module.name``): TorchScript's ``data.pkl`` builds objects
+            of C++ classes (``__torch__.torch.classes.NS.C``) by calling their native ``__setstate__``.
+
+    Returns:
+        A :class:`CodeAnalysis`; never raises for a bad file (what cannot be read is a finding).
+    """
+    p = Path(path)
+    out = CodeAnalysis()
+    for imp in imports:
+        parts = imp.split(".")
+        if parts[:3] == ["__torch__", "torch", "classes"] and len(parts) >= 4:
+            why = _classify_class(parts[3], ".".join(parts[4:]))
+            if why:
+                out.findings.append(CodeFinding("torchscript-op", imp, "data.pkl", f"the pickle builds {imp}: {why}"))
+    if fmt == "onnx":
+        _onnx(p, out)
+        return out
+    try:
+        if zipfile.is_zipfile(p):
+            _torchscript(p, out)
+    except OSError:
+        pass  # the pickle scan reports an unreadable file
+    return out
+
+
+# ------------------------------------------------------------------------------------------- TorchScript
+def _torchscript(p: Path, out: CodeAnalysis) -> None:
+    try:
+        zf = zipfile.ZipFile(p)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, UnicodeDecodeError):
+        return  # the zip walker reports archives whose directory cannot be read
+    with zf:
+        # torch's reader (miniz) looks names up ignoring ASCII case: archive/CODE/__torch__.PY is code too
+        members = [i for i in zf.infolist() if _CODE_MEMBER.search(i.filename.lower())]
+        budget = _CODE_LIMIT
+        methods = 0
+        load_time: list[str] = []
+        for info in members:
+            name = info.filename
+            try:
+                with zf.open(info) as fh:
+                    data = fh.read(budget + 1)
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as exc:
+                out.findings.append(CodeFinding("torchscript-unparsed", name, name,
+                                                f"TorchScript code that cannot be read ({exc}): cannot judge what it runs"))
+                continue
+            if len(data) > budget:
+                out.findings.append(CodeFinding("torchscript-unparsed", name, name,
+                                                f"more than {_CODE_LIMIT >> 20} MiB of TorchScript code: not analysed"))
+                return
+            budget -= len(data)
+            unit = _Unit(name, _qualifier(name), out)
+            unit.analyse(data)
+            methods += len(unit.methods)
+            load_time += [m for m in unit.methods if m.endswith(".__setstate__")]
+    if members:
+        called = sorted({op for ops in out.code.values() for op in ops})
+        out.notes.append(
+            f"TorchScript code: {methods} methods/functions in {len(members)} file{'s' if len(members) > 1 else ''} "
+            f"call {', '.join(called) or 'no operator'}"
+        )
+        for method in load_time:
+            ops = out.code.get(f"{method} (runs at load)", [])
+            out.notes.append(f"torch.jit.load runs {method}: {', '.join(ops) or 'no operator'}")
+
+
+def _qualifier(member: str) -> str:
+    """``archive/code/__torch__/torch/nn/modules/conv.py`` -> ``__torch__.torch.nn.modules.conv``."""
+    parts = member[: -len(".py")].split("/")
+    lower = [x.lower() for x in parts]
+    return ".".join(parts[lower.index("code") + 1 :] if "code" in lower else parts)
+
+
+class _Unit:
+    """One TorchScript source member."""
+
+    def __init__(self, member: str, qualifier: str, out: CodeAnalysis) -> None:
+        self.member = member
+        self.qualifier = qualifier
+        self.out = out
+        self.methods: list[str] = []
+        self._flagged: set[tuple[str, str]] = set()
+
+    def finding(self, rule: str, name: str, why: str) -> None:
+        if (rule, name) not in self._flagged:
+            self._flagged.add((rule, name))
+            self.out.findings.append(CodeFinding(rule, name, self.member, why))
+
+    def unparsed(self, why: str) -> None:
+        self.finding("torchscript-unparsed", self.member, f"{why}: cannot judge what the code runs")
+
+    def analyse(self, data: bytes) -> None:
+        try:
+            text = data.decode("ascii")
+        except UnicodeDecodeError:
+            return self.unparsed("non-ASCII bytes, which torch.jit.save never writes in code")
+        bad = _PRINTABLE.search(text)
+        if bad:
+            return self.unparsed(f"the control character {bad.group()!r}, which torch.jit.save never writes in code")
+        if not self._canonical_tokens(text):
+            return
+        try:
+            tree = ast.parse(text, filename=self.member)
+        except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+            return self.unparsed(f"source that does not parse ({type(exc).__name__}: {str(exc)[:80]})")
+        self._walk(tree)
+
+    def _canonical_tokens(self, text: str) -> bool:
+        """Strings and comments the way torch's printer writes them, so that Python and TorchScript see the
+        same code: TorchScript compiles ``# type:`` comments and knows no string prefixes."""
+        fstring = getattr(tokenize, "FSTRING_START", -1)
+        try:
+            for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+                if tok.type == tokenize.COMMENT:
+                    self.unparsed(f"a comment (line {tok.start[0]}), which torch.jit.save never writes")
+                    return False
+                if tok.type == fstring or (tok.type == tokenize.STRING and not _PLAIN_STRING.match(tok.string)):
+                    self.unparsed(f"a string literal with a prefix or triple quotes (line {tok.start[0]})")
+                    return False
+                if tok.type == tokenize.ERRORTOKEN:
+                    self.unparsed(f"a token Python cannot read (line {tok.start[0]})")
+                    return False
+        except (tokenize.TokenError, SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+            self.unparsed(f"source that does not tokenize ({type(exc).__name__})")
+            return False
+        return True
+
+    def _walk(self, tree: ast.Module) -> None:
+        # (node, where) pairs, depth first; ``where`` is the method or function whose body holds the node
+        stack: list[tuple[ast.AST, str]] = [(tree, self.qualifier)]
+        inner: set[int] = set()  # Attribute nodes already seen as part of a longer chain
+        ops: dict[str, set[str]] = {}
+        while stack:
+            node, where = stack.pop()
+            if isinstance(node, ast.ClassDef):
+                where = f"{self.qualifier}.{node.name}"
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                where = f"{where}.{node.name}"
+                self.methods.append(where)
+                ops.setdefault(where, set())
+            elif isinstance(node, ast.Attribute) and id(node) not in inner:
+                self._chain(node, where, ops, inner)
+            elif isinstance(node, ast.Name) and node.id in ("torch", "ops", "__torch__") and id(node) not in inner:
+                self.finding("torchscript-op", node.id, f"{where} uses the operator namespace {node.id!r} as a "
+                             "value: the operators it reaches cannot be followed")
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                self._builtin_call(node, where, ops)
+            stack.extend((child, where) for child in reversed(list(ast.iter_child_nodes(node))))
+        for where, called in ops.items():
+            key = f"{where} (runs at load)" if where.endswith(".__setstate__") else where
+            self.out.code[key] = sorted(called)
+
+    def _builtin_call(self, node: ast.Call, where: str, ops: dict[str, set[str]]) -> None:
+        name = node.func.id  # type: ignore[attr-defined]
+        if name not in _BUILTINS:
+            return
+        ops.setdefault(where, set()).add(f"builtins.{name}")
+        # getattr(x, "save") is x.save: the attribute may be a tensor's operator
+        if name in ("getattr", "hasattr") and len(node.args) >= 2:
+            arg = node.args[1]
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and arg.value in _IO_METHODS:
+                self.finding("torchscript-op", f"aten::{arg.value}",
+                             f"{where} reaches aten::{arg.value} through getattr: file, process or network access")
+
+    def _chain(self, node: ast.Attribute, where: str, ops: dict[str, set[str]], inner: set[int]) -> None:
+        attrs: list[str] = []
+        cur: ast.expr = node
+        while isinstance(cur, ast.Attribute):
+            attrs.append(cur.attr)
+            if cur is not node:
+                inner.add(id(cur))
+            cur = cur.value
+        attrs.reverse()
+        root = cur.id if isinstance(cur, ast.Name) else None
+        if isinstance(cur, ast.Name):
+            inner.add(id(cur))
+        if root == "torch":
+            self._op("aten", attrs, where, ops)
+        elif root == "ops":
+            if len(attrs) < 2:
+                self.finding("torchscript-op", "ops." + ".".join(attrs), f"{where} uses the operator namespace "
+                             f"ops.{'.'.join(attrs)} as a value: the operators it reaches cannot be followed")
+            else:
+                self._op(attrs[0], attrs[1:], where, ops)
+        elif root == "__torch__" and (attrs[:2] == ["torch", "classes"] or attrs == ["torch"]):
+            name = "__torch__." + ".".join(attrs)
+            if len(attrs) < 3:  # the namespace of C++ classes as a value: m.myns.Evil(...) would hide the class
+                self.finding("torchscript-op", name, f"{where} uses the class namespace {name} as a value: the "
+                             "classes it reaches cannot be followed")
+                return
+            ops.setdefault(where, set()).add(name)
+            why = _classify_class(attrs[2], ".".join(attrs[3:]))
+            if why:
+                self.finding("torchscript-op", name, f"{where} uses {name}: {why}")
+        elif root != "__torch__" and root != "CONSTANTS":
+            # x.save(p) on a tensor is aten::save(x, p)
+            for a in attrs:
+                if a in _IO_METHODS:
+                    self.finding("torchscript-op", f"aten::{a}", f"{where} calls .{a}(), which on a tensor is "
+                                 f"aten::{a}: file, process or network access")
+
+    def _op(self, ns: str, attrs: list[str], where: str, ops: dict[str, set[str]]) -> None:
+        """Resolve ``NS.attr.attr...`` as TorchScript's BuiltinModule does: ``autograd`` is ``aten`` again."""
+        i = 0
+        while i < len(attrs) and attrs[i] == "autograd":
+            ns, i = "aten", i + 1
+        if i == len(attrs):
+            self.finding("torchscript-op", f"{ns}::", f"{where} uses the operator namespace {ns!r} as a value: "
+                         "the operators it reaches cannot be followed")
+            return
+        op = f"{ns}::{attrs[i]}"
+        ops.setdefault(where, set()).add(op)
+        why = classify_op(op)
+        if why:
+            self.finding("torchscript-op", op, f"{where} calls {op}: {why}")
+
+
+# ------------------------------------------------------------------------------------------- ONNX
+def _onnx(p: Path, out: CodeAnalysis) -> None:
+    walker = _OnnxWalker(p, out)
+    try:
+        with open(p, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            walker.model(mm)
+    except (_Truncated, TypeError, ValueError, IndexError, RecursionError) as exc:
+        out.findings.append(CodeFinding("onnx-unparsed", p.name, "model",
+                                        f"the ONNX protobuf cannot be followed to its end ({type(exc).__name__}): "
+                                        "cannot judge which ops it runs or which files it reads"))
+        return
+    except OSError:
+        return  # the scan reports files it cannot read
+    walker.finish()
+
+
+class _OnnxWalker:
+    def __init__(self, p: Path, out: CodeAnalysis) -> None:
+        self.path = p
+        self.out = out
+        self.nodes: list[tuple[str, str, str]] = []  # (domain, op_type, where)
+        self.functions: set[tuple[str, str]] = set()
+        self.locations: list[tuple[str, str]] = []  # (location, tensor name)
+
+    def model(self, buf) -> None:
+        for num, wt, val in _fields(buf, 0, len(buf)):
+            if wt != 2:
+                continue
+            if num == 7:
+                self.graph(buf, val, "graph", 0)
+            elif num == 25:
+                self.function(buf, val, 0)
+            elif num == 20:  # TrainingInfoProto: initialization (1) and algorithm (2) graphs
+                for tnum, twt, tval in _fields(buf, *val):
+                    if tnum in (1, 2) and twt == 2:
+                        self.graph(buf, tval, "training_info", 0)
+
+    def graph(self, buf, sl, where: str, depth: int) -> None:
+        if depth > _ONNX_DEPTH:
+            raise RecursionError
+        for num, wt, val in _fields(buf, *sl):
+            if wt != 2:
+                continue
+            if num == 1:
+                self.node(buf, val, where, depth)
+            elif num == 5:
+                self.tensor(buf, val)
+            elif num == 15:
+                self.sparse(buf, val)
+
+    def function(self, buf, sl, depth: int) -> None:
+        name = domain = ""
+        nodes: list[tuple[int, int]] = []
+        for num, wt, val in _fields(buf, *sl):
+            if wt != 2:
+                continue
+            if num == 1:
+                name = _str(buf, val)
+            elif num == 10:
+                domain = _str(buf, val)
+            elif num == 7:
+                nodes.append(val)
+        self.functions.add((domain, name))
+        for val in nodes:
+            self.node(buf, val, f"function {domain}::{name}", depth + 1)
+
+    def node(self, buf, sl, where: str, depth: int) -> None:
+        op = domain = ""
+        for num, wt, val in _fields(buf, *sl):
+            if wt != 2:
+                continue
+            if num == 4:
+                op = _str(buf, val)
+            elif num == 7:
+                domain = _str(buf, val)
+            elif num == 5:
+                self.attribute(buf, val, f"{where}/{op or 'node'}", depth)
+        self.nodes.append((domain, op, where))
+
+    def attribute(self, buf, sl, where: str, depth: int) -> None:
+        for num, wt, val in _fields(buf, *sl):
+            if wt != 2:
+                continue
+            if num in (6, 11):  # g, graphs: If/Loop/Scan bodies
+                self.graph(buf, val, where, depth + 1)
+            elif num in (5, 10):  # t, tensors (Constant)
+                self.tensor(buf, val)
+            elif num in (22, 23):  # sparse_tensor, sparse_tensors
+                self.sparse(buf, val)
+
+    def sparse(self, buf, sl) -> None:
+        """A SparseTensorProto: its values (1) and indices (2) are TensorProtos."""
+        for num, wt, val in _fields(buf, *sl):
+            if num in (1, 2) and wt == 2:
+                self.tensor(buf, val)
+
+    def tensor(self, buf, sl) -> None:
+        name = ""
+        locations: list[str] = []
+        for num, wt, val in _fields(buf, *sl):
+            if wt != 2:
+                continue
+            if num == 8:
+                name = _str(buf, val)
+            elif num == 13:  # external_data: StringStringEntryProto key (1) / value (2)
+                key = value = ""
+                for knum, kwt, kval in _fields(buf, *val):
+                    if kwt == 2 and knum == 1:
+                        key = _str(buf, kval)
+                    elif kwt == 2 and knum == 2:
+                        value = _str(buf, kval)
+                if key == "location":
+                    locations.append(value)
+        self.locations += [(loc, name) for loc in locations]
+
+    def finish(self) -> None:
+        out = self.out
+        used: dict[str, set[str]] = {}
+        for domain, op, where in self.nodes:
+            key = f"{domain or 'ai.onnx'}::{op}"
+            used.setdefault(where if where.startswith("function") else "graph", set()).add(key)
+            if (domain, op) in self.functions:
+                continue  # a call of a function defined in the model: its nodes are checked
+            if f"{domain}::{op}" in _ONNX_DENIED:
+                out.findings.append(CodeFinding("onnx-custom-op", key, where,
+                                                f"{key} calls into PyTorch or a Python function when onnxruntime runs it"))
+            elif domain not in ONNX_DOMAINS:
+                out.findings.append(CodeFinding(
+                    "onnx-custom-op", key, where,
+                    f"op {op!r} of the custom domain {domain!r}: onnxruntime runs it only with a custom-op library "
+                    "registered (native code torchkeep cannot judge)"))
+        out.code.update({k: sorted(v) for k, v in used.items()})
+        # onnxruntime reads external data relative to the model path it was given (not its resolved target)
+        folder = self.path.absolute().parent
+        seen: set[str] = set()
+        for loc, tensor in self.locations:
+            if loc in seen:
+                continue
+            seen.add(loc)
+            why = _outside(folder, loc)
+            if why:
+                out.findings.append(CodeFinding("onnx-external-data", loc, f"initializer {tensor}",
+                                                f"external data location {loc!r} {why}"))
+        if seen:
+            out.notes.append(f"ONNX external data read from: {', '.join(sorted(seen)[:5])}")
+
+
+def _outside(folder: Path, loc: str) -> str | None:
+    """Why an external-data ``location`` reads something other than a file in the model's folder, or None."""
+    if not loc or "\0" in loc:
+        return "is empty or holds a NUL byte"
+    if "_ORT_MEM_ADDR_" in loc or loc.startswith("*"):
+        return "is onnxruntime's in-memory tag: it reads process memory at an address the file chooses"
+    parts = re.split(r"[\\/]", loc)
+    if loc.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", loc) or os.path.isabs(loc):
+        return "is an absolute path: it reads a file outside the model's folder"
+    if ".." in parts:
+        return "steps out of the model's folder with '..'"
+    try:
+        real = folder.resolve()
+        target = (folder / loc).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return "cannot be resolved"
+    if target != real and real not in target.parents:
+        return f"resolves (through a symlink) to {target}, outside the model's folder"
+    return None
