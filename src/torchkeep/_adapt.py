@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from torchkeep._weights import EMA_KEYS, find_weights_in_object
 from torchkeep.errors import CompatibilityError, TorchkeepError, UsageError
 
 if TYPE_CHECKING:  # torch is imported lazily: importing torchkeep must stay cheap
@@ -47,26 +48,6 @@ __all__ = [
     "load_into",
     "parse_rename",
 ]
-
-# Keys under which checkpoints keep the model weights, most common first. "ema"-like keys come after the
-# main model: a checkpoint holding both is loaded from the main weights and the report says how to pick EMA.
-_WRAPPER_KEYS: tuple[str, ...] = (
-    "state_dict",
-    "model_state_dict",
-    "model",
-    "net",
-    "network",
-    "params",
-    "module",
-    "weights",
-    "model_weights",
-    "ema",
-    "model_ema",
-    "state_dict_ema",
-    "ema_state_dict",
-    "params_ema",
-)
-_EMA_KEYS = ("ema", "model_ema", "state_dict_ema", "ema_state_dict", "params_ema")
 
 # Prefix segments that wrappers add: DataParallel/DDP, torch.compile, Lightning / generic wrappers.
 _KNOWN_PREFIX_SEGMENTS = ("module", "_orig_mod", "model")
@@ -373,65 +354,36 @@ def _tensor_share(m: Mapping) -> float:
 
 
 def _unwrap(obj: Any, notes: list[str]) -> tuple[dict[str, Any], str | None, list[str]]:
-    """Find the weights in ``obj`` (a state_dict, a checkpoint dict, nested, or an nn.Module).
+    """Find the weights in ``obj`` (a state_dict, a checkpoint dict, nested, or an nn.Module) with the rule
+    every verb uses (:mod:`torchkeep._weights`).
 
     Returns (tensors, where they were found, keys of non-tensor entries beside them).
     """
     from torch import nn
 
-    trail: list[str] = []
-    for _ in range(6):  # checkpoints nest a few levels at most ({"model": {"state_dict": ...}})
-        if isinstance(obj, nn.Module):
-            obj = obj.state_dict()
-            break
-        if not isinstance(obj, Mapping):
-            raise CompatibilityError(
-                f"the source is a {type(obj).__name__}, not weights",
-                fix="pass a file path, a state_dict (name -> tensor), a checkpoint dict or an nn.Module",
-            )
-        if _tensor_share(obj) == 1.0:
-            break
-        key = next(
-            (k for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], (Mapping, nn.Module))),
-            None,
+    if not isinstance(obj, Mapping | nn.Module):
+        raise CompatibilityError(
+            f"the source is a {type(obj).__name__}, not weights",
+            fix="pass a file path, a state_dict (name -> tensor), a checkpoint dict or an nn.Module",
         )
-        if key is None:
-            # no known wrapper key: a single nested mapping that holds tensors, else the tensors at this level
-            nested = [k for k, v in obj.items() if isinstance(v, (Mapping, nn.Module)) and _holds_tensors(v)]
-            if _tensor_share(obj) == 0 and len(nested) == 1:
-                key = nested[0]
-            else:
-                break
-        if key in ("model", "state_dict", "model_state_dict", "net", "network", "params", "module"):
-            ema = [k for k in _EMA_KEYS if k in obj]
-            if ema:
-                notes.append(
-                    f"the checkpoint also holds EMA weights under {ema[0]!r}; to load those pass "
-                    f"key={ema[0]!r} (CLI: --key {ema[0]})"
-                )
-        trail.append(str(key))
-        obj = obj[key]
-    if not isinstance(obj, Mapping):
-        raise CompatibilityError("no weights found in the source")
-    tensors = {str(k): v for k, v in obj.items() if _is_tensor(v)}
+    tensors, loc = find_weights_in_object(obj)
     if not tensors:
-        keys = ", ".join(map(str, list(obj)[:8]))
+        keys = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, Mapping) else type(obj).__name__
         raise CompatibilityError(
             f"no tensors found in the source (top-level keys: {keys})",
             fix="pass the weights themselves, e.g. load_into(model, checkpoint['<key that holds them>'])",
         )
-    skipped = [str(k) for k, v in obj.items() if not _is_tensor(v)]
-    if skipped:
-        notes.append(f"ignored {len(skipped)} non-tensor entries: {', '.join(collapse_keys(skipped)[:5])}")
-    return tensors, ".".join(trail) or None, skipped
-
-
-def _holds_tensors(v: Any) -> bool:
-    from torch import nn
-
-    if isinstance(v, nn.Module):
-        return True
-    return isinstance(v, Mapping) and any(_is_tensor(x) or isinstance(x, Mapping) for x in v.values())
+    if loc is None:
+        return tensors, None, []
+    ema = [".".join(p) for p in loc.others if p and p[-1] in EMA_KEYS]
+    if ema and not (loc.path and loc.path[-1] in EMA_KEYS):
+        notes.append(
+            f"the checkpoint also holds EMA weights under {ema[0]!r}; to load those pass "
+            f"key={ema[0]!r} (CLI: --key {ema[0]})"
+        )
+    if loc.skipped:
+        notes.append(f"ignored {len(loc.skipped)} non-tensor entries: {', '.join(collapse_keys(loc.skipped)[:5])}")
+    return tensors, loc.key or None, loc.skipped
 
 
 def _read_source(
@@ -460,13 +412,8 @@ def _read_source(
         label = "<state_dict>" if _tensor_share(source) == 1.0 else "<checkpoint dict>"
         if key is None:
             return source, label, None
-        obj: Any = source
-        for part in key.split("."):
-            if not isinstance(obj, Mapping) or part not in obj:
-                have = ", ".join(map(str, list(obj)[:10])) if isinstance(obj, Mapping) else type(obj).__name__
-                raise UsageError(f"the checkpoint has no entry {key!r} (it has: {have})", fix="pass one of those as key")
-            obj = obj[part]
-        return obj, label, key
+        tensors, loc = find_weights_in_object(source, key)  # UsageError naming the entries that hold weights
+        return tensors, label, loc.key if loc is not None else key
     raise UsageError(
         f"cannot load weights from a {type(source).__name__}",
         fix="pass a file path, a state_dict (name -> tensor), a checkpoint dict or an nn.Module",

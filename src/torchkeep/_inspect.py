@@ -98,6 +98,7 @@ class Inspection:
     checkpoint: list[dict[str, str]] = field(default_factory=list)
     scalars: dict[str, Any] = field(default_factory=dict)
     other_weights: list[str] = field(default_factory=list)
+    attributes: list[TensorInfo] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
     devices: list[str] = field(default_factory=list)
     spec: dict[str, Any] | None = None
@@ -244,7 +245,13 @@ def _details(fs: FileStructure) -> dict[str, Any]:
             "graph_name": info.graph_name,
             "inputs": [{"name": v.name, "dtype": v.dtype, "shape": v.shape} for v in info.inputs],
             "outputs": [{"name": v.name, "dtype": v.dtype, "shape": v.shape} for v in info.outputs],
-            "initializers": len(info.initializers),
+            # every tensor the model stores (what `tensors` lists): initializers at any depth and Constant values
+            "initializers": len(info.tensors),
+            "stored_as": {
+                "graph initializers": sum(1 for t in info.tensors if t.stored == "initializer" and not t.graph),
+                "subgraph initializers": sum(1 for t in info.tensors if t.stored == "initializer" and t.graph),
+                "constants": sum(1 for t in info.tensors if t.stored == "constant"),
+            },
             "nodes": sum(info.op_counts.values()),
             "op_counts": dict(sorted(info.op_counts.items(), key=lambda kv: -kv[1])),
         }
@@ -292,6 +299,7 @@ def inspect(path: str | os.PathLike[str]) -> Inspection:
         checkpoint=[{"key": k, "role": r, "value": v} for k, r, v in checkpoint_entries(fs, view)],
         scalars=_scalars(fs) if kind == "checkpoint" else {},
         other_weights=view.others,
+        attributes=[_tensor_info(n, t, "attribute") for n, t in view.attributes.items()],
         classes=_classes(fs),
         devices=sorted({t.device for t in tensors if t.device}),
         spec=_spec(fs),
@@ -308,6 +316,12 @@ def _notes(ins: Inspection, fs: FileStructure) -> list[str]:
         notes.append(
             f"a full pickled model of class {ins.model_class}: torch.load would import and run that class's code; "
             "the weights can be read safely with `torchkeep convert` / torchkeep.load_state_dict"
+        )
+    if ins.attributes:
+        names = ", ".join(t.name for t in ins.attributes[:5]) + (", …" if len(ins.attributes) > 5 else "")
+        notes.append(
+            f"{len(ins.attributes)} more tensor(s) are neither parameters nor buffers, so not in the module's "
+            f"state_dict() and not returned as weights: {names} (listed under `attributes`)"
         )
     if ins.kind == "state_dict":
         notes.append("weights only: the network structure is not in the file (pick an architecture with `torchkeep adapt`)")
@@ -326,6 +340,10 @@ def _notes(ins: Inspection, fs: FileStructure) -> list[str]:
         notes.append(f"the pickle names classes outside torch: {', '.join(custom[:5])} — run `torchkeep scan` before torch.load")
     if fs.extra.get("trailing_bytes"):
         notes.append(f"{fs.extra['trailing_bytes']} bytes follow the end of the pickle (suspicious; run `torchkeep scan`)")
+    if fs.format == "onnx" and fs.extra["onnx"].skipped:
+        skipped = fs.extra["onnx"].skipped
+        notes.append(f"{len(skipped)} stored tensor(s) are not numeric weights and are not listed: "
+                     + ", ".join(skipped[:5]) + (", …" if len(skipped) > 5 else ""))
     if isinstance(fs.obj, Placeholder) and ins.kind == "object":
         notes.append(f"the file holds one object of class {placeholder_name(fs.obj)}")
     return notes

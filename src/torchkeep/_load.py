@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 from torchkeep._detect import Detected, corrupt_file_errors, detect
 from torchkeep._gate import check_file
+from torchkeep._onnx import read_onnx_tensors
 from torchkeep._pickle import DTYPE_ITEMSIZE, StorageRef, TensorRef
 from torchkeep._read import FileStructure, RawTensor, read_structure
-from torchkeep._weights import WeightsView, file_kind, find_weights
+from torchkeep._weights import WeightsView, file_kind, find_weights, find_weights_in_object
 from torchkeep.errors import InputError, UsageError
 
 if TYPE_CHECKING:
@@ -235,38 +236,20 @@ def _read_raw(fs: FileStructure, names: list[str], raw: dict[str, RawTensor]) ->
                 t = torch.frombuffer(data, dtype=torch_dtype(r.dtype), count=r.numel) if r.numel else torch.empty(0, dtype=torch_dtype(r.dtype))
                 out[n] = t.reshape(r.shape)
         return out
-    if fmt == "onnx":
-        import onnx
-        from onnx import numpy_helper
-
-        model = onnx.load(os.fspath(fs.path))
-        inits = list(model.graph.initializer)
-        if len(inits) != len(raw):
-            raise InputError("the ONNX initializers do not match the file's structure", path=fs.path,
-                             fix="the file is corrupt; re-export the model")
-        # same protobuf order as read_onnx; names are taken from our reader (it decodes them leniently)
-        for n, init in zip(raw, inits):
-            if n in names:
-                out[n] = torch.from_numpy(np.array(numpy_helper.to_array(init), copy=True))
-        return out
+    if fmt == "onnx":  # initializers at any depth and Constant values, each decoded from its own bytes
+        return read_onnx_tensors(fs.path, fs.extra["onnx"], names)
     raise InputError(f"cannot read tensors of format {fmt}", path=fs.path)
 
 
-def _trusted_load(det: Detected, map_location: Any) -> dict[str, torch.Tensor]:
+def _trusted_load(det: Detected, map_location: Any, key: str | None = None) -> dict[str, torch.Tensor]:
     import torch
 
     obj = torch.load(det.path, map_location=map_location or "cpu", weights_only=False)
-    if isinstance(obj, torch.nn.Module):
-        return dict(obj.state_dict())
-    if isinstance(obj, Mapping):
-        for k in ("state_dict", "model_state_dict", "model", "net", "params", "ema"):
-            v = obj.get(k)
-            if isinstance(v, torch.nn.Module):
-                return dict(v.state_dict())
-            if isinstance(v, Mapping) and any(isinstance(x, torch.Tensor) for x in v.values()):
-                return {str(a): b for a, b in v.items() if isinstance(b, torch.Tensor)}
-        return {str(a): b for a, b in obj.items() if isinstance(b, torch.Tensor)}
-    raise InputError("the trusted file holds no state_dict or nn.Module", path=det.path)
+    # the same rule as the restricted reader, on the real objects
+    tensors, _ = find_weights_in_object(obj, key)
+    if not tensors:
+        raise InputError("the trusted file holds no state_dict or nn.Module", path=det.path)
+    return tensors
 
 
 def read_weights(
@@ -291,7 +274,7 @@ def _read_weights(path: str | os.PathLike[str], map_location: Any, *, trust: boo
     view: WeightsView = find_weights(fs, key=key)
     kind = file_kind(fs, view)
     if trust and verdict == "custom-code":
-        trusted = _trusted_load(det, map_location)
+        trusted = _trusted_load(det, map_location, key)
         return LoadedWeights(det.path, det.format, trusted, source="trusted torch.load", scan_verdict=verdict, kind=kind)
     if not view.tensors:
         hint = "pass key=... (--key) naming the checkpoint entry that holds the weights"

@@ -8,6 +8,7 @@ not imported. :mod:`torchkeep._load` later turns :class:`TensorRef` / :class:`Ra
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from torchkeep._detect import Detected, corrupt_file_errors, detect
+from torchkeep._onnx import read_onnx
 from torchkeep._pickle import (
     DTYPE_ITEMSIZE,
     PickleReadError,
@@ -28,7 +30,9 @@ from torchkeep._pickle import (
 )
 from torchkeep.errors import InputError
 
-__all__ = ["FileStructure", "RawTensor", "read_safetensors_header", "read_structure"]
+__all__ = [
+    "FileStructure", "RawTensor", "TorchScriptClass", "read_safetensors_header", "read_structure", "torchscript_methods",
+]
 
 # safetensors dtype -> torchkeep dtype name
 SAFETENSORS_DTYPES = {
@@ -124,27 +128,77 @@ def _read_member(zf: zipfile.ZipFile, det: Detected, name: str) -> bytes:
         raise _err(det.path, f"the archive member {name} cannot be read ({exc}); the file is truncated") from None
 
 
-def _torchscript_methods(zf: zipfile.ZipFile, det: Detected) -> dict[str, list[str]]:
-    """class -> method names, read from the TorchScript code files as text (never executed)."""
-    methods: dict[str, list[str]] = {}
+@dataclass
+class TorchScriptClass:
+    """A class of a TorchScript archive, as its code declares it (read as text, never executed).
+
+    ``parameters`` / ``buffers``: the attribute names its ``__parameters__`` / ``__buffers__`` list (what
+    ``state_dict()`` returns); ``is_module``: a module (``class X(Module)``), not a TorchScript class.
+    """
+
+    qualname: str
+    is_module: bool
+    parameters: tuple[str, ...] = ()
+    buffers: tuple[str, ...] = ()
+    methods: list[str] = field(default_factory=list)
+
+
+_TS_CLASS = re.compile(r"^class (\w+)(?:\((\w*)\))?:")
+_TS_NAMES = re.compile(r"^  (__parameters__|__buffers__) = (\[.*\])\s*$")
+_TS_METHOD = re.compile(r"^  def (\w+)\(")
+_TS_MANGLE = re.compile(r"\.___torch_mangle_\d+")
+
+
+def _names_list(text: str) -> tuple[str, ...]:
+    try:
+        value = ast.literal_eval(text)  # a list of string literals; literal_eval evaluates nothing else
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return ()
+    return tuple(str(v) for v in value) if isinstance(value, list) else ()
+
+
+def _torchscript_classes(zf: zipfile.ZipFile, det: Detected) -> dict[str, TorchScriptClass]:
+    """qualified class name (``__torch__.torch.nn.modules.linear.Linear``) -> what its code declares."""
+    classes: dict[str, TorchScriptClass] = {}
     for name in det.members:
-        if "/code/" not in f"/{name}" or not name.endswith(".py"):
+        at = f"/{name}".find("/code/__torch__")
+        if at < 0 or not name.endswith(".py"):
             continue
+        module = name[at + len("/code/") - 1 : -len(".py")].replace("/", ".")
         try:
             text = zf.read(name).decode("utf-8", "replace")
         except Exception:
             continue
-        current = None
+        current: TorchScriptClass | None = None
         for line in text.splitlines():
-            m = re.match(r"^class (\w+)\(", line)
-            if m:
-                current = m.group(1)
-                methods.setdefault(current, [])
+            if m := _TS_CLASS.match(line):
+                current = classes.setdefault(f"{module}.{m.group(1)}", TorchScriptClass(
+                    f"{module}.{m.group(1)}", is_module=m.group(2) == "Module"))
+            elif line[:1] not in ("", " "):
+                current = None  # a top-level statement ends the class
+            elif current is None:
                 continue
-            m = re.match(r"^  def (\w+)\(", line)
-            if m and current:
-                methods[current].append(m.group(1))
-    return methods
+            elif m := _TS_NAMES.match(line):
+                names = _names_list(m.group(2))
+                if m.group(1) == "__parameters__":
+                    current.parameters = names
+                else:
+                    current.buffers = names
+            elif (m := _TS_METHOD.match(line)) and m.group(1) not in current.methods:
+                current.methods.append(m.group(1))
+    return classes
+
+
+def torchscript_methods(classes: dict[str, TorchScriptClass]) -> dict[str, list[str]]:
+    """class -> its methods, each listed once: the copies TorchScript makes of a class (``___torch_mangle_N``)
+    are one class; classes are named by their short name unless two share it."""
+    merged: dict[str, list[str]] = {}
+    for cls in classes.values():
+        qual = _TS_MANGLE.sub("", cls.qualname).removeprefix("__torch__.")
+        methods = merged.setdefault(qual, [])
+        methods += [m for m in cls.methods if m not in methods]
+    short = [q.rsplit(".", 1)[-1] for q in merged]
+    return {(s if short.count(s) == 1 else q): ms for s, (q, ms) in zip(short, merged.items())}
 
 
 def _read_torch_zip(det: Detected) -> FileStructure:
@@ -179,7 +233,8 @@ def _read_torch_zip(det: Detected) -> FileStructure:
                     fs.globals_seen += cres.globals_seen
                 except PickleReadError:
                     fs.constants = None
-            fs.extra["methods"] = _torchscript_methods(zf, det)
+            fs.extra["torchscript_classes"] = classes = _torchscript_classes(zf, det)
+            fs.extra["methods"] = torchscript_methods(classes)
             extra_prefix = f"{root}extra/"
             for m in det.members:
                 if m.startswith(extra_prefix) and zf.getinfo(m).file_size < 1_000_000:
@@ -391,12 +446,8 @@ def _read_export(det: Detected) -> FileStructure:
 
 
 def _read_onnx(det: Detected) -> FileStructure:
-    from torchkeep._onnx import read_onnx
-
     info = read_onnx(det.path)
-    tensors = {
-        t.name: RawTensor(t.dtype, tuple(t.shape), 0, t.nbytes, is_parameter=True) for t in info.initializers
-    }
+    tensors = {t.name: RawTensor(t.dtype, tuple(t.shape), t.span[0], t.nbytes, is_parameter=True) for t in info.tensors}
     return FileStructure(det, tensors, metadata=dict(info.metadata), extra={"onnx": info})
 
 
