@@ -573,7 +573,7 @@ def _shape_ok(shape: str, x: Any) -> str | None:
     if shape == "plain":
         return None if _plain(x) else f"expected plain data, got {_describe(x)}"
     if shape == "const":  # functions that return their argument: a global passed through would be laundered
-        return None if _plain(x, allow_kinds=set(), globals_=False) else f"expected constants, got {_describe(x)}"
+        return None if _plain(x, globals_=False) else f"expected data without globals, got {_describe(x)}"
     if shape in ("tensor", "ndarray", "storage", "np-dtype", "bitgen"):
         return None if isinstance(x, Value) and x.kind == shape else f"expected a {shape}, got {_describe(x)}"
     if shape == "tensors":

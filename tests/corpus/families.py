@@ -179,13 +179,52 @@ class Family:
         def pickled_tensors(p: Path) -> None:
             p.write_bytes(pickle.dumps({"w": torch.ones(2, 3), "p": torch.nn.Parameter(torch.zeros(2))}, protocol=2))
 
+        def scripted(p: Path) -> None:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.jit.script(_Scriptable()).save(str(p))
+
+        def traced(p: Path) -> None:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.jit.trace(torch.nn.Linear(2, 2), torch.ones(1, 2)).save(str(p))
+
         return [
+            ("benign_scripted_list_dict_attrs.pt", "safe", scripted),
+            ("benign_traced_inputs.pt", "safe", traced),
             ("benign_types_protocol2.pt", "safe", types_checkpoint),
             ("benign_numpy_rng_state.pt", "safe", numpy_state),
             ("benign_dcp.metadata", "safe", dcp_metadata),
             ("benign_all_protocols.pkl", "safe", protocols),
             ("benign_plain_pickled_tensors.pkl", "safe", pickled_tensors),
         ]
+
+
+def _scriptable() -> type:
+    import torch
+
+    class Scriptable(torch.nn.Module):
+        """TorchScript writes List/Dict attributes with torch.jit._pickle.restore_type_tag."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(2, 2)
+            self.table = {"a": torch.ones(1)}
+            self.items = [torch.zeros(1), torch.ones(1)]
+            self.names = ["x", "y"]
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x) + self.table["a"] + self.items[0]
+
+    return Scriptable
+
+
+def _Scriptable() -> object:  # a factory: torch is imported lazily
+    return _scriptable()()
 
 
 def _latin1_nested(marker: str) -> bytes:
