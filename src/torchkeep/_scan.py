@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchkeep._pickle_vm import StreamResult
+from torchkeep._pickle_vm import CallRecord, StreamResult
 from torchkeep._scan_code import analyse_code
 from torchkeep._streams import Sink, analyze_start, walk_file
 from torchkeep.errors import InputError, UnknownFormatError
@@ -144,6 +144,8 @@ class ScanReport:
         streams: the pickle streams scanned.
         error: why the file (or part of it) could not be read, if so.
         notes: facts worth knowing that are not findings (nested archives scanned, storage table walked).
+        calls: ``(stream, call)`` for the calls a loader would make unpickling the file — the callable, how
+            (REDUCE, NEWOBJ), its arguments (shortened) and offset; the first few of each callable per stream.
         code: the code the file carries -> the operators it calls: TorchScript methods (those that run at
             ``torch.jit.load`` marked ``(runs at load)``) and ONNX graphs/functions; see :mod:`torchkeep._scan_code`.
             The JSON form carries its summary in ``notes`` (the ops called, the methods run at load).
@@ -161,6 +163,7 @@ class ScanReport:
     notes: list[str] = field(default_factory=list)
     unknown_format: bool = False
     code: dict[str, list[str]] = field(default_factory=dict)
+    calls: list[tuple[str, CallRecord]] = field(default_factory=list)
 
     @property
     def custom_classes(self) -> list[str]:
@@ -201,6 +204,11 @@ class ScanReport:
             "error": self.error,
             "notes": self.notes,
             "unknown_format": self.unknown_format,
+            "code": self.code,
+            "calls": [
+                {"stream": stream, "target": c.target, "how": c.how, "args": c.args, "offset": c.offset}
+                for stream, c in self.calls
+            ],
         }
 
 
@@ -213,6 +221,8 @@ class _Collector:
         self.imports: set[str] = set()
         self.streams: list[str] = []
         self.notes: list[str] = []
+        self.calls: list[tuple[str, CallRecord]] = []
+        self.explained: set[str] = set()  # streams whose stop a dangerous finding already explains
         self.sink = Sink(self.on_stream, self.on_finding, self.notes)
 
     def add(self, f: Finding) -> None:
@@ -226,12 +236,18 @@ class _Collector:
         for r in res.findings:
             offset = None if r.offset is None or r.offset < 0 else base + r.offset
             self.add(Finding(r.severity, r.module, r.name, name, offset, r.why, r.rule))
+        self.calls.extend((name, c) for c in res.calls)
+        if res.end is None and any(r.severity == "dangerous" for r in res.findings):
+            self.explained.add(name)
 
     def on_finding(self, severity: str, rule: str, place: str, offset: int | None, why: str) -> None:
         self.add(Finding(severity, "", "", place, offset, why, rule))
 
     def report(self, path: str, fmt: str | None, error: str | None = None) -> ScanReport:
-        findings = sorted(self.findings.values(), key=lambda f: (_ORDER.get(f.severity, 9), f.stream, f.offset or 0))
+        # A stream that stops where a dangerous finding says why needs no second, generic "malformed" error.
+        kept = [f for f in self.findings.values()
+                if not (f.rule == "malformed-pickle" and f.severity == "error" and f.stream in self.explained)]
+        findings = sorted(kept, key=lambda f: (_ORDER.get(f.severity, 9), f.stream, f.offset or 0))
         severities = {f.severity for f in findings}
         errors = [f"{f.stream}: {f.why}" for f in findings if f.severity == "error"]
         if "dangerous" in severities:
@@ -251,6 +267,7 @@ class _Collector:
             streams=self.streams,
             error=error or (errors[0] if errors else None),
             notes=self.notes,
+            calls=self.calls,
         )
 
 
