@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from torchkeep._zipdir import ZipDirError, read_central_directory
 from torchkeep.errors import InputError, TorchkeepError, UnknownFormatError
 
 # what the container libraries raise on corrupt or truncated bytes (safetensors' and protobuf's errors are
@@ -142,21 +143,44 @@ def check_readable(path: str | os.PathLike[str]) -> tuple[Path, int]:
     return p, st.st_size
 
 
-def _zip_format(p: Path, size: int) -> Detected:
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _zip_names(p: Path, size: int) -> tuple[str, ...]:
+    """Member names as zipfile reads them or, for archives zipfile refuses, as torch's own zip reader
+    (miniz) reads them: torch.load opens archives that zipfile cannot (see :mod:`torchkeep._zipdir`)."""
     try:
         with zipfile.ZipFile(p) as zf:
-            names = tuple(zf.namelist())
+            return tuple(zf.namelist())
     except (zipfile.BadZipFile, UnicodeDecodeError, EOFError, OSError, ValueError, struct.error,
             NotImplementedError) as exc:
+        try:
+            with open(p, "rb") as fh:
+                return tuple(e.name for e in read_central_directory(fh, size))
+        except (ZipDirError, OSError):
+            pass
         raise InputError(
             f"looks like a zip archive but its directory cannot be read ({exc}); the file is truncated or corrupt",
             path=p,
             fix="re-save or re-download it",
         ) from None
+
+
+def _is_zipfile(p: Path) -> bool:
+    try:
+        return zipfile.is_zipfile(p)
+    except (zipfile.BadZipFile, OSError, ValueError, struct.error):  # e.g. "zipfiles that span multiple disks"
+        return False
+
+
+def _zip_format(p: Path, size: int) -> Detected:
+    names = _zip_names(p, size)
     root = names[0].split("/", 1)[0] if names and "/" in names[0] else None
+    lower = [n.translate(_ASCII_LOWER) for n in names]
 
     def has(suffix: str) -> bool:
-        return any(n == suffix or n.endswith("/" + suffix) for n in names)
+        # torch's reader looks names up ignoring ASCII case ("archive/DATA.PKL" is its data.pkl)
+        return any(n == suffix or n.endswith("/" + suffix) for n in lower)
 
     if has("archive_format") or any("/models/" in n and n.endswith(".json") for n in names):
         return Detected(p, "torch-export", size, root, names)
@@ -220,7 +244,7 @@ def detect(path: str | os.PathLike[str]) -> Detected:
         return Detected(p, "pickle", size)
     if _looks_like_onnx(p, head, size):
         return Detected(p, "onnx", size)
-    if zipfile.is_zipfile(p):  # zip with a prefix (self-extracting, appended data)
+    if _is_zipfile(p):  # zip with a prefix (self-extracting, appended data)
         return _zip_format(p, size)
     raise UnknownFormatError(
         f"not a model file torchkeep can read: it {describe_bytes(head)}",

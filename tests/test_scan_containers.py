@@ -1,0 +1,576 @@
+"""Containers read the way their loaders read them (issue 9, classes 1, 2, 3 and 5).
+
+Every shape is built here by code, with a harmless payload that only creates a marker file in
+``tmp_path``. Each malicious shape must scan ``dangerous``; the same builder without its quirk and with a
+benign pickle must scan ``safe``; and ``test_real_loaders_run_every_shape`` proves, in subprocesses, that
+the real loader (``torch.load(weights_only=False)``, ``np.load(allow_pickle=True)``, ``pickle.loads``)
+does run each payload, i.e. that the shapes are real.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import pickle
+import struct
+import subprocess
+import sys
+import tarfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from torchkeep import _streams as streams
+from torchkeep import scan
+
+_spec = importlib.util.spec_from_file_location("make_corpus", Path(__file__).parent / "corpus" / "make_corpus.py")
+assert _spec is not None and _spec.loader is not None
+mc = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("make_corpus", mc)
+_spec.loader.exec_module(mc)
+
+MARKER = "PWNED_MARKER"
+
+
+# -- payloads ---------------------------------------------------------------------------------------------
+def os_system(marker: Path) -> bytes:
+    """A pickle that runs ``touch marker``."""
+    return mc.pk(mc.call(mc.G("os", "system"), mc.U(f"touch '{marker}'")))
+
+
+def computed_os_system(marker: Path) -> bytes:
+    """``os.system`` reached through a STACK_GLOBAL whose module name is computed by a call: the global
+    named is only known at load time (the shape the old relaxed mode let through)."""
+    return mc.pk(
+        mc.call(mc.G("copyreg", "_reconstructor"), mc.G("builtins", "str"), mc.G("builtins", "str"), mc.U("os"))
+        + mc.U("system")
+        + mc.STACK_GLOBAL
+        + mc.MARK
+        + mc.U(f"touch '{marker}'")
+        + mc.TUPLE
+        + mc.REDUCE,
+        mc.PROTO4,
+    )
+
+
+BENIGN = pickle.dumps({"epoch": 3, "lr": 0.1, "names": ["a", "b"]}, protocol=2)
+
+
+# -- zip archives written byte by byte --------------------------------------------------------------------
+@dataclass
+class Member:
+    name: bytes
+    data: bytes
+    flags: int = 0
+    method: int = 0  # 0 stored, 8 deflated
+    level: int = 6  # deflate level (0: stored blocks inside the deflate stream)
+    version: int = 20  # version needed to extract (zipfile refuses above 63)
+
+
+def _local_and_central(m: Member, offset: int) -> tuple[bytes, bytes]:
+    if m.method == 8:
+        c = zlib.compressobj(m.level, zlib.DEFLATED, -15)
+        body = c.compress(m.data) + c.flush()
+    else:
+        body = m.data
+    crc = zlib.crc32(m.data)
+    local = struct.pack("<4s5H3L2H", b"PK\x03\x04", m.version, m.flags, m.method, 0, 0x21, crc, len(body), len(m.data), len(m.name), 0)
+    central = struct.pack(
+        "<4s6H3L5H2L", b"PK\x01\x02", 20, m.version, m.flags, m.method, 0, 0x21, crc, len(body), len(m.data),
+        len(m.name), 0, 0, 0, 0, 0, offset,
+    )  # fmt: skip
+    return local + m.name + body, central + m.name
+
+
+def zip_bytes(members: list[Member], *, prefix: bytes = b"", cd_slack: int = 0, comment: bytes = b"") -> bytes:
+    """A zip archive; ``prefix`` is written before it without shifting any offset (as if the archive
+    had been appended to other data), ``cd_slack`` is added to the directory size the end record gives."""
+    out, central = bytearray(), bytearray()
+    for m in members:
+        local, cd = _local_and_central(m, len(out))
+        out += local
+        central += cd
+    cd_at = len(out)
+    out += central
+    n = len(members)
+    out += struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, n, n, len(central) + cd_slack, cd_at, len(comment)) + comment
+    return prefix + bytes(out)
+
+
+def zip64_split(torch_members: list[Member], zipfile_members: list[Member]) -> bytes:
+    """One file, two archives: the ZIP64 locator points (by offset, as miniz follows it) at the ZIP64 end
+    record of the first directory, while Python's zipfile reads the ZIP64 end record right before the
+    locator, whatever it says: the one of the second directory."""
+    out = bytearray()
+    directories = []
+    for group in (torch_members, zipfile_members):
+        central = bytearray()
+        for m in group:
+            local, cd = _local_and_central(m, len(out))
+            out += local
+            central += cd
+        directories.append((central, len(group)))
+    records = []
+    for central, n in directories:
+        cd_at = len(out)
+        out += central
+        records.append(len(out))
+        out += struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, n, n, len(central), cd_at)
+    out += struct.pack("<4sLQL", b"PK\x06\x07", 0, records[0], 1)  # locator -> the first ZIP64 record
+    out += struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    return bytes(out)
+
+
+def zip_decoy_directory(torch_members: list[Member], decoy_members: list[Member]) -> bytes:
+    """The real directory is followed by a decoy of the same size before the end record. miniz reads the
+    directory at its recorded offset; zipfile infers ``end record - size - offset`` bytes of "data before
+    the archive", shifts every offset by that, and reads the decoy, which lists other members."""
+    out = bytearray()
+    real, decoy = bytearray(), bytearray()
+    decoy_size = sum(46 + len(m.name) for m in decoy_members)
+    for group, central, shift in ((torch_members, real, 0), (decoy_members, decoy, decoy_size)):
+        for m in group:
+            local, cd = _local_and_central(m, len(out) - shift)
+            out += local
+            central += cd
+    assert len(real) == len(decoy), "the decoy directory must be as long as the real one"
+    cd_at = len(out)
+    out += real + decoy
+    n = len(torch_members)
+    out += struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, n, n, len(real), cd_at, 0)
+    return bytes(out)
+
+
+def torch_members(data_pkl: bytes, *, method: int = 0) -> list[Member]:
+    """The records torch.load needs (no tensors)."""
+    return [
+        Member(b"archive/data.pkl", data_pkl, method=method),
+        Member(b"archive/byteorder", b"little"),
+        Member(b"archive/version", b"3\n"),
+        Member(b"archive/.data/serialization_id", b"1" * 40),
+    ]
+
+
+def npy_bytes(descr: object, data: bytes) -> bytes:
+    """A .npy (format 1.0) of one element of dtype ``descr``, followed by ``data``."""
+    header = f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': (1,), }}"
+    header += " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + data
+
+
+def float_npy() -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.arange(4, dtype=np.float32))
+    return buf.getvalue()
+
+
+# -- tar archives (the oldest torch.save format) ----------------------------------------------------------
+def tar_bytes(entries: list[tuple[str, bytes, bytes | str]]) -> bytes:
+    """(name, tar type, data or link target) per member."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for name, kind, data in entries:
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            if isinstance(data, str):
+                info.linkname = data
+                tf.addfile(info)
+            else:
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+TAR_RECORDS = [
+    ("storages", tarfile.REGTYPE, pickle.dumps(0, protocol=2) + pickle.dumps([], protocol=2)),
+    ("tensors", tarfile.REGTYPE, pickle.dumps(0, protocol=2)),
+]
+UNKNOWN_TYPE = b"Z"  # no tar type: tarfile serves such a member as a regular file
+
+
+# -- the shapes ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Shape:
+    """``build(dir, pickle, quirk)`` writes the file; ``loader`` loads it the way a user would; ``rules``
+    are the findings the quirk itself must give (with a benign pickle), beyond the payload's own."""
+
+    build: Callable[[Path, bytes, bool], Path]
+    loader: str  # "torch", "numpy" or "member:<name>" (pickle.loads of that zip member)
+    payload: Callable[[Path], bytes]
+    rules: frozenset[str]
+
+
+def _write(directory: Path, name: str, data: bytes) -> Path:
+    path = directory / name
+    path.write_bytes(data)
+    return path
+
+
+def _utf8_flag_bad_name(d: Path, pkl: bytes, quirk: bool) -> Path:
+    # Bit 11 says "UTF-8" but the name is not: zipfile refuses the whole archive, miniz reads raw bytes (and
+    # torch's record listing stops at the NUL, so torch.load goes on).
+    extra = Member(b"archive/extra\x00\xff\xfe", b"x", flags=0x800) if quirk else Member(b"archive/extra", b"x")
+    return _write(d, "utf8_flag.pt", zip_bytes([*torch_members(pkl), extra]))
+
+
+def _version_needed(d: Path, pkl: bytes, quirk: bool) -> Path:
+    members = torch_members(pkl)
+    members[1].version = 64 if quirk else 20  # zipfile: "zip file version 6.4" (NotImplementedError)
+    return _write(d, "version_needed.pt", zip_bytes(members))
+
+
+def _cd_slack(d: Path, pkl: bytes, quirk: bool) -> Path:
+    # miniz reads the directory from its recorded offset and ignores unused bytes; zipfile infers data
+    # before the archive from the size and reads the directory from the wrong place.
+    return _write(d, "cd_slack.pt", zip_bytes(torch_members(pkl), cd_slack=9 if quirk else 0))
+
+
+def _eocd_in_comment(d: Path, pkl: bytes, quirk: bool) -> Path:
+    # zipfile takes the last "PK\5\6" even 17 bytes from the end (too short to be a record) and gives up;
+    # miniz skips it and finds the real end record.
+    comment = b"PK\x05\x06" + b"z" * 17 if quirk else b"a comment, no signature"
+    return _write(d, "eocd_comment.pt", zip_bytes(torch_members(pkl), comment=comment))
+
+
+def _zip64_split(d: Path, pkl: bytes, quirk: bool) -> Path:
+    if not quirk:
+        return _write(d, "zip64_split.pt", zip_bytes(torch_members(pkl)))
+    decoy = [Member(b"decoy/" + m.name, m.data) for m in torch_members(BENIGN)]
+    return _write(d, "zip64_split.pt", zip64_split(torch_members(pkl), decoy))
+
+
+def _decoy_directory(d: Path, pkl: bytes, quirk: bool) -> Path:
+    if not quirk:
+        return _write(d, "decoy.pt", zip_bytes(torch_members(pkl)))
+    decoy = [Member(b"decoy!!/" + m.name[8:], m.data) for m in torch_members(BENIGN)]
+    return _write(d, "decoy.pt", zip_decoy_directory(torch_members(pkl), decoy))
+
+
+def _computed_global_member(d: Path, pkl: bytes, quirk: bool) -> Path:
+    # A member not named like a pickle holding a pickle whose global is computed at load time.
+    return _write(d, "odd_member.zip", zip_bytes([*torch_members(BENIGN), Member(b"archive/extra/state", pkl)]))
+
+
+def _deflated_past_window(d: Path, pkl: bytes, quirk: bool) -> Path:
+    # data.pkl deflated, its payload after 4 MiB of padding: inflated to the end, past the memory window.
+    padded = mc.PROTO2 + mc.B(b"\x00" * (4 << 20)) + mc.POP + pkl[2:] if quirk else pkl
+    return _write(d, "deflated.pt", zip_bytes(torch_members(padded, method=8)))
+
+
+def _tar_unknown_type(d: Path, pkl: bytes, quirk: bool) -> Path:
+    return _write(d, "unknown_type.tar.pt", tar_bytes([*TAR_RECORDS, ("pickle", UNKNOWN_TYPE if quirk else tarfile.REGTYPE, pkl)]))
+
+
+def _tar_symlink(d: Path, pkl: bytes, quirk: bool) -> Path:
+    # "pickle" is a symbolic link: tarfile.extractfile serves the member it points to.
+    entries = [*TAR_RECORDS, ("blob", tarfile.REGTYPE, pkl), ("pickle", tarfile.SYMTYPE, "blob")]
+    return _write(d, "symlink.tar.pt", tar_bytes(entries if quirk else [*TAR_RECORDS, ("pickle", tarfile.REGTYPE, pkl)]))
+
+
+def _tar_hardlink(d: Path, pkl: bytes, quirk: bool) -> Path:
+    entries = [*TAR_RECORDS, ("blob", UNKNOWN_TYPE, pkl), ("pickle", tarfile.LNKTYPE, "blob")]
+    return _write(d, "hardlink.tar.pt", tar_bytes(entries if quirk else [*TAR_RECORDS, ("pickle", tarfile.REGTYPE, pkl)]))
+
+
+def _tar_symlink_outside(d: Path, pkl: bytes, quirk: bool) -> Path:
+    # "storages" links to a file outside the archive: torch.load's tar.extract makes the link and unpickles
+    # what it leads to. The scanner cannot see that file, so the link itself is the finding.
+    outside = d / "outside_storages.bin"
+    outside.write_bytes(pkl + pickle.dumps([], protocol=2))
+    storages: bytes | str = str(outside) if quirk else TAR_RECORDS[0][2]
+    entries = [("storages", tarfile.SYMTYPE if quirk else tarfile.REGTYPE, storages), TAR_RECORDS[1], ("pickle", tarfile.REGTYPE, BENIGN)]
+    return _write(d, "symlink_outside.tar.pt", tar_bytes(entries))
+
+
+def _npy_descr(descr: object, name: str) -> Callable[[Path, bytes, bool], Path]:
+    def build(d: Path, pkl: bytes, quirk: bool) -> Path:
+        return _write(d, name, npy_bytes(descr, pkl) if quirk else float_npy())
+
+    return build
+
+
+def _npz_string_dtype(d: Path, pkl: bytes, quirk: bool) -> Path:
+    data = npy_bytes("T", pkl) if quirk else float_npy()
+    return _write(d, "strings.npz", zip_bytes([Member(b"w.npy", data, method=8)]))
+
+
+SHAPES: dict[str, Shape] = {
+    "zip_utf8_flag_bad_name": Shape(_utf8_flag_bad_name, "torch", os_system, frozenset({"zip-reader-mismatch"})),
+    "zip_version_needed": Shape(_version_needed, "torch", os_system, frozenset({"zip-reader-mismatch"})),
+    "zip_cd_slack": Shape(_cd_slack, "torch", os_system, frozenset({"zip-reader-mismatch"})),
+    "zip_eocd_in_comment": Shape(_eocd_in_comment, "torch", os_system, frozenset({"zip-reader-mismatch"})),
+    "zip64_split_directories": Shape(_zip64_split, "torch", os_system, frozenset({"zip-reader-mismatch"})),
+    "zip_decoy_directory": Shape(_decoy_directory, "torch", os_system, frozenset({"zip-reader-mismatch"})),
+    "zip_computed_global_member": Shape(_computed_global_member, "member:archive/extra/state", computed_os_system, frozenset()),
+    "zip_deflated_past_window": Shape(_deflated_past_window, "torch", os_system, frozenset()),
+    "tar_unknown_type": Shape(_tar_unknown_type, "torch", os_system, frozenset()),
+    "tar_symlink_computed_global": Shape(_tar_symlink, "torch", computed_os_system, frozenset()),
+    "tar_hardlink_to_unknown_type": Shape(_tar_hardlink, "torch", os_system, frozenset()),
+    "tar_symlink_outside": Shape(_tar_symlink_outside, "torch", os_system, frozenset({"tar-link"})),
+    "npy_string_dtype": Shape(_npy_descr("T", "strings.npy"), "numpy", os_system, frozenset()),
+    "npy_string_dtype_field": Shape(_npy_descr("f4,T", "fields.npy"), "numpy", os_system, frozenset()),
+    "npy_nested_string_field": Shape(_npy_descr([("a", [("c", "T")])], "nested.npy"), "numpy", os_system, frozenset()),
+    "npy_string_subarray": Shape(_npy_descr(("T", (2,)), "subarray.npy"), "numpy", os_system, frozenset()),
+    "npz_string_dtype_deflated": Shape(_npz_string_dtype, "numpy", os_system, frozenset()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_every_shape_is_dangerous(tmp_path, name):
+    shape = SHAPES[name]
+    marker = tmp_path / f"{MARKER}_{name}"
+    report = scan(shape.build(tmp_path, shape.payload(marker), True))
+    assert report.verdict == "dangerous", report.findings
+    assert shape.rules <= {f.rule for f in report.dangerous}, report.findings
+    if name != "tar_symlink_outside":  # there the payload lies outside the archive: the link is the finding
+        assert any(f.module in ("os", "posix", "copyreg", "builtins") or f.rule == "non-constant-global" for f in report.dangerous), report.findings
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", sorted(n for n, s in SHAPES.items() if s.rules))
+def test_the_quirk_alone_is_a_finding(tmp_path, name):
+    shape = SHAPES[name]
+    report = scan(shape.build(tmp_path, BENIGN, True))
+    assert report.verdict == "dangerous" and {f.rule for f in report.dangerous} == shape.rules, report.findings
+    assert all(f.why for f in report.dangerous)
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_benign_counterparts_are_safe(tmp_path, name):
+    report = scan(SHAPES[name].build(tmp_path, BENIGN, False))
+    assert report.verdict == "safe", (report.findings, report.error)
+
+
+_LOADER = r"""
+import io, pickle, sys, zipfile
+path, loader = sys.argv[1], sys.argv[2]
+try:
+    if loader == "torch":
+        import torch
+        torch.load(path, weights_only=False)
+    elif loader == "numpy":
+        import numpy as np
+        obj = np.load(path, allow_pickle=True)
+        if hasattr(obj, "files"):
+            [obj[k] for k in obj.files]
+    elif loader.startswith("member:"):
+        pickle.loads(zipfile.ZipFile(path).read(loader[7:]))
+except Exception as exc:  # loaders may fail after the payload ran; the marker is the proof
+    print(type(exc).__name__, exc)
+"""
+
+
+def test_real_loaders_run_every_shape(tmp_path):
+    """The shapes are real: the loader each one targets runs its payload (in a subprocess)."""
+    missing = []
+    for name, shape in SHAPES.items():
+        marker = tmp_path / f"{MARKER}_{name}"
+        path = shape.build(tmp_path, shape.payload(marker), True)
+        proc = subprocess.run(
+            [sys.executable, "-c", _LOADER, str(path), shape.loader], capture_output=True, text=True, timeout=300, cwd=tmp_path
+        )
+        if not marker.exists():
+            missing.append((name, proc.stdout[-300:], proc.stderr[-300:]))
+        marker.unlink(missing_ok=True)
+    assert not missing, missing
+
+
+# -- one strict mode ---------------------------------------------------------------------------------------
+def test_members_are_judged_by_content_not_name(tmp_path):
+    mc_ = mc
+    # A tensor member that happens to parse as a tiny pickle and names no global: not a pickle.
+    tensor_like = mc_.torch_zip_bytes(BENIGN, extra=(("archive/data/0", b"N." + bytes(64)),))
+    assert scan(_write(tmp_path, "t.pt", tensor_like)).verdict == "safe"
+    # The same member naming a global keeps every finding, whatever its name.
+    evil = mc_.torch_zip_bytes(BENIGN, extra=(("archive/data/0", computed_os_system(tmp_path / MARKER)),))
+    report = scan(_write(tmp_path, "e.pt", evil))
+    assert report.verdict == "dangerous" and any(f.stream == "archive/data/0" for f in report.dangerous), report.findings
+
+
+# -- inflating: to the end, within a budget that fails closed -----------------------------------------------
+def test_deflated_members_past_the_budget_fail_closed(tmp_path, monkeypatch):
+    pkl = mc.PROTO2 + mc.B(b"\x00" * (3 << 20)) + mc.POP + os_system(tmp_path / MARKER)[2:]
+    path = _write(tmp_path, "big.pt", zip_bytes(torch_members(pkl, method=8)))
+    assert "os.system" in scan(path).imports  # the default budget reaches the payload
+    monkeypatch.setattr(streams, "INFLATE_MAX_BYTES", 1 << 20)
+    report = scan(path)
+    assert report.verdict == "dangerous" and "os.system" not in report.imports
+    (f,) = [f for f in report.dangerous if f.rule == "zip-inflate-budget"]
+    assert f.stream == "archive/data.pkl" and "1 MiB" in f.why and "INFLATE_MAX_BYTES" in f.why
+    monkeypatch.setattr(streams, "INFLATE_MAX_BYTES", 1 << 30)
+    monkeypatch.setattr(streams, "INFLATE_MAX_SECONDS", 0.0)
+    assert "zip-inflate-budget" in {f.rule for f in scan(path).dangerous}
+
+
+def test_inflated_members_are_followed_past_the_memory_window(tmp_path, monkeypatch):
+    # Only the first _HEAD bytes stay in memory; reads behind the inflater resume from checkpoints.
+    monkeypatch.setattr(streams._Inflated, "_HEAD", 64 << 10)
+    monkeypatch.setattr(streams._Inflated, "_STEP", 256 << 10)
+    monkeypatch.setattr(streams._Inflated, "_OUT", 16 << 10)
+    big = pickle.dumps(list(range(400_000)), protocol=2)[:-1] + mc.POP + os_system(tmp_path / MARKER)[2:]
+    path = _write(tmp_path, "window.zip", zip_bytes([*torch_members(BENIGN), Member(b"archive/extra/blob", big, method=8)]))
+    report = scan(path)
+    assert [(f.target, f.stream) for f in report.dangerous] == [("os.system", "archive/extra/blob")], report.findings
+    assert not any(f.rule in ("zip-bad-crc", "zip-size-mismatch", "zip-corrupt") for f in report.findings)
+
+
+def test_inflated_size_and_crc_are_checked(tmp_path):
+    data = bytearray(zip_bytes(torch_members(BENIGN, method=8)))
+    cd = data.index(b"PK\x01\x02")
+    data[cd + 16] ^= 0xFF  # CRC in the central directory
+    assert "zip-bad-crc" in {f.rule for f in scan(_write(tmp_path, "crc.pt", bytes(data))).dangerous}
+    data = bytearray(zip_bytes(torch_members(BENIGN, method=8)))
+    for sig in (b"PK\x03\x04", b"PK\x01\x02"):  # the uncompressed size, in both headers: torch refuses it
+        at = data.index(sig) + (22 if sig == b"PK\x03\x04" else 24)
+        data[at : at + 4] = struct.pack("<L", len(BENIGN) - 1)
+    assert "zip-size-mismatch" in {f.rule for f in scan(_write(tmp_path, "size.pt", bytes(data))).dangerous}
+
+
+# -- torch's own zip reader ------------------------------------------------------------------------------------
+def test_miniz_reader_sees_what_torch_sees(tmp_path):
+    from torchkeep._zipdir import ZipDirError, read_central_directory
+
+    data = zip_bytes(torch_members(BENIGN), cd_slack=5, comment=b"hi")
+    entries = read_central_directory(io.BytesIO(data), len(data))
+    assert [e.raw_name for e in entries] == [m.name for m in torch_members(BENIGN)]
+    with pytest.raises(ZipDirError, match="past the end"):
+        slack = zip_bytes(torch_members(BENIGN), cd_slack=100)  # more slack than the end record covers
+        read_central_directory(io.BytesIO(slack), len(slack))
+    split = zip64_split(torch_members(BENIGN), [Member(b"other/x", b"y")])
+    assert next(e.raw_name for e in read_central_directory(io.BytesIO(split), len(split))) == b"archive/data.pkl"
+    with pytest.raises(ZipDirError):
+        read_central_directory(io.BytesIO(b"PK\x03\x04" + bytes(60)), 64)
+
+
+def test_case_insensitive_pickle_duplicates(tmp_path):
+    members = [*torch_members(BENIGN), Member(b"archive/DATA.PKL", os_system(tmp_path / MARKER))]
+    report = scan(_write(tmp_path, "dup.pt", zip_bytes(members)))
+    assert {"zip-duplicate", "dangerous-import"} <= {f.rule for f in report.dangerous}, report.findings
+
+
+# -- numpy judges its own dtypes --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "descr",
+    ["|O", "O8", "object", "T", "f4,T", "f4,O", ("T", (2,)), [("a", "<f4"), ("b", [("c", "T")])], "<f4", "V8", "p", "|S3"],
+    ids=repr,
+)
+def test_npy_is_a_pickle_exactly_when_numpy_unpickles_it(tmp_path, descr):
+    path = _write(tmp_path, "a.npy", npy_bytes(descr, BENIGN))
+    try:
+        np.load(path, allow_pickle=False)  # refuses before unpickling anything
+        unpickles = False
+    except ValueError as exc:
+        assert "Object arrays cannot be loaded" in str(exc)
+        unpickles = True
+    report = scan(path)
+    assert (report.streams == ["array (object array pickle)"]) == unpickles, report.streams
+    assert report.verdict == "safe", report.findings
+
+
+def test_npy_headers_numpy_cannot_parse(tmp_path):
+    header = b"{'descr': 'Object', 'fortran_order': False, 'shape': (1,), }"  # not a dtype numpy knows
+    raw = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header) + 1) + header + b"\n"
+    report = scan(_write(tmp_path, "bad.npy", raw + BENIGN))
+    assert report.verdict == "error" and any(f.rule == "npy-header" and "numpy cannot read" in f.why for f in report.findings)
+    # what follows an unreadable header is still looked at
+    report = scan(_write(tmp_path, "bad_evil.npy", raw + os_system(tmp_path / MARKER)))
+    assert report.verdict == "dangerous" and "os.system" in report.imports
+    # a header too large to parse here is not judged: fail closed
+    big = b"\x93NUMPY\x02\x00" + struct.pack("<L", streams.NPY_MAX_HEADER + 1)
+    report = scan(_write(tmp_path, "huge.npy", big + b" " * 64))
+    assert report.verdict == "dangerous" and any(f.rule == "npy-header" for f in report.dangerous)
+
+
+def test_deflate_streams_zlib_cannot_finish_fail_closed(tmp_path):
+    # Two stored deflate blocks; the second one's length check is broken. zlib stops there; torch's
+    # inflater (miniz) does not stop at every error zlib reports, so what follows may reach torch.load.
+    pkl = os_system(tmp_path / MARKER)[:-1] + mc.B(b"\x00" * (100 << 10)) + mc.POP + b"."
+    data = bytearray(zip_bytes([Member(b"archive/data.pkl", pkl, method=8, level=0), *torch_members(BENIGN)[1:]]))
+    stream = 30 + len(b"archive/data.pkl")  # the first local header has no extra field
+    first = int.from_bytes(data[stream + 1 : stream + 3], "little")  # LEN of the first stored block
+    data[stream + 5 + first + 3] ^= 0xFF  # NLEN of the second block no longer complements its LEN
+    report = scan(_write(tmp_path, "corrupt.pt", bytes(data)))
+    rules = {f.rule for f in report.dangerous}
+    assert {"zip-corrupt", "dangerous-import"} <= rules, report.findings  # the payload before the break is seen
+    (f,) = [f for f in report.dangerous if f.rule == "zip-corrupt"]
+    assert f.offset == first and "miniz" in f.why
+
+
+def test_members_torch_takes_for_directories(tmp_path):
+    data = bytearray(zip_bytes(torch_members(BENIGN)))
+    cd = data.index(b"PK\x01\x02")
+    data[cd + 38] |= 0x10  # DOS directory attribute on data.pkl: miniz serves uninitialized memory instead
+    path = _write(tmp_path, "dir.pt", bytes(data))
+    report = scan(path)
+    assert [f.rule for f in report.dangerous] == ["zip-directory-data"], report.findings
+    code = f"import torch\ntry:\n    print(torch.load({str(path)!r}, weights_only=False))\nexcept Exception as e:\n    print(e)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.stdout and "'epoch': 3" not in proc.stdout, proc.stdout  # torch did not unpickle the member's bytes
+
+
+def test_stored_members_whose_sizes_differ(tmp_path):
+    data = bytearray(zip_bytes([Member(b"archive/data.pkl", BENIGN + b"\x00" * 8), *torch_members(BENIGN)[1:]]))
+    cd = data.index(b"PK\x01\x02")
+    data[cd + 20 : cd + 24] = struct.pack("<L", len(BENIGN))  # compressed size 8 bytes short of the real one
+    report = scan(_write(tmp_path, "sizes.pt", bytes(data)))
+    assert "zip-size-mismatch" in {f.rule for f in report.dangerous}, report.findings
+
+
+def test_zip_directory_reader_agrees_with_torchs_on_mutated_archives():
+    """Differential check of torchkeep._zipdir against torch's own reader (miniz, through
+    torch._C.PyTorchFileReader, which only reads records and unpickles nothing): the same archives accepted,
+    the same names, the same bytes for stored members."""
+    import random
+
+    import torch
+
+    from torchkeep._zipdir import ZipDirError, local_data_offset, read_central_directory
+
+    seeds = [
+        zip_bytes(torch_members(BENIGN)),
+        zip_bytes(torch_members(BENIGN), cd_slack=9, comment=b"PK\x05\x06" + b"z" * 17),
+        zip64_split(torch_members(BENIGN), [Member(b"decoy/" + m.name, m.data) for m in torch_members(BENIGN)]),
+        zip_decoy_directory(torch_members(BENIGN), [Member(b"decoy!!/" + m.name[8:], m.data) for m in torch_members(BENIGN)]),
+    ]
+    rng = random.Random(9)
+    compared = 0
+    for _ in range(4000):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 3)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        data_b = bytes(data)
+        try:
+            entries = read_central_directory(io.BytesIO(data_b), len(data_b))
+        except ZipDirError:
+            entries = None
+        try:
+            reader = torch._C.PyTorchFileReader(io.BytesIO(data_b))
+            records = reader.get_all_records()
+        except Exception as exc:
+            # torch also refuses archives for reasons past the directory (no version record, names
+            # outside the first member's folder); only a refused *directory* must match
+            assert entries is None or "reading zip archive" not in str(exc), (data_b, exc)
+            continue
+        assert entries is not None, data_b
+        root = entries[0].raw_name.split(b"/")[0] + b"/"
+        names = [e.raw_name[len(root) :].split(b"\0")[0].decode("utf-8", "replace") for e in entries]
+        assert names == records, (names, records)
+        compared += 1
+        for e, name in zip(entries, records):
+            if e.method or e.is_directory or e.flags & 0x61 or e.error or [x.raw_name.lower() for x in entries].count(e.raw_name.lower()) > 1:
+                continue
+            try:
+                start, _ = local_data_offset(io.BytesIO(data_b), len(data_b), e.header_offset, e.compress_size)
+                mine = data_b[start : start + e.file_size] if start + e.file_size <= len(data_b) else None
+            except ZipDirError:
+                mine = None
+            try:
+                theirs = bytes(reader.get_record(name))
+            except Exception:
+                theirs = None
+            assert mine == theirs, (name, mine, theirs)
+    assert compared > 1000
