@@ -27,6 +27,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from torchkeep._version import __version__
 from torchkeep.errors import (
     CompatibilityError,
     InputError,
@@ -37,8 +38,6 @@ from torchkeep.errors import (
     UntrustedCodeError,
     UsageError,
 )
-
-__version__ = "0.1.0"
 
 # public name -> private module that defines it
 _LAZY: dict[str, str] = {
@@ -53,14 +52,14 @@ _LAZY: dict[str, str] = {
     "ModelSpec": "torchkeep._spec",
     "save": "torchkeep._modelfile",
     "load": "torchkeep._modelfile",
-    "read_spec": "torchkeep._modelfile",
+    "read_spec": "torchkeep._spec",
     "transform_for": "torchkeep._preprocess",
     "load_image": "torchkeep._preprocess",
     "scan_paths": "torchkeep._scan",
-    "load_into": "torchkeep._adapt",
-    "LoadReport": "torchkeep._adapt",
+    "load_into": "torchkeep._match",
+    "LoadReport": "torchkeep._match",
     "adapt": "torchkeep._adapt",
-    "explain_error": "torchkeep._adapt",
+    "explain_error": "torchkeep._explain",
     "AdaptResult": "torchkeep._adapt",
     "train": "torchkeep.training",
     "TrainConfig": "torchkeep.training",
@@ -133,17 +132,19 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from torchkeep._adapt import AdaptResult, LoadReport, adapt, explain_error, load_into
+    from torchkeep._adapt import AdaptResult, adapt
     from torchkeep._convert import ConvertResult, convert
     from torchkeep._detect import detect
     from torchkeep._diff import DiffReport, diff
     from torchkeep._evaluate import EvalReport, evaluate
+    from torchkeep._explain import explain_error
     from torchkeep._export import ExportResult, export
     from torchkeep._inspect import Inspection, inspect
     from torchkeep._load import load_state_dict
-    from torchkeep._modelfile import load, read_spec, save
+    from torchkeep._match import LoadReport, load_into
+    from torchkeep._modelfile import load, save
     from torchkeep._predict import Prediction, predict
     from torchkeep._preprocess import load_image, transform_for
     from torchkeep._scan import ScanReport, scan, scan_paths
-    from torchkeep._spec import ModelSpec
+    from torchkeep._spec import ModelSpec, read_spec
     from torchkeep.training import TrainConfig, TrainResult, train

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from torchkeep._atomic import atomic_path
 from torchkeep._load import read_weights, torch_dtype
+from torchkeep._version import __version__
 from torchkeep._weights import wrapper_prefix
 from torchkeep.errors import UsageError
 
@@ -197,8 +198,6 @@ def convert(
         A :class:`ConvertResult` (the source's sha256, kind and torchkeep version are also in the file).
     """
     import torch
-
-    from torchkeep import __version__
 
     dst_path = Path(dst)
     fmt = output_format(dst_path, format)

@@ -15,6 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torchkeep._atomic import atomic_path
+from torchkeep._evaluate import evaluate
+from torchkeep._modelfile import load
+from torchkeep._predict import predict
+from torchkeep._tour import formats_tour
+
 __all__ = ["DemoPrediction", "DemoResult", "run_demo"]
 
 
@@ -60,7 +66,6 @@ def write_heldout_pngs(out_dir: Path, val_indices: list[int], per_mode: int = 3)
     """
     from PIL import Image
 
-    from torchkeep._atomic import atomic_path
     from torchkeep.data import digits_images
 
     images, labels = digits_images()
@@ -114,10 +119,6 @@ def run_demo(
     """
     from PIL import Image
 
-    from torchkeep._evaluate import evaluate
-    from torchkeep._modelfile import load
-    from torchkeep._predict import predict
-    from torchkeep._tour import formats_tour
     from torchkeep.data import split_indices
     from torchkeep.training import TrainConfig, train
 

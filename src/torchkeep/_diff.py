@@ -14,6 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from torchkeep._load import load_state_dict
+from torchkeep.errors import UsageError
+
 if TYPE_CHECKING:  # torch is imported lazily: importing torchkeep stays cheap
     import torch
 
@@ -114,16 +117,12 @@ def _as_state_dict(source: Any, trust: bool) -> tuple[str, dict[str, torch.Tenso
     import torch
 
     if isinstance(source, (str, os.PathLike)):
-        from torchkeep._load import load_state_dict
-
         return os.fspath(source), dict(load_state_dict(source, map_location="cpu", trust=trust))
     if isinstance(source, torch.nn.Module):
         return "<module>", dict(source.state_dict())
     if isinstance(source, Mapping):
         tensors = {str(k): v for k, v in source.items() if isinstance(v, torch.Tensor)}
         return "<state_dict>", tensors
-    from torchkeep.errors import UsageError
-
     raise UsageError(
         f"diff() takes a path, an nn.Module or a dict of tensors, not {type(source).__name__}",
         fix="pass the model file's path",

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torchkeep._modelfile import resolve_model
 from torchkeep.errors import CompatibilityError, UsageError
 
 __all__ = ["ClassMetrics", "EvalReport", "evaluate"]
@@ -63,23 +64,6 @@ class EvalReport:
     val_fraction: float
     seconds: float
     notes: list[str] = field(default_factory=list)
-
-
-def _load_model(model_or_path: Any, device: str, trust: bool) -> tuple[Any, str]:
-    import torch
-
-    if isinstance(model_or_path, (str, os.PathLike)):
-        from torchkeep._modelfile import load
-
-        return load(model_or_path, device=device, trust=trust), os.fspath(model_or_path)
-    if isinstance(model_or_path, torch.nn.Module):
-        if getattr(model_or_path, "torchkeep_spec", None) is None:
-            raise UsageError(
-                "the model has no torchkeep_spec, so its preprocessing and class names are unknown",
-                fix="build it with torchkeep.models.build, or pass a model file saved with torchkeep.save",
-            )
-        return model_or_path, "<in-memory model>"
-    raise UsageError(f"cannot evaluate a {type(model_or_path).__name__}", fix="pass a model file path or an nn.Module")
 
 
 def _class_map(model_names: list[str], data_names: list[str], model_label: str, data: str) -> list[int]:
@@ -145,8 +129,7 @@ def evaluate(
     t0 = time.perf_counter()
     if split not in SPLITS:
         raise UsageError(f"unknown split {split!r}", fix="use one of: " + ", ".join(SPLITS))
-    model, label = _load_model(model_or_path, device, trust)
-    spec = model.torchkeep_spec
+    model, spec, label = resolve_model(model_or_path, trust=trust, device=device, in_memory_label="<in-memory model>")
     trained = dict((spec.extra or {}).get("training") or {})
     data = data or trained.get("data") or spec.provenance.dataset
     if not data:

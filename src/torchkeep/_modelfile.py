@@ -8,94 +8,25 @@ defined the model is not needed. ``read_spec(path)`` reads only the JSON header 
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from torchkeep._atomic import atomic_path
+from torchkeep._convert import DTYPES, _dedupe
+from torchkeep._detect import detect
+from torchkeep._device import resolve_device
 from torchkeep._gate import check_file
-from torchkeep._spec import METADATA_KEY, ModelSpec
+from torchkeep._load import torch_dtype
+from torchkeep._match import copy_state
+from torchkeep._spec import METADATA_KEY, ModelSpec, check_model_path, read_spec
 from torchkeep.errors import CompatibilityError, InputError, UntrustedCodeError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
-__all__ = ["load", "read_spec", "save"]
-
-_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
-
-
-# --------------------------------------------------------------------------- header (no torch)
-
-
-def _read_header(path: Path) -> dict[str, Any] | None:
-    """The safetensors JSON header of ``path``, or None if the file is not safetensors."""
-    try:
-        with open(path, "rb") as fh:
-            prefix = fh.read(8)
-            if len(prefix) < 8:
-                return None
-            (n,) = struct.unpack("<Q", prefix)
-            size = path.stat().st_size
-            if n < 2 or n > _MAX_HEADER or n > size - 8:
-                return None
-            raw = fh.read(n)
-    except OSError as exc:
-        raise InputError(f"cannot read the file ({exc.strerror})", path=path) from None
-    if not raw.lstrip().startswith(b"{"):
-        return None
-    try:
-        header = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InputError(
-            "the safetensors header is not valid JSON (the file is corrupt or truncated)",
-            path=path,
-            fix="re-create the file",
-        ) from None
-    return header if isinstance(header, dict) else None
-
-
-def _check_path(path: str | os.PathLike[str]) -> Path:
-    p = Path(os.fspath(path)).expanduser()
-    if not p.exists():
-        raise InputError("no such file", path=p, fix="check the path")
-    if p.is_dir():
-        raise InputError(
-            "is a directory, not a model file", path=p, fix="name the .safetensors file inside it"
-        )
-    return p
-
-
-def read_spec(path: str | os.PathLike[str]) -> ModelSpec | None:
-    """Read the model spec stored in a safetensors file's header, without torch and without tensor bytes.
-
-    Args:
-        path: the file.
-
-    Returns:
-        The spec, or None when the file is not safetensors or carries no torchkeep spec.
-
-    Raises:
-        InputError: missing file, corrupt header, or a malformed / too new spec.
-    """
-    p = _check_path(path)
-    header = _read_header(p)
-    if header is None:
-        return None
-    meta = header.get("__metadata__") or {}
-    text = meta.get(METADATA_KEY) if isinstance(meta, dict) else None
-    if text is None:
-        return None
-    if not isinstance(text, str):  # safetensors metadata values are strings; a crafted header may differ
-        raise InputError(
-            f"invalid model spec: the {METADATA_KEY} metadata is a JSON {type(text).__name__}, not a string",
-            path=p,
-            fix="re-save the model with torchkeep.save(model, path, spec)",
-        )
-    return ModelSpec.from_json(text, path=p)
-
+__all__ = ["load", "read_spec", "resolve_model", "save"]
 
 # --------------------------------------------------------------------------- save
 
@@ -132,8 +63,6 @@ def save(model: nn.Module, path: str | os.PathLike[str], spec: ModelSpec | None 
     """
     from safetensors.torch import save_file
 
-    from torchkeep._atomic import atomic_path
-    from torchkeep._convert import _dedupe
     from torchkeep.models._build import current_versions
 
     model = _unwrap(model)
@@ -171,9 +100,6 @@ def save(model: nn.Module, path: str | os.PathLike[str], spec: ModelSpec | None 
 def _dtype(dtype: Any) -> torch.dtype | None:
     import torch
 
-    from torchkeep._convert import DTYPES
-    from torchkeep._load import torch_dtype
-
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     name = str(dtype).lower().removeprefix("torch.")
@@ -185,8 +111,6 @@ def _dtype(dtype: Any) -> torch.dtype | None:
 
 def _explain_not_model_file(p: Path) -> InputError:
     """The error for a file ``load`` cannot rebuild, saying what it is and what to do instead."""
-    from torchkeep._detect import detect
-
     try:
         fmt = detect(p).format
     except InputError as exc:
@@ -256,8 +180,6 @@ def _strict_load(model: nn.Module, tensors: dict[str, torch.Tensor], p: Path, *,
             fix="the spec was edited or written for another model; re-save it with torchkeep.save, "
             "or recover the weights with torchkeep.load_state_dict",
         )
-    from torchkeep._adapt import copy_state
-
     try:
         with torch.no_grad():
             copy_state(model, tensors, strict=True, assign=assign)
@@ -300,14 +222,12 @@ def load(
 
     from torchkeep.models._build import build_from_spec
 
-    p = _check_path(path)
+    p = check_model_path(path)
     # safetensors runs no code, but a file that also parses as something that does (a polyglot) is refused
     check_file(p, runs_code=False)
     spec = read_spec(p)
     if spec is None:
         raise _explain_not_model_file(p)
-    from torchkeep._device import resolve_device
-
     dev = resolve_device(device)
     want = _dtype(dtype)
     try:
@@ -346,3 +266,46 @@ def load(
     model.eval()
     model.torchkeep_spec = spec  # type: ignore[assignment]
     return model
+
+
+def resolve_model(
+    model: Any,
+    spec: ModelSpec | None = None,
+    *,
+    trust: bool = False,
+    device: str | torch.device | None = "cpu",
+    in_memory_label: str = "<module>",
+) -> tuple[nn.Module, ModelSpec, str]:
+    """(module, spec, label) from a model file path or an ``nn.Module``: what every verb that
+    takes "a model" (export, predict, evaluate) starts with.
+
+    Args:
+        model: a torchkeep model file (loaded with :func:`load` on ``device``) or an ``nn.Module`` (kept as is).
+        spec: overrides the model's own ``torchkeep_spec``.
+        trust: lets a model file whose spec names a user class (``package.module:Class``) import it.
+        device: where a model file is loaded.
+        in_memory_label: the label of a module passed in memory.
+
+    Raises:
+        UsageError: neither a path nor a module, or no spec to go with it.
+    """
+    from torch import nn
+
+    if isinstance(model, (str, os.PathLike)):
+        module = load(model, device=device, trust=trust)
+        label = os.fspath(model)
+    elif isinstance(model, nn.Module):
+        module, label = model, in_memory_label
+    else:
+        raise UsageError(
+            f"expected a model file path or an nn.Module, not {type(model).__name__}",
+            fix="pass the path of a torchkeep model file (torchkeep.save) or a module built by torchkeep.models.build",
+        )
+    spec = spec or getattr(module, "torchkeep_spec", None)
+    if spec is None:
+        raise UsageError(
+            "the model has no torchkeep spec (class names, input size, preprocessing)",
+            path=label if label != in_memory_label else None,
+            fix="build it with torchkeep.models.build(...) or pass spec=ModelSpec(...)",
+        )
+    return module, spec, label

@@ -12,44 +12,31 @@ the spec, see ``torchkeep export``) run without torchkeep's model registry.
 
 from __future__ import annotations
 
-import glob
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torchkeep._detect import detect
+from torchkeep._inputs import IMAGE_SUFFIXES, InputItem, collect_inputs
+from torchkeep._runtime import BACKENDS, Runner, prepare
 from torchkeep.errors import InputError, UsageError
 
 if TYPE_CHECKING:
     import torch
 
-    from torchkeep._export import Runner
     from torchkeep._spec import ModelSpec
 
-__all__ = ["BACKENDS", "IMAGE_SUFFIXES", "ClassScore", "Prediction", "collect_inputs", "predict"]
+__all__ = [
+    "BACKENDS",
+    "IMAGE_SUFFIXES",
+    "ClassScore",
+    "InputItem",
+    "Prediction",
+    "collect_inputs",
+    "predict",
+    "prepare",
+    "run_batches",
+]
 
-BACKENDS = ("eager", "torchscript", "onnxruntime")
-#: Files taken from folders (explicitly named files are always tried, whatever their name).
-IMAGE_SUFFIXES = frozenset(
-    {
-        ".png",
-        ".jpg",
-        ".jpeg",
-        ".jfif",
-        ".bmp",
-        ".gif",
-        ".webp",
-        ".tif",
-        ".tiff",
-        ".ppm",
-        ".pgm",
-        ".pbm",
-        ".pnm",
-    }
-)
-_GLOB_CHARS = set("*?[")
 
 
 @dataclass
@@ -87,180 +74,11 @@ class Prediction:
         return self.error is None
 
 
-@dataclass
-class InputItem:
-    """One input to classify: a file path or an in-memory PIL image, or why it cannot be found."""
-
-    name: str
-    source: Any
-    error: str | None = None
-
-
-def collect_inputs(inputs: Any) -> list[InputItem]:
-    """Expand files, folders (recursively, image suffixes only, hidden files skipped) and globs.
-
-    Args:
-        inputs: a path, a glob pattern, a PIL image, or a sequence of them.
-
-    Returns:
-        The items in order; a missing path or a glob that matches nothing is an item with ``error`` set.
-    """
-    if isinstance(inputs, (str, os.PathLike)) or _is_pil(inputs):
-        inputs = [inputs]
-    items: list[InputItem] = []
-    seen: set[str] = set()
-
-    def add(path: Path) -> None:
-        key = os.path.abspath(path)
-        if key not in seen:
-            seen.add(key)
-            items.append(InputItem(os.fspath(path), path))
-
-    for n, entry in enumerate(inputs):
-        if _is_pil(entry):
-            items.append(InputItem(f"<image {n}>", entry))
-            continue
-        text = os.fspath(entry)
-        p = Path(text)
-        if p.is_dir():
-            for f in _walk(p):
-                add(f)
-        elif p.exists():
-            add(p)
-        elif _GLOB_CHARS & set(text):
-            matches = sorted(glob.glob(text, recursive=True))
-            if not matches:
-                items.append(InputItem(text, None, "the pattern matches no file"))
-            for m in matches:
-                mp = Path(m)
-                if mp.is_dir():
-                    for f in _walk(mp):
-                        add(f)
-                else:
-                    add(mp)
-        else:
-            items.append(InputItem(text, None, "no such file or folder"))
-    return items
-
-
-def _walk(folder: Path) -> list[Path]:
-    out = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                out.append(Path(root) / name)
-    return out
-
-
-def _is_pil(obj: Any) -> bool:
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - pillow is a dependency
-        return False
-    return isinstance(obj, Image.Image)
-
-
 def _describe_error(exc: BaseException) -> str:
     if isinstance(exc, InputError):  # load_image words Pillow's errors (unreadable, truncated, bomb)
         return exc.what
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-# ------------------------------------------------------------------------------------------- the model
-def prepare(
-    model: Any,
-    *,
-    backend: str | None = None,
-    device: str = "auto",
-    half: bool = False,
-    spec: ModelSpec | None = None,
-    channels_last: bool = False,
-    trust: bool = False,
-) -> tuple[Runner, ModelSpec, str]:
-    """Open a model for inference on a backend.
-
-    Args:
-        model: an ``nn.Module`` with ``torchkeep_spec``, a torchkeep model file, or a TorchScript /
-            ONNX export carrying the spec.
-        backend: "eager", "torchscript" or "onnxruntime"; None: the file's own (eager for model files).
-        device: "auto", "cpu", "cuda"...
-        half: run in float16.
-        spec: overrides the spec found in the model (needed for exports made without torchkeep).
-        channels_last: eager/torchscript: NHWC memory format (often faster for CNNs on CPU).
-        trust: load a file whatever its scan says: a TorchScript / ONNX export whose code is not ``safe``, a
-            model file whose spec names a user class (as ``torchkeep.load``). Only for files you trust.
-
-    Returns:
-        (runner, spec, backend actually used).
-
-    Raises:
-        UnsafeFileError: the scan found code in the file that is not tensor computation (without ``trust``).
-    """
-    import torch
-    from torch import nn
-
-    from torchkeep import _export as ex
-
-    if backend is not None and backend not in BACKENDS:
-        raise UsageError(f"unknown backend {backend!r}", fix=f"use one of: {', '.join(BACKENDS)}")
-    if device in (None, "", "auto") and isinstance(model, nn.Module):
-        # a module the caller holds stays where it is (moving it would move their model)
-        first = next(iter(model.parameters()), None)
-        device = str(first.device) if first is not None else "cpu"
-    dev = ex.resolve_device(device)
-    dtype: str | None = "float16" if half else None
-    if isinstance(model, (str, os.PathLike)):
-        fmt = detect(model).format
-        if fmt in ("torchscript", "onnx"):
-            natural = "torchscript" if fmt == "torchscript" else "onnxruntime"
-            if backend not in (None, natural):
-                raise UsageError(
-                    f"this file is a {fmt} export; it runs on the {natural} backend, not {backend}",
-                    path=model,
-                    fix=f"drop --backend, or export the original model file with torchkeep export --format "
-                    f"{'onnx' if backend == 'onnxruntime' else 'torchscript'}",
-                )
-            # scanned, then the spec checked, before torch.jit.load / onnxruntime run anything of the file
-            runner, spec, _ = ex.load_exported(model, device=dev, trust=trust, spec=spec, need_spec=True)
-            assert spec is not None  # need_spec
-            if half and runner.dtype != "float16":
-                if isinstance(runner, ex.TorchScriptRunner):
-                    runner = ex.TorchScriptRunner(runner.module, dtype="float16", device=dev)
-                else:
-                    raise UsageError(
-                        "--half needs a float16 ONNX export",
-                        path=model,
-                        fix="torchkeep export --format onnx --half",
-                    )
-            return runner, spec, natural
-    module, spec, _ = ex.resolve_model(model, spec, trust=trust)
-    if not isinstance(module, nn.Module):  # pragma: no cover - resolve_model guarantees it
-        raise UsageError("not a module")
-    backend = backend or "eager"
-    if half:
-        import copy
-
-        module = copy.deepcopy(module).half()
-    if backend == "eager":
-        return ex.EagerRunner(module, dtype=dtype, device=dev, channels_last=channels_last), spec, backend
-    c, (h, w) = spec.in_channels, spec.input_size
-    param = next((t for t in module.parameters() if t.is_floating_point()), None)
-    example = torch.zeros(1, c, h, w, dtype=param.dtype if param is not None else torch.float32)
-    if backend == "torchscript":
-        module = module.to(dev)
-        if channels_last:
-            module = module.to(memory_format=torch.channels_last)
-            example = example.contiguous(memory_format=torch.channels_last)
-        traced = ex.to_torchscript(module, example.to(dev), optimize=dev == "cpu")
-        return (
-            ex.TorchScriptRunner(traced, dtype=dtype, device=dev, channels_last=channels_last),
-            spec,
-            backend,
-        )
-    data, _ = ex.to_onnx_bytes(module, torch.cat([example, example]), dynamic_batch=True)
-    return ex.OnnxRunner(data, device=dev), spec, backend
 
 
 def predict(
@@ -336,7 +154,7 @@ def run_batches(
     """Decode, batch, run and rank; the loop behind :func:`predict` (also used by the benchmark)."""
     import torch
 
-    from torchkeep._preprocess import load_image, transform_for
+    from torchkeep._preprocess import load_image, transform_for  # torch, PIL: only when used
 
     transform = transform_for(spec, train=False)
     names: list[str] = []

@@ -24,8 +24,10 @@ from torchkeep._onnx import read_onnx
 from torchkeep._pickle import (
     DTYPE_ITEMSIZE,
     PickleReadError,
+    Placeholder,
     StorageRef,
     TensorRef,
+    _default_storage,
     read_pickle,
 )
 from torchkeep.errors import InputError
@@ -243,8 +245,6 @@ def _read_torch_zip(det: Detected) -> FileStructure:
 
 
 def _legacy_storage_resolver(roots: dict[str, StorageRef]):
-    from torchkeep._pickle import _default_storage
-
     def resolve(pid: Any) -> Any:
         ref = _default_storage(pid)
         if isinstance(ref, StorageRef):
@@ -473,8 +473,6 @@ def read_structure(path: str | os.PathLike[str] | Detected) -> FileStructure:
 
 def iter_tensor_refs(obj: Any, prefix: str = "", _seen: set[int] | None = None, _depth: int = 0):
     """Yield (dotted name, TensorRef) for every tensor reachable in a pickled object tree."""
-    from torchkeep._pickle import Placeholder
-
     if _seen is None:
         _seen = set()
     if _depth > 100 or id(obj) in _seen:

@@ -4,7 +4,8 @@ A spec travels inside a safetensors model file under the metadata key ``torchkee
 can be turned back into a working ``nn.Module`` without the code that created it. The format is
 documented field by field in ``docs/spec.md``.
 
-This module must not import torch: ``inspect`` reads specs from file headers without it.
+``read_spec(path)`` reads it back from the file's header alone. This module must not import torch: ``inspect``
+reads specs from file headers without it.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import dataclasses
 import json
 import math
 import os
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from torchkeep._version import __version__
 from torchkeep.errors import InputError, UsageError
 
 __all__ = [
@@ -27,6 +31,8 @@ __all__ = [
     "Preprocessing",
     "Provenance",
     "channels_mode",
+    "check_model_path",
+    "read_spec",
 ]
 
 #: Version of the spec format written by this torchkeep. Readers accept this version and older ones.
@@ -245,8 +251,6 @@ class ModelSpec:
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             v.fail(f"the model spec has no valid spec_version (got {version!r})")
         if version > SPEC_VERSION:
-            from torchkeep import __version__
-
             raise InputError(
                 f"the model spec has spec_version {version}, newer than this torchkeep {__version__} "
                 f"reads (up to {SPEC_VERSION})",
@@ -443,3 +447,78 @@ class _Validator:
         ):
             self.fail(f"{name} must be a list of numbers (got {val!r})")
         return [float(x) for x in val]
+
+
+# --------------------------------------------------------------------------- reading it from a file (no torch)
+
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+
+
+
+
+def _read_header(path: Path) -> dict[str, Any] | None:
+    """The safetensors JSON header of ``path``, or None if the file is not safetensors."""
+    try:
+        with open(path, "rb") as fh:
+            prefix = fh.read(8)
+            if len(prefix) < 8:
+                return None
+            (n,) = struct.unpack("<Q", prefix)
+            size = path.stat().st_size
+            if n < 2 or n > _MAX_HEADER or n > size - 8:
+                return None
+            raw = fh.read(n)
+    except OSError as exc:
+        raise InputError(f"cannot read the file ({exc.strerror})", path=path) from None
+    if not raw.lstrip().startswith(b"{"):
+        return None
+    try:
+        header = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InputError(
+            "the safetensors header is not valid JSON (the file is corrupt or truncated)",
+            path=path,
+            fix="re-create the file",
+        ) from None
+    return header if isinstance(header, dict) else None
+
+
+def check_model_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path, or the InputError a user should see (missing, a directory)."""
+    p = Path(os.fspath(path)).expanduser()
+    if not p.exists():
+        raise InputError("no such file", path=p, fix="check the path")
+    if p.is_dir():
+        raise InputError(
+            "is a directory, not a model file", path=p, fix="name the .safetensors file inside it"
+        )
+    return p
+
+
+def read_spec(path: str | os.PathLike[str]) -> ModelSpec | None:
+    """Read the model spec stored in a safetensors file's header, without torch and without tensor bytes.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The spec, or None when the file is not safetensors or carries no torchkeep spec.
+
+    Raises:
+        InputError: missing file, corrupt header, or a malformed / too new spec.
+    """
+    p = check_model_path(path)
+    header = _read_header(p)
+    if header is None:
+        return None
+    meta = header.get("__metadata__") or {}
+    text = meta.get(METADATA_KEY) if isinstance(meta, dict) else None
+    if text is None:
+        return None
+    if not isinstance(text, str):  # safetensors metadata values are strings; a crafted header may differ
+        raise InputError(
+            f"invalid model spec: the {METADATA_KEY} metadata is a JSON {type(text).__name__}, not a string",
+            path=p,
+            fix="re-save the model with torchkeep.save(model, path, spec)",
+        )
+    return ModelSpec.from_json(text, path=p)

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from torchkeep._inspect import inspect
+from torchkeep._modelfile import save
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -42,8 +45,6 @@ def formats_tour(model: nn.Module, out_dir: str | os.PathLike[str], input_shape:
     import torch
     from safetensors.torch import save_file
 
-    from torchkeep._inspect import inspect
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     spec = getattr(model, "torchkeep_spec", None)
@@ -57,8 +58,6 @@ def formats_tour(model: nn.Module, out_dir: str | os.PathLike[str], input_shape:
     sd = model.state_dict()
 
     def write_model_file(p: Path) -> None:
-        from torchkeep import save
-
         if spec is not None:
             save(model, p)
         else:

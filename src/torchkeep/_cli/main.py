@@ -92,7 +92,7 @@ def _global_flags(args: list[str]) -> tuple[list[str], bool, bool]:
 def _explain(exc: BaseException) -> str | None:
     """The torchkeep fix for a classic PyTorch error (size mismatch, missing keys, CUDA on CPU...)."""
     try:
-        from torchkeep._adapt import explain_error
+        from torchkeep._explain import explain_error
 
         return explain_error(exc)
     except Exception:

@@ -18,7 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchkeep._spec import HeadRecipe, ModelSpec, Preprocessing, Provenance, channels_mode
+from torchkeep._convert import file_sha256
+from torchkeep._load import load_state_dict
+from torchkeep._match import load_into
+from torchkeep._spec import HeadRecipe, ModelSpec, Preprocessing, Provenance, channels_mode, read_spec
+from torchkeep._version import __version__
 from torchkeep.errors import CompatibilityError, InputError, TorchkeepWarning, UsageError
 from torchkeep.models._heads import (
     HeadInfo,
@@ -41,8 +45,6 @@ _IMAGENET_STD = [0.229, 0.224, 0.225]
 def current_versions() -> dict[str, str]:
     """torch / torchvision / torchkeep versions of this environment, for ``ModelSpec.versions``."""
     import torchvision
-
-    from torchkeep import __version__
 
     return {"torch": torch.__version__, "torchvision": torchvision.__version__, "torchkeep": __version__}
 
@@ -136,8 +138,6 @@ def _load_torchvision_weights(model: nn.Module, sd: dict[str, torch.Tensor], wei
 
 def _load_file_into(model: nn.Module, sd: dict[str, Any], *, first: bool) -> str:
     """Copy what fits from a state_dict into ``model``; returns the load report's verdict."""
-    from torchkeep._adapt import load_into
-
     report = load_into(
         model,
         sd,
@@ -153,8 +153,6 @@ def _load_file_into(model: nn.Module, sd: dict[str, Any], *, first: bool) -> str
 
 
 def _spec_of_file(path: Path) -> ModelSpec | None:
-    from torchkeep._modelfile import read_spec
-
     try:
         return read_spec(path)
     except InputError:  # a malformed spec does not stop using the weights
@@ -386,9 +384,6 @@ def build(
         provenance.pretrained = str(weights)
         provenance.pretrained_url = weights.url
     elif pre_file is not None:
-        from torchkeep._convert import file_sha256
-        from torchkeep._load import load_state_dict
-
         sd = load_state_dict(pre_file)
         provenance.pretrained = str(pre_file)
         provenance.source_file = str(pre_file)

@@ -19,41 +19,18 @@ import dataclasses
 import json
 import os
 import re
-from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
+from torchkeep._atomic import atomic_write_bytes
+from torchkeep._version import __version__
 from torchkeep.errors import UsageError
+from torchkeep.models._archinfo import ArchInfo
 
 __all__ = ["ArchInfo", "arch_names", "list_models", "to_json"]
 
 BUNDLED = Path(__file__).with_name("_catalog.json")
-
-
-@dataclass
-class ArchInfo:
-    """One buildable architecture.
-
-    Attributes:
-        name: the name ``build`` and ``--arch`` accept.
-        source: "seed", "torchvision" or "user".
-        description: one line.
-        input_size: default ``(H, W)`` of the input.
-        in_channels: default input channels.
-        num_classes: default number of outputs.
-        weights: torchvision pretrained weights names (``IMAGENET1K_V1``, ...); ``pretrained=`` accepts them.
-        num_params: parameters of the default model, where torchvision publishes it.
-    """
-
-    name: str
-    source: str
-    description: str
-    input_size: tuple[int, int]
-    in_channels: int = 3
-    num_classes: int = 1000
-    weights: list[str] = field(default_factory=list)
-    num_params: int | None = None
 
 
 def _torchvision_version() -> str:
@@ -65,8 +42,6 @@ def _torchvision_version() -> str:
 
 
 def _cache_file(tv: str) -> Path:
-    from torchkeep import __version__
-
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return root / "torchkeep" / f"models-torchvision{tv}-torchkeep{__version__}.json"
 
@@ -96,8 +71,6 @@ def _catalog() -> tuple[ArchInfo, ...]:
 
         infos = live_models()
         try:  # a convenience: the next listing is fast
-            from torchkeep._atomic import atomic_write_bytes
-
             atomic_write_bytes(cache, to_json(infos, tv).encode())
         except Exception:
             pass

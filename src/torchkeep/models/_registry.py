@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from torchkeep.errors import UntrustedCodeError, UsageError
-from torchkeep.models._catalog import ArchInfo
+from torchkeep.models._archinfo import ArchInfo
 
 __all__ = ["ArchInfo", "Resolved", "construct", "is_known", "is_user_arch", "live_models", "resolve"]
 

@@ -33,8 +33,10 @@ from torch import nn
 
 from torchkeep._atomic import atomic_write_bytes
 from torchkeep._device import resolve_device
+from torchkeep._modelfile import save
 from torchkeep.data import ImageSource, TransformedSubset, open_dataset, split_indices
 from torchkeep.errors import CompatibilityError, TorchkeepError, TorchkeepWarning, UsageError
+from torchkeep.models import list_models
 from torchkeep.training._checkpoint import (
     capture_rng,
     load_checkpoint,
@@ -364,8 +366,6 @@ class _Run:
         }
 
     def _save_model(self, path: Path) -> None:
-        from torchkeep._modelfile import save
-
         try:
             save(self.model, path, spec=self.spec)
         except TorchkeepError:
@@ -561,8 +561,6 @@ def _logits(out: Any) -> torch.Tensor:
 def _in_channels(arch: str, channels: int) -> int | None:
     """The dataset's channels for architectures built from scratch; None (3, RGB) for torchvision's,
     whose preprocessing converts grayscale images to RGB (their stem takes 3 channels)."""
-    from torchkeep.models import list_models
-
     info = next((a for a in list_models() if a.name == arch), None)
     return None if info is not None and info.source == "torchvision" else channels
 
