@@ -19,6 +19,9 @@ Flat verbs, each returning a dataclass::
     torchkeep.diff(a, b)                 -> DiffReport
     torchkeep.explain_error(exc_or_text) -> str | None   the fix for a classic PyTorch loading error
 
+Subpackages are attributes too: ``torchkeep.models.build(...)`` / ``list_models()``, ``torchkeep.data``,
+``torchkeep.training``. Errors (``torchkeep.errors``) are all exported here.
+
 Importing torchkeep is cheap: nothing (torch included) is imported until a verb is used.
 """
 
@@ -29,10 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 from torchkeep._version import __version__
 from torchkeep.errors import (
+    CheckpointWriteError,
     CompatibilityError,
     InputError,
+    ParityError,
     TorchkeepError,
     TorchkeepWarning,
+    TrainingInterrupted,
     UnknownFormatError,
     UnsafeFileError,
     UntrustedCodeError,
@@ -76,6 +82,7 @@ _LAZY: dict[str, str] = {
 
 __all__ = [
     "AdaptResult",
+    "CheckpointWriteError",
     "CompatibilityError",
     "ConvertResult",
     "DiffReport",
@@ -85,12 +92,14 @@ __all__ = [
     "Inspection",
     "LoadReport",
     "ModelSpec",
+    "ParityError",
     "Prediction",
     "ScanReport",
     "TorchkeepError",
     "TorchkeepWarning",
     "TrainConfig",
     "TrainResult",
+    "TrainingInterrupted",
     "UnknownFormatError",
     "UnsafeFileError",
     "UntrustedCodeError",
@@ -118,7 +127,14 @@ __all__ = [
 ]
 
 
+# subpackages reachable as attributes (``torchkeep.models.build(...)``, like ``torchvision.models``), imported on
+# first use: ``torchkeep.models`` needs no torch to list, ``data`` and ``training`` import it
+_SUBPACKAGES = ("data", "models", "training")
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"torchkeep.{name}")  # the import binds it in globals() too
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'torchkeep' has no attribute {name!r}")
@@ -128,7 +144,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | set(_SUBPACKAGES))
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only

@@ -278,7 +278,7 @@ def adapt(
     try:
         report = _run(model, dry_run, allow_partial, on_shape_mismatch)
     except CompatibilityError as exc:
-        refused = getattr(exc, "report", None)
+        refused = exc.report
         if refused is None or (refused.fraction >= min_match and not refused.structural_mismatches):
             raise
         # The classic cause of "almost nothing matches" is the wrong --arch: name the ones that fit.
@@ -286,14 +286,13 @@ def adapt(
         if not guesses:
             raise
         refused.notes.append(f"the weights fit {', '.join(guesses)}")
-        err = CompatibilityError(
+        raise CompatibilityError(
             exc.what,
+            report=refused,
             path=exc.path,
             fix=f"the weights fit {' / '.join(guesses)}: pass --arch {guesses[0].split(' ')[0]} "
             f"(or allow_partial=True / --allow-partial to load what fits)",
-        )
-        err.report = refused  # type: ignore[attr-defined]
-        raise err from None
+        ) from None
     if report.shape_mismatched:
         report.notes.append(
             f"{', '.join(report.collapsed('shape_mismatched'))} keep their fresh initialisation: train "

@@ -3,7 +3,7 @@
 ``export(model, fmt, out) -> ExportResult``. After writing, the exported file is loaded back and run
 side by side with the eager model on real sample inputs (images put through the model's own
 preprocessing); the maximum absolute difference of the logits and the top-1 / top-k agreement are
-reported, and the export fails (``ParityError``, exit 4) beyond the tolerance. The file is renamed
+reported, and the export fails (``torchkeep.ParityError``, exit 4) beyond the tolerance. The file is renamed
 into place only once the check passes, so a failed export never leaves a bad file at ``out``.
 
 The spec (class names, preprocessing) travels with the export: TorchScript ``_extra_files``
@@ -40,7 +40,7 @@ from torchkeep._runtime import (
     to_torchscript,
 )
 from torchkeep._spec import ModelSpec
-from torchkeep.errors import InputError, TorchkeepError, UsageError
+from torchkeep.errors import InputError, ParityError, TorchkeepError, UsageError
 
 if TYPE_CHECKING:  # torch is imported lazily: importing torchkeep stays cheap
     import torch
@@ -63,20 +63,6 @@ FORMATS = ("torchscript", "onnx", "safetensors", "state-dict")
 # significant digits, so its tolerance is looser.
 TOLERANCE_FP32 = 1e-3
 TOLERANCE_FP16 = 5e-2
-
-
-class ParityError(TorchkeepError):
-    """The exported model's outputs differ from the eager model's beyond the tolerance (exit 4).
-
-    Attributes:
-        result: the :class:`ExportResult` with its ``parity`` report (the file was not written).
-    """
-
-    exit_code = 4
-
-    def __init__(self, what: str, *, path=None, fix=None, result: ExportResult | None = None):
-        self.result = result
-        super().__init__(what, path=path, fix=fix)
 
 
 @dataclass

@@ -11,7 +11,7 @@ checkpoint dict, a state_dict or another ``nn.Module`` and copies them into ``mo
 5. when names still differ but the remaining tensors line up one for one by shape, pair them by order, and
    say so;
 6. refuse to load "almost nothing" silently: below ``min_match`` of the model's parameters it is an error
-   unless ``allow_partial=True`` (the :class:`~torchkeep.errors.LoadRefused` carries the report).
+   unless ``allow_partial=True`` (the ``CompatibilityError`` carries the report in its ``report`` field).
 
 The model is touched only after the whole plan is known, so a refusal leaves it unchanged. ``copy_state`` is the
 one ``load_state_dict`` call every loader shares. This module knows no architecture and no model file: it imports
@@ -666,9 +666,7 @@ def _refusal(report: LoadReport, what: str, **kw: Any) -> CompatibilityError:
     # The report rides along so that the CLI can still show what would have loaded (table or --json).
     if not report.verdict.startswith("REFUSED"):
         report.verdict = "REFUSED: " + report.verdict.split(": ", 1)[-1]
-    err = CompatibilityError(what, **kw)
-    err.report = report  # type: ignore[attr-defined]
-    return err
+    return CompatibilityError(what, report=report, **kw)
 
 
 def _problems(r: LoadReport) -> str:

@@ -12,7 +12,13 @@ Hierarchy::
     │   └── UnknownFormatError     (exit 3)  the bytes match no format torchkeep reads
     ├── UnsafeFileError            (exit 2)  refused: the file can execute code (scan verdict ``dangerous``)
     ├── UntrustedCodeError         (exit 1)  refused: loading would import/run classes; pass ``trust=True``
-    └── CompatibilityError         (exit 4)  weights do not fit a model (shapes, keys, architecture)
+    ├── CompatibilityError         (exit 4)  weights do not fit a model (shapes, keys, architecture); when
+    │                                        ``load_into`` / ``adapt`` refused, ``report`` is the LoadReport
+    ├── ParityError                (exit 4)  an export's outputs differ from the model's; ``result`` has the report
+    └── CheckpointWriteError       (exit 4)  a checkpoint or model file could not be written; the previous is intact
+
+    TrainingInterrupted (a KeyboardInterrupt, exit 130): Ctrl-C during ``train``; a resumable checkpoint was
+    written first and ``message`` says how to resume.
 
     TorchkeepWarning (a UserWarning): works, but probably not as meant (freezing a backbone that has no
     pretrained weights); the CLI prints it as ``torchkeep: warning: ...``.
@@ -25,12 +31,21 @@ custom code, ``diff`` found differences, ``predict`` had unreadable inputs); 2 d
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the results errors carry; errors.py itself imports nothing of torchkeep
+    from torchkeep._export import ExportResult
+    from torchkeep._match import LoadReport
 
 __all__ = [
+    "CheckpointWriteError",
     "CompatibilityError",
     "InputError",
+    "ParityError",
     "TorchkeepError",
     "TorchkeepWarning",
+    "TrainingInterrupted",
     "UnknownFormatError",
     "UnsafeFileError",
     "UntrustedCodeError",
@@ -100,9 +115,48 @@ class UntrustedCodeError(TorchkeepError):
 
 
 class CompatibilityError(TorchkeepError):
-    """Weights do not fit the model they are loaded into."""
+    """Weights do not fit the model they are loaded into.
+
+    Attributes:
+        report: when ``load_into`` / ``adapt`` refused, the :class:`~torchkeep.LoadReport` of what would have
+            loaded (its verdict starts with ``REFUSED``; the model was left unchanged); else None.
+    """
 
     exit_code = 4
+
+    def __init__(self, what: str, *, path=None, fix=None, report: LoadReport | None = None):
+        self.report = report
+        super().__init__(what, path=path, fix=fix)
+
+
+class ParityError(TorchkeepError):
+    """The exported model's outputs differ from the eager model's beyond the tolerance (exit 4).
+
+    Attributes:
+        result: the :class:`~torchkeep.ExportResult` with its ``parity`` report (the file was not written).
+    """
+
+    exit_code = 4
+
+    def __init__(self, what: str, *, path=None, fix=None, result: ExportResult | None = None):
+        self.result = result
+        super().__init__(what, path=path, fix=fix)
+
+
+class CheckpointWriteError(TorchkeepError):
+    """A checkpoint or model file could not be written (disk full, permissions); the previous one is intact."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: a resumable checkpoint was saved; ``message`` says how to resume.
+
+    A ``KeyboardInterrupt`` (not a :class:`TorchkeepError`), so that code that stops on Ctrl-C still stops.
+    """
+
+    def __init__(self, message: str, run_dir: Path):
+        super().__init__(message)
+        self.message = message
+        self.run_dir = run_dir
 
 
 class TorchkeepWarning(UserWarning):

@@ -168,7 +168,7 @@ def command(
             trust=trust,
         )
     except CompatibilityError as exc:
-        report = getattr(exc, "report", None)
+        report = exc.report
         if report is not None:  # refused: still show what would have loaded, then fail with one line
             if as_json:  # the error document, with what would have loaded
                 payload = error_payload(exc, type(exc).__name__, str(exc), exc.exit_code)

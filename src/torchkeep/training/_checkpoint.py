@@ -18,7 +18,11 @@ import torch
 
 from torchkeep._atomic import atomic_path
 from torchkeep._gate import check_file
-from torchkeep.errors import CompatibilityError, InputError, TorchkeepError
+from torchkeep.errors import (  # CheckpointWriteError: re-exported, it lived here
+    CheckpointWriteError,
+    CompatibilityError,
+    InputError,
+)
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -31,10 +35,6 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "torchkeep.train-checkpoint"
 CHECKPOINT_VERSION = 1
-
-
-class CheckpointWriteError(TorchkeepError):
-    """A checkpoint or model file could not be written (disk full, permissions); the previous one is intact."""
 
 
 def capture_rng() -> dict[str, Any]:

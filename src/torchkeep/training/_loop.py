@@ -35,7 +35,13 @@ from torchkeep._atomic import atomic_write_bytes
 from torchkeep._device import resolve_device
 from torchkeep._modelfile import save
 from torchkeep.data import ImageSource, TransformedSubset, open_dataset, split_indices
-from torchkeep.errors import CompatibilityError, TorchkeepError, TorchkeepWarning, UsageError
+from torchkeep.errors import (
+    CompatibilityError,
+    TorchkeepError,
+    TorchkeepWarning,
+    TrainingInterrupted,
+    UsageError,
+)
 from torchkeep.models import list_models
 from torchkeep.training._checkpoint import (
     capture_rng,
@@ -52,15 +58,6 @@ __all__ = ["TrainingInterrupted", "train"]
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.safetensors"
 LAST = "last.safetensors"
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training: a resumable checkpoint was saved; ``message`` says how to resume."""
-
-    def __init__(self, message: str, run_dir: Path):
-        super().__init__(message)
-        self.message = message
-        self.run_dir = run_dir
 
 
 # --------------------------------------------------------------------------- small pieces
