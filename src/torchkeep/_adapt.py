@@ -25,14 +25,14 @@ from torchkeep._match import (
     LoadReport,
     RenameSpec,
     ShapeMismatch,
-    _load_weights,
-    _plan,
-    _read_source,
-    _unwrap,
     collapse_keys,
     copy_state,
     load_into,
+    load_weights,
     parse_rename,
+    plan,
+    read_source,
+    unwrap_checkpoint,
 )
 from torchkeep._modelfile import save
 from torchkeep.errors import CompatibilityError, UsageError
@@ -136,7 +136,7 @@ def _guess_arch(raw: Any, arch: str, limit: int = 3) -> list[str]:
         return []
     family = _family(arch)
     candidates = [n for n in names if n != arch and (_family(n) == family or family in n)]
-    weights, _, _ = _unwrap(raw, [])
+    weights, _, _ = unwrap_checkpoint(raw, [])
     fits: list[tuple[int, str]] = []
     for name in candidates:
         try:
@@ -146,7 +146,7 @@ def _guess_arch(raw: Any, arch: str, limit: int = 3) -> list[str]:
             continue
         trial = LoadReport(source="", target=name)
         try:
-            pairs = _plan(target, weights, trial, rename=None, strip_prefix="auto", match_by_order=False)
+            pairs = plan(target, weights, trial, rename=None, strip_prefix="auto", match_by_order=False)
         except CompatibilityError:
             continue
         if trial.missing or trial.unexpected or len(trial.shape_mismatched) > 2:
@@ -238,14 +238,14 @@ def adapt(
             )
     path = Path(src)
     notes: list[str] = []
-    raw, label, where = _read_source(path, trust, notes, key)
+    raw, label, where = read_source(path, trust, notes, key)
 
     def _build(n: int | None) -> nn.Module:
         return build(arch, n, in_channels=in_channels, input_size=input_size, class_names=class_names, head=head)
 
     def _run(model: nn.Module, dry: bool, partial: bool, shapes: Literal["skip", "error"]) -> LoadReport:
         # adapt (unlike load_into) refuses a backbone that does not fit unless partial loads are allowed
-        return _load_weights(
+        return load_weights(
             model,
             raw,
             label=label,

@@ -46,7 +46,11 @@ __all__ = [
     "collapse_keys",
     "copy_state",
     "load_into",
+    "load_weights",
     "parse_rename",
+    "plan",
+    "read_source",
+    "unwrap_checkpoint",
 ]
 
 RenameSpec = Mapping[str, str] | Sequence[str | tuple[str, str]] | Callable[[str], str] | str | None
@@ -228,7 +232,7 @@ def _tensor_share(m: Mapping) -> float:
     return sum(1 for v in m.values() if _is_tensor(v)) / len(m)
 
 
-def _unwrap(obj: Any, notes: list[str]) -> tuple[dict[str, Any], str | None, list[str]]:
+def unwrap_checkpoint(obj: Any, notes: list[str]) -> tuple[dict[str, Any], str | None, list[str]]:
     """Find the weights in ``obj`` (a state_dict, a checkpoint dict, nested, or an nn.Module) with the rule
     every verb uses (:mod:`torchkeep._weights`).
 
@@ -261,7 +265,7 @@ def _unwrap(obj: Any, notes: list[str]) -> tuple[dict[str, Any], str | None, lis
     return tensors, loc.key or None, loc.skipped
 
 
-def _read_source(
+def read_source(
     source: Any, trust: bool, notes: list[str], key: str | None = None
 ) -> tuple[Any, str, str | None]:
     """(weights or checkpoint object, label for the report, where in the file the weights were found)."""
@@ -312,7 +316,7 @@ def _parameter_sizes(model: nn.Module) -> dict[str, int]:
     return sizes
 
 
-def _plan(
+def plan(
     target: Mapping[str, torch.Tensor],
     source: Mapping[str, torch.Tensor],
     report: LoadReport,
@@ -499,8 +503,8 @@ def load_into(
     if not 0.0 <= min_match <= 1.0:
         raise UsageError(f"min_match must be between 0 and 1, not {min_match!r}")
     notes: list[str] = []
-    raw, label, where = _read_source(source, trust, notes, key)
-    return _load_weights(
+    raw, label, where = read_source(source, trust, notes, key)
+    return load_weights(
         model,
         raw,
         label=label,
@@ -518,7 +522,7 @@ def load_into(
     )
 
 
-def _load_weights(
+def load_weights(
     model: nn.Module,
     raw: Any,
     *,
@@ -544,11 +548,11 @@ def _load_weights(
     import torch
 
     report = LoadReport(source=label, target=type(model).__name__, min_match=min_match, notes=list(notes))
-    weights, unwrapped, report.non_tensor = _unwrap(raw, report.notes)
+    weights, unwrapped, report.non_tensor = unwrap_checkpoint(raw, report.notes)
     report.unwrapped = where or unwrapped
     # tensors only: some modules put non-tensor "_extra_state" entries in their state_dict
     target = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
-    pairs = _plan(
+    pairs = plan(
         target,
         weights,
         report,
