@@ -666,3 +666,23 @@ def test_cli_adapt_head_and_normalisation_usage_errors(tmp_path, cli):
         code, _, err = cli("adapt", src, "--arch", "cifar10_cnn", "-o", tmp_path / "o.safetensors", *args)
         assert code == 64 and message in err and len(err.strip().splitlines()) == 1, (args, err)
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_a_file_and_the_same_dict_load_the_same_entry(tmp_path):
+    # issue 11: {"module": A, "net": B} loaded A from the file but B from the dict (two lists, two orders)
+    a = {"weight": torch.ones(2, 2), "bias": torch.ones(2)}
+    b = {"weight": torch.zeros(2, 2), "bias": torch.zeros(2)}
+    ckpt = {"module": a, "net": b}
+    torch.save(ckpt, tmp_path / "two.pt")
+    from_file, from_dict = nn.Linear(2, 2), nn.Linear(2, 2)
+    assert load_into(from_file, tmp_path / "two.pt").unwrapped == load_into(from_dict, ckpt).unwrapped
+    assert torch.equal(from_file.weight, from_dict.weight) and torch.equal(from_file.bias, from_dict.bias)
+
+
+def test_load_state_dict_with_trust_honours_key(tmp_path):
+    # issue 11: load_state_dict(path, trust=True, key="ema") ignored key and returned the main weights
+    ema = {"0.weight": torch.full((2, 2), 7.0), "0.bias": torch.zeros(2)}
+    torch.save({"model": nn.Sequential(nn.Linear(2, 2)), "ema": ema}, tmp_path / "full.pt")
+    got = torchkeep.load_state_dict(tmp_path / "full.pt", trust=True, key="ema")
+    assert torch.equal(got["0.weight"], ema["0.weight"])
+    assert not torch.equal(torchkeep.load_state_dict(tmp_path / "full.pt", trust=True)["0.weight"], ema["0.weight"])
