@@ -293,6 +293,32 @@ def _npy_descr(descr: object, name: str) -> Callable[[Path, bytes, bool], Path]:
     return build
 
 
+def frame_crossing(pkl: bytes) -> bytes:
+    """A pickle with a BINUNICODE that starts inside a FRAME and runs past its end. From a file with peek()
+    (np.load, pickle.load(open(...))) or from bytes the C unpickler reads the string on across the frame's
+    end and then runs ``pkl``; from a BytesIO (torch.load's zip records) it drops the frame's rest, reads
+    the string from after the frame, and only returns a string."""
+    body = pkl[2:]  # without PROTO
+    length = len(body) + 64
+    frame = b"X" + struct.pack("<I", length) + b"A" * len(body)
+    after = b"x" * (length - len(body)) + body
+    return mc.PROTO4 + b"\x95" + struct.pack("<Q", len(frame)) + frame + after + b"."
+
+
+def test_frame_crossings_under_any_protocol(tmp_path):
+    for proto in (mc.PROTO2, mc.PROTO4):
+        data = proto + frame_crossing(os_system(tmp_path / MARKER))[2:]
+        report = scan(_write(tmp_path, "f.npy", npy_bytes("|O", data)))
+        assert {"frame-differential", "dangerous-import"} <= {f.rule for f in report.dangerous}, report.findings
+    # frames that nothing crosses (what pickle writes) are not a finding
+    framed = pickle.dumps([list(range(3000)), "x" * 20000, {"a": 1}], protocol=5)
+    assert scan(_write(tmp_path, "ok.npy", npy_bytes("|O", framed))).verdict == "safe"
+
+
+def _npy_frame_crossing(d: Path, pkl: bytes, quirk: bool) -> Path:
+    return _write(d, "frames.npy", npy_bytes("|O", frame_crossing(pkl) if quirk else pickle.dumps([pkl] * 3, protocol=4)))
+
+
 def _npz_string_dtype(d: Path, pkl: bytes, quirk: bool) -> Path:
     data = npy_bytes("T", pkl) if quirk else float_npy()
     return _write(d, "strings.npz", zip_bytes([Member(b"w.npy", data, method=8)]))
@@ -316,6 +342,7 @@ SHAPES: dict[str, Shape] = {
     "npy_nested_string_field": Shape(_npy_descr([("a", [("c", "T")])], "nested.npy"), "numpy", os_system, frozenset()),
     "npy_string_subarray": Shape(_npy_descr(("T", (2,)), "subarray.npy"), "numpy", os_system, frozenset()),
     "npz_string_dtype_deflated": Shape(_npz_string_dtype, "numpy", os_system, frozenset()),
+    "npy_frame_crossing": Shape(_npy_frame_crossing, "numpy", os_system, frozenset({"frame-differential"})),
 }
 
 

@@ -32,6 +32,7 @@ import bisect
 import importlib
 import io
 import os
+import pickletools
 import struct
 import tarfile
 import time
@@ -43,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from torchkeep._pickle_vm import StreamResult, analyze, concrete
+from torchkeep._pickle_vm import RawFinding, StreamResult, analyze, concrete
 from torchkeep._zipdir import ZipDirError, local_data_offset, read_central_directory, zipfile_name
 
 __all__ = ["INFLATE_MAX_BYTES", "INFLATE_MAX_SECONDS", "MAX_DEPTH", "Sink", "analyze_start", "walk_file"]
@@ -60,7 +61,7 @@ _ZIP_LOCAL = b"PK\x03\x04"
 _NPY_MAGIC = b"\x93NUMPY"
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_MAGIC_BYTES = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # LONG1 of the magic number
-_PICKLE_FIRST = {op.code.encode("latin-1") for op in __import__("pickletools").opcodes}
+_PICKLE_FIRST = {op.code.encode("latin-1") for op in pickletools.opcodes}
 _PICKLE_NAMES = ("data.pkl", "constants.pkl")
 # what zipfile raises on a directory it cannot read (NotImplementedError: a "version needed" above 6.3)
 _ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError, struct.error)
@@ -173,8 +174,77 @@ def _analyze_region(
         probe = io.BytesIO(data)
         res = analyze(probe, torchscript=torchscript)
         if res.end is not None or chunk_end >= end or probe.tell() < len(data):
-            return res
+            return _frame_readings(res, data, torchscript)
+    # (a stream this long is not re-read for frames here: the pure-Python pass of analyze() refuses a frame
+    # crossing, which makes it a parser-differential finding already)
     return analyze(_Window(fh, start, end), torchscript=torchscript)  # type: ignore[arg-type]
+
+
+def _frame_crossing(data: bytes) -> tuple[int | None, bytes]:
+    """Offset of the first opcode whose bytes run past the end of the FRAME it starts in (``None`` if none),
+    and the stream as a reader that ignores frames reads it (FRAME opcodes removed).
+
+    pickle's writer never crosses a frame's end, and the C unpickler then reads differently depending on
+    the stream it is given: ``pickle.loads(bytes)`` and files with ``peek()`` (``pickle.load(open(...))``,
+    ``np.load``, torch's legacy loader) read on across the frame's end, a ``BytesIO`` (torch.load's zip
+    records) or an unbuffered file drops the rest of the frame and reads on after it. (The pure-Python
+    unpickler refuses such a stream.)"""
+    reader = io.BytesIO(data)
+    frame_end = None
+    crossing = None
+    frames: list[int] = []
+    try:
+        for op, arg, pos in pickletools.genops(reader):
+            end = reader.tell()
+            if frame_end is not None and pos is not None and pos < frame_end < end and crossing is None:
+                crossing = pos
+            if op.name == "FRAME" and pos is not None:
+                frame_end = end + int(arg or 0)
+                frames.append(pos)
+            elif frame_end is not None and pos is not None and pos >= frame_end:
+                frame_end = None
+    except Exception:  # the stream is malformed further on: what came before was checked
+        pass
+    kept, at = [], 0
+    for pos in frames:
+        kept.append(data[at:pos])
+        at = pos + 9  # FRAME and its 8-byte length
+    kept.append(data[at:])
+    return crossing, b"".join(kept)
+
+
+def _frame_readings(res: StreamResult, data: bytes, torchscript: bool) -> StreamResult:
+    """``res`` (the stream as the unpicklers read it from a ``BytesIO``) when no opcode crosses a FRAME's end;
+    otherwise a dangerous ``frame-differential`` finding is added and the reading that ignores frames is
+    scanned too (its findings, imports and embedded files are merged in). Streams are checked when they
+    declare protocol 4 or 5 (the ones with frames), when they do not parse to their end, or when analyze()
+    saw its unpicklers disagree (the pure-Python one refuses a frame crossing that the C one reads)."""
+    suspect = (
+        data[:2] in (b"\x80\x04", b"\x80\x05")
+        or res.end is None
+        or any(f.rule == "parser-differential" for f in res.findings)
+    )
+    if not suspect or b"\x95" not in data:
+        return res
+    at, unframed = _frame_crossing(data)
+    if at is None:
+        return res
+    other = analyze(io.BytesIO(unframed), torchscript=torchscript)
+    seen = {(f.rule, f.module, f.name, f.why) for f in res.findings}
+    res.findings.extend(f for f in other.findings if (f.rule, f.module, f.name, f.why) not in seen)
+    res.imports.extend(i for i in other.imports if i not in res.imports)
+    res.nested.extend(other.nested)
+    res.calls.extend(other.calls)
+    res.findings.append(
+        RawFinding(
+            "dangerous", "frame-differential", "", "", at,
+            "an opcode runs past the end of its FRAME (pickle's writer never does that): the C unpickler reads on "
+            "across it from bytes or a file with peek() (pickle.load(open(...)), np.load, torch's legacy loader) "
+            "and skips the rest of the frame from a BytesIO (torch.load's zip records); both readings are scanned "
+            "(offsets of the first one)",
+        )
+    )  # fmt: skip
+    return res
 
 
 def analyze_start(fh: IO[bytes], size: int) -> StreamResult:
