@@ -342,7 +342,7 @@ SHAPES: dict[str, Shape] = {
     "npy_nested_string_field": Shape(_npy_descr([("a", [("c", "T")])], "nested.npy"), "numpy", os_system, frozenset()),
     "npy_string_subarray": Shape(_npy_descr(("T", (2,)), "subarray.npy"), "numpy", os_system, frozenset()),
     "npz_string_dtype_deflated": Shape(_npz_string_dtype, "numpy", os_system, frozenset()),
-    "npy_frame_crossing": Shape(_npy_frame_crossing, "numpy", os_system, frozenset({"frame-differential"})),
+    "npy_frame_crossing": Shape(_npy_frame_crossing, "numpy", os_system, frozenset({"frame-differential", "parser-differential"})),
 }
 
 

@@ -23,10 +23,13 @@ The recorded globals and calls are judged allow-list first by :mod:`torchkeep._s
 from __future__ import annotations
 
 import _pickle
+import contextlib
 import io
+import os
 import pickle
 import struct
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -249,6 +252,7 @@ class _Run:
     def __init__(self, fh: Any, torchscript: bool, data: bytes | None = None) -> None:
         self.fh = fh
         self.data = data
+        self._final = 0
         self.torchscript = torchscript
         self.findings: list[RawFinding] = []
         self.imports: list[tuple[str, str]] = []
@@ -257,6 +261,13 @@ class _Run:
         self.nested: list[tuple[int, bytes]] = []
         self._dedupe: set[tuple[str, str, str, str]] = set()
 
+    def detach(self) -> None:
+        """Drop the stream's bytes once the pass is over: stand-ins and values keep this run alive in
+        reference cycles (class <-> run), freed only by the cyclic collector; the bytes must not be."""
+        self._final = self.pos()
+        self.fh = None
+        self.data = None
+
     def left(self) -> int:
         """Bytes of the stream not read yet."""
         if self.data is not None:
@@ -264,9 +275,14 @@ class _Run:
         return int(self.fh._limit - self.fh.tell())
 
     def byte_at(self, offset: int) -> bytes:
-        return self.data[offset : offset + 1] if self.data is not None else self.fh.byte_at(offset)
+        if self.data is not None:
+            return self.data[offset : offset + 1]
+        raw = getattr(self.fh, "raw", self.fh)  # a BufferedReader over a _Reader: ask the _Reader
+        return raw.byte_at(offset) if hasattr(raw, "byte_at") else b""
 
     def pos(self) -> int:
+        if self.fh is None:
+            return self._final
         try:
             return int(self.fh.tell())
         except (OSError, ValueError):
@@ -513,6 +529,10 @@ class _TooComplex(Exception):
     """The stream asks for more judging work than a weights file ever needs."""
 
 
+_CODECS = {"latin1": "latin-1", "latin-1": "latin-1", "iso-8859-1": "latin-1", "utf-8": "utf-8", "utf8": "utf-8",
+           "ascii": "ascii"}  # the codecs encode() is emulated with (no encoding module the file names is looked up)
+
+
 def _emulate(qual: str, args: tuple) -> Any:
     """The real result of a few pure data constructors on plain arguments, else ``_NO_VALUE``.
 
@@ -523,8 +543,8 @@ def _emulate(qual: str, args: tuple) -> Any:
         if not all(isinstance(a, (*_PLAIN_TYPES, list, tuple, dict, set, frozenset)) for a in args):
             return _NO_VALUE
         if qual == "_codecs.encode":
-            if str(args[1]).lower().replace("_", "-") in ("latin1", "latin-1", "iso-8859-1", "utf-8", "utf8", "ascii"):
-                return args[0].encode(*args[1:])
+            if len(args) == 2 and type(args[0]) is str and str(args[1]).lower().replace("_", "-") in _CODECS:
+                return args[0].encode(_CODECS[str(args[1]).lower().replace("_", "-")])
             return _NO_VALUE
         if qual == "collections.OrderedDict":
             return OrderedDict(*args) if all(type(a) in (list, tuple, dict, OrderedDict) for a in args) else OrderedDict()
@@ -533,15 +553,16 @@ def _emulate(qual: str, args: tuple) -> Any:
                     "builtins.tuple": tuple, "builtins.dict": dict}[qual]
             if all(type(a) in (list, tuple, set, frozenset, dict) for a in args):
                 return ctor(*args)
-        if qual in ("builtins.bytes", "builtins.bytearray") and all(type(a) in (bytes, bytearray, str, list) for a in args):
-            return (bytes if qual.endswith("bytes") else bytearray)(*args)
+        # bytes(str, encoding) would look up (import) an encoding the file names: only bytes(bytes | list)
+        if qual in ("builtins.bytes", "builtins.bytearray") and len(args) == 1 and type(args[0]) in (bytes, bytearray, list):
+            return (bytes if qual.endswith("bytes") else bytearray)(args[0])
         if qual == "builtins.complex" and all(type(a) in (int, float) for a in args):
             return complex(*args)
         if qual == "torch.Size":
             return tuple(args[0])
         if qual == "torch.device":
             return ":".join(str(a) for a in args)
-    except (TypeError, ValueError, UnicodeError, OverflowError, MemoryError):
+    except (TypeError, ValueError, UnicodeError, OverflowError, MemoryError, LookupError):
         return _NO_VALUE
     return _NO_VALUE
 
@@ -712,8 +733,14 @@ def _load_bytearray8(self: Any) -> None:
 _PY_UNPICKLER.dispatch = {**pickle._Unpickler.dispatch, pickle.BYTEARRAY8[0]: _load_bytearray8}  # type: ignore[attr-defined]
 #: (unpickler, encoding) passes: torch.load's (C, utf-8), legacy/numpy files' (C, latin1), and the
 #: pure-Python unpickler of joblib, dill and torch's weights_only loader.
-_PASSES = ((_C_UNPICKLER, "utf-8", "C unpickler"), (_C_UNPICKLER, "latin1", "C unpickler, latin1"),
-           (_PY_UNPICKLER, "utf-8", "Python unpickler"))
+_PASSES = (
+    (_C_UNPICKLER, "utf-8", "C unpickler"),
+    (_C_UNPICKLER, "latin1", "C unpickler, latin1"),
+    (_PY_UNPICKLER, "utf-8", "Python unpickler"),
+    # pickle.load(open(path)), pickle.loads(bytes), np.load and torch's legacy loader read through a buffer
+    # with peek(): the C unpickler then reads across a FRAME's end where from a BytesIO it drops the rest
+    (_C_UNPICKLER, "utf-8", "C unpickler, buffered file"),
+)
 
 _DATA_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
                 OverflowError, MemoryError, UnicodeError, RecursionError, struct.error, NotImplementedError)
@@ -758,10 +785,7 @@ class _Reader(io.RawIOBase):
 
     def readinto(self, b: Any) -> int:
         view = memoryview(b)
-        if len(view) > self._limit - self._pos:
-            self._pos = self._limit
-            return 0
-        data = self.read(len(view))
+        data = self.read(min(len(view), self._limit - self._pos))
         view[: len(data)] = data
         return len(data)
 
@@ -781,21 +805,61 @@ class _Reader(io.RawIOBase):
         return bytes(out)
 
 
+_GUARD_MARGIN = 2 << 30  # address space a pass may add on top of what the process uses
+
+
+@contextlib.contextmanager
+def _memory_guard(stream_size: int) -> Iterator[None]:
+    """Cap the address space while an unpickler runs over a stream (Linux).
+
+    The C unpickler sizes some allocations from the stream itself before it reads: a LONG_BINPUT index of a
+    billion grows its memo to 16 GB *and zeroes it*, a BINBYTES length allocates its buffer. A loader would
+    fall over too; the scanner must not. Under the cap such a stream fails with MemoryError (its reason).
+    """
+    try:
+        import resource
+
+        with open("/proc/self/statm") as f:
+            used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, OSError, ValueError, AttributeError):
+        yield
+        return
+    cap = used + max(_GUARD_MARGIN, 4 * stream_size)
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    if soft != resource.RLIM_INFINITY and soft <= cap:
+        yield  # already tighter
+        return
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
 def _one_pass(fh: IO[bytes], start: int, limit: int | None, unpickler: type, encoding: str, torchscript: bool,
-              data: bytes | None) -> tuple[_Run, Any, int | None, str | None]:
+              data: bytes | None, buffered: bool = False) -> tuple[_Run, Any, int | None, str | None]:
     # In-memory streams are read by the unpicklers from a BytesIO (C reads; reads never allocate past the
     # bytes present); streams on disk through _Reader, bounded the same way.
     reader: Any = io.BytesIO(data) if data is not None else _Reader(fh, start, limit)
+    if buffered:
+        reader = io.BufferedReader(reader if data is None else _Reader(io.BytesIO(data), 0, len(data)))
     run = _Run(reader, torchscript, data)
     _SPENT[0] = 0
+    size = len(data) if data is not None else (limit if limit is not None else 0)
     try:
-        value = unpickler(reader, run, encoding).load()
+        with _memory_guard(size):
+            value = unpickler(reader, run, encoding).load()
+        end: int | None = reader.tell()
+        error = None
     except _TooComplex as exc:
         run.find("dangerous", "too-complex", f"{exc}: not judged further (fail closed)")
-        return run, None, None, str(exc)
+        value, end, error = None, None, str(exc)
     except _DATA_ERRORS as exc:
-        return run, None, None, (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:200]
-    return run, value, reader.tell(), None
+        value, end, error = None, None, (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:200]
+    run.detach()
+    return run, value, end, error
 
 
 def _call_records(calls: list[_Call], per_target: int = 3) -> list[CallRecord]:
@@ -852,12 +916,21 @@ def analyze(fh: IO[bytes], *, torchscript: bool = False, limit: int | None = Non
     res = StreamResult()
     outcomes: list[tuple[str, int | None, str | None]] = []
     for i, (unpickler, encoding, label) in enumerate(_PASSES):
-        run, value, end, error = _one_pass(fh, start, limit, unpickler, encoding, torchscript, data)
+        run, value, end, error = _one_pass(fh, start, limit, unpickler, encoding, torchscript, data, "buffered" in label)
         outcomes.append((label, end, error))
         if i == 0:
             res.value, res.end, res.error, res.pids = value, end, error, run.pids
-            res.opcodes = run.fh.tell() if end is None else end
+            res.opcodes = run.pos() if end is None else end
             res.calls = _call_records(run.calls)
+        else:  # how far the stream parses: the furthest any unpickler got (a look must go on if one did)
+            res.opcodes = max(res.opcodes, run.pos() if end is None else end)
+            known = {c.target for c in res.calls}
+            res.calls.extend(c for c in _call_records(run.calls) if c.target not in known)
+        if end is None and error is not None and not _TRUNCATED(error) and run.calls:
+            # Past a call, a failure may be the stand-ins' (a real object would have gone on): fail closed.
+            rule = next((r for text, r in _ERROR_RULES if text in error), "malformed-pickle")
+            run.find("dangerous", rule, f"the stream stops where the scanner's stand-ins cannot follow it ({error}); "
+                     "a loader with the real objects may go on", offset=run.pos())
         for item in run.nested:  # an embedded file only one decoding produces is scanned too
             if all(item[1] != known for _, known in res.nested):
                 res.nested.append(item)
@@ -875,12 +948,6 @@ def analyze(fh: IO[bytes], *, torchscript: bool = False, limit: int | None = Non
             RawFinding("dangerous", "parser-differential", "", "", None,
                        f"the unpicklers read this stream differently ({detail}): a loader may run what the scan cannot see")
         )
-    if res.end is None and res.error is not None and not _TRUNCATED(res.error) and res.calls:
-        # Past a call, a failure may be the stand-ins' (a real object would have gone on): fail closed.
-        rule = next((r for text, r in _ERROR_RULES if text in res.error), "malformed-pickle")
-        res.findings.append(RawFinding("dangerous", rule, "", "", res.opcodes,
-                                       f"the stream stops where the scanner's stand-ins cannot follow it ({res.error}); "
-                                       "a loader with the real objects may go on"))
     fh.seek(start + (res.end if res.end is not None else res.opcodes))
     return res
 

@@ -94,6 +94,7 @@ RULES: dict[str, str] = {
     "zip-too-large": "A compressed member too large to inflate completely for scanning",
     "extension-mismatch": "The file's extension does not match its content",
     "unreadable": "The file could not be read",
+    "scan-incomplete": "A part of the file the scanner could not follow to its end (fail closed)",
     "torchscript-op": "TorchScript code calls an operator or C++ class that is not tensor computation (files, processes, network, custom-registered ops)",
     "torchscript-unparsed": "TorchScript code that cannot be parsed, or written in a form torch.jit.save never writes",
     "onnx-custom-op": "An ONNX node of a custom-op domain, or one that calls into PyTorch or Python",
@@ -291,6 +292,15 @@ def scan(path: str | os.PathLike[str]) -> ScanReport:
     Returns:
         A :class:`ScanReport` with the verdict and every finding.
     """
+    try:
+        return _scan_file(path)
+    except Exception as exc:  # never raises for a bad file; an unforeseen failure is not "safe"
+        col = _Collector()
+        col.add(_not_followed("the file", exc))
+        return col.report(str(path), None)
+
+
+def _scan_file(path: str | os.PathLike[str]) -> ScanReport:
     from torchkeep._detect import detect
 
     p = Path(path)
@@ -332,14 +342,36 @@ def scan(path: str | os.PathLike[str]) -> ScanReport:
         walk_file(p, fmt, col.sink)
     except OSError as exc:
         return col.report(str(path), fmt, error=f"{path}: cannot read the file ({exc})")
+    except Exception as exc:  # fail closed: what the walker could not follow is not safe
+        col.add(_not_followed("the container", exc))
     # -- the code the file carries: TorchScript methods and their ops, ONNX custom ops and external data
-    code = analyse_code(p, fmt, col.imports)
+    try:
+        code = analyse_code(p, fmt, col.imports)
+    except Exception as exc:  # fail closed, as above
+        col.add(_not_followed("the code it carries", exc))
+        return col.report(str(path), fmt)
     for c in code.findings:
         col.add(Finding(c.severity, "", c.name, c.stream, None, c.why, c.rule))
     col.notes.extend(code.notes)
     report = col.report(str(path), fmt)
     report.code = code.code
     return report
+
+
+def _not_followed(what: str, exc: Exception) -> Finding:
+    """A part of a model file the scanner could not follow to its end (an exception it did not foresee): the
+    file is not called safe on what was seen before it (fail closed)."""
+    detail = (str(exc).splitlines() or [""])[0][:160]
+    return Finding(
+        "dangerous",
+        "",
+        "",
+        "file",
+        None,
+        f"the scanner could not follow {what} to its end ({type(exc).__name__}: {detail}); a loader may read "
+        "what it could not (fail closed)",
+        "scan-incomplete",
+    )
 
 
 def iter_files(paths: Iterable[str | os.PathLike[str]], recursive: bool = False) -> Iterator[Path]:
