@@ -4,6 +4,7 @@ the loader it targets), each is dangerous, no torchkeep verb runs it, and benign
 from __future__ import annotations
 
 import importlib.util
+import pickle
 import shutil
 import sys
 from pathlib import Path
@@ -101,6 +102,25 @@ def test_judging_work_is_bounded(tmp_path):
     report = scan(path)
     assert report.verdict == "dangerous" and "too-complex" in {f.rule for f in report.dangerous}
     assert time.monotonic() - start < 60  # generous for a loaded CI machine; about 3 s here
+
+
+@pytest.mark.parametrize("codec", ["gzip", "bz2", "xz", "lzma", "zlib"])
+def test_compressed_pickles_are_scanned_as_joblib_reads_them(tmp_path, codec):
+    # joblib.load decompresses zlib/gzip/bz2/xz/lzma files before unpickling them (red-team finding: 'error')
+    import bz2
+    import gzip
+    import lzma
+    import zlib
+
+    compress = {"gzip": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress, "zlib": zlib.compress,
+                "lzma": lambda b: lzma.compress(b, format=lzma.FORMAT_ALONE)}[codec]
+    evil = families.pk(families.call(families.G("os", "system"), families.U(f"touch '{tmp_path / 'PWNED_MARKER_c'}'")))
+    (tmp_path / "evil.pkl").write_bytes(compress(evil))
+    (tmp_path / "ok.pkl").write_bytes(compress(pickle.dumps({"a": [1, 2.5]}, protocol=4)))
+    report = scan(tmp_path / "evil.pkl")
+    assert report.verdict == "dangerous" and report.format == f"{codec}-compressed", report.findings
+    assert [f.target for f in report.dangerous] == ["os.system"]
+    assert scan(tmp_path / "ok.pkl").verdict == "safe"
 
 
 def test_families_script_runs_standalone(tmp_path):

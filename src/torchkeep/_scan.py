@@ -30,7 +30,7 @@ from typing import Any
 
 from torchkeep._pickle_vm import CallRecord, StreamResult
 from torchkeep._scan_code import analyse_code
-from torchkeep._streams import Sink, analyze_start, walk_file
+from torchkeep._streams import Sink, Walker, analyze_start, walk_file
 from torchkeep.errors import InputError, UnknownFormatError
 
 __all__ = [
@@ -325,6 +325,10 @@ def _scan_file(path: str | os.PathLike[str]) -> ScanReport:
             fmt = "tar"  # torch.load still reads the pre-0.1.10 tar format
         elif _parses_as_pickle(p):
             fmt = "pickle"
+        elif (codec := _compression(p)) is not None:
+            # joblib.load (and others) decompress zlib/gzip/bz2/xz/lzma files before unpickling them
+            _scan_compressed(p, codec, col)
+            return col.report(str(path), f"{codec}-compressed")
         else:
             rep = col.report(str(path), None, error=str(exc))
             rep.unknown_format = True
@@ -366,6 +370,47 @@ def _scan_file(path: str | os.PathLike[str]) -> ScanReport:
     report = col.report(str(path), fmt)
     report.code = code.code
     return report
+
+
+#: first bytes -> codec of the compressed files joblib.load reads transparently
+_COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"), (b"\x5d\x00\x00", "lzma"),
+               (b"\x78\x01", "zlib"), (b"\x78\x5e", "zlib"), (b"\x78\x9c", "zlib"), (b"\x78\xda", "zlib"))
+#: a compressed file is inflated for scanning up to this many bytes; beyond, it is not called safe
+MAX_DECOMPRESSED = 1 << 30
+
+
+def _compression(path: Path) -> str | None:
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    return next((codec for magic, codec in _COMPRESSED if head.startswith(magic)), None)
+
+
+def _scan_compressed(path: Path, codec: str, col: _Collector) -> None:
+    """Inflate (bounded) and scan what a loader that decompresses first would unpickle."""
+    import bz2
+    import gzip
+    import lzma
+    import zlib
+
+    opener: Any = {"gzip": gzip.open, "bz2": bz2.open, "xz": lzma.open, "lzma": lzma.open}.get(codec)
+    place = f"{codec}-decompressed"
+    try:
+        if opener is not None:
+            with opener(path, "rb") as fh:
+                data = fh.read(MAX_DECOMPRESSED + 1)
+        else:
+            d = zlib.decompressobj()
+            data = d.decompress(path.read_bytes(), MAX_DECOMPRESSED + 1)
+    except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError) as exc:
+        col.add(Finding("error", "", "", place, None, f"the {codec} stream cannot be decompressed ({exc})", "unreadable"))
+        return
+    if len(data) > MAX_DECOMPRESSED:
+        col.add(Finding("dangerous", "", "", place, None,
+                        f"it decompresses to more than {MAX_DECOMPRESSED >> 20} MiB; the rest was not scanned (fail closed)",
+                        "scan-incomplete"))
+        data = data[:MAX_DECOMPRESSED]
+    col.notes.append(f"{codec}-compressed: {len(data)} bytes decompressed and scanned (joblib.load reads it so)")
+    Walker(col.sink).blob(data, place)
 
 
 def _not_followed(what: str, exc: Exception) -> Finding:
