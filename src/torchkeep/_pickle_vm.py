@@ -91,6 +91,7 @@ class StreamResult:
     opcodes: int = 0
     nested: list[tuple[int, bytes]] = field(default_factory=list)
     calls: list[CallRecord] = field(default_factory=list)
+    ends_somewhere: bool = False  # some unpickler (not necessarily the first) read the stream to a STOP
 
 
 # -- stand-ins -----------------------------------------------------------------------------------------
@@ -918,6 +919,7 @@ def analyze(fh: IO[bytes], *, torchscript: bool = False, limit: int | None = Non
     for i, (unpickler, encoding, label) in enumerate(_PASSES):
         run, value, end, error = _one_pass(fh, start, limit, unpickler, encoding, torchscript, data, "buffered" in label)
         outcomes.append((label, end, error))
+        res.ends_somewhere = res.ends_somewhere or end is not None
         if i == 0:
             res.value, res.end, res.error, res.pids = value, end, error, run.pids
             res.opcodes = run.pos() if end is None else end

@@ -286,7 +286,7 @@ def _parses_as_pickle(path: Path) -> bool:
     """For files no signature matched: does the start parse as a pickle (as pickle.load would read it)?"""
     with open(path, "rb") as fh:
         res = analyze_start(fh, os.fstat(fh.fileno()).st_size)
-    return res.end is not None or res.opcodes >= 256 or any(f.rule == "dangerous-import" for f in res.findings)
+    return res.end is not None or res.ends_somewhere or res.opcodes >= 256 or any(f.rule == "dangerous-import" for f in res.findings)
 
 
 def scan(path: str | os.PathLike[str]) -> ScanReport:
