@@ -123,6 +123,21 @@ def test_compressed_pickles_are_scanned_as_joblib_reads_them(tmp_path, codec):
     assert scan(tmp_path / "ok.pkl").verdict == "safe"
 
 
+def test_a_function_handed_to_a_class_is_dangerous(tmp_path):
+    # Red-team round 3: LambdaLR(optimizer, partial(<library function>, args)) calls the function while it is
+    # built (torch.load ran pytest.main that way). A class may be handed a class (partial(nn.LayerNorm)), never
+    # a function.
+    G, call, U, pk = families.G, families.call, families.U, families.pk
+    evil = pk(call(G("torch.optim.lr_scheduler", "LambdaLR"), b"N",
+                   call(G("functools", "partial"), G("_pytest.config", "main"), U("--junitxml=x"))))
+    (tmp_path / "lambdalr.pkl").write_bytes(evil)
+    report = scan(tmp_path / "lambdalr.pkl")
+    assert report.verdict == "dangerous" and {f.rule for f in report.dangerous} == {"indirect-call"}, report.findings
+    ok = pk(call(G("functools", "partial"), G("torch.nn.modules.normalization", "LayerNorm")))
+    (tmp_path / "vit_norm.pkl").write_bytes(ok)
+    assert scan(tmp_path / "vit_norm.pkl").verdict == "custom-code"
+
+
 def test_families_script_runs_standalone(tmp_path):
     script = Path(families.__file__)
     copy = tmp_path / "families.py"

@@ -208,7 +208,10 @@ def _plain(obj: Any, *, allow_kinds: frozenset[str] | set[str] = _VALUE_KINDS, m
                 return False
         elif isinstance(x, _Meta):
             # a class of model code passed to model code (partial(LayerNorm)): custom-code, judged at import
-            model_ok = model_globals and "model" in allow_kinds and x._tk_kind in ("model", "stdlib-object", "model-function")
+            # ...a class only: a function handed to a class or a partial is called by it at load time
+            # (LambdaLR(opt, partial(<library function>, ...)) calls it while it is built: red-team round 3)
+            model_ok = (model_globals and "model" in allow_kinds and x._tk_kind in ("model", "stdlib-object")
+                        and not _is_function_name(x.name))
             if not globals_ or not (x._tk_value or model_ok):
                 return False
         else:
