@@ -133,6 +133,14 @@ def test_a_function_handed_to_a_class_is_dangerous(tmp_path):
     (tmp_path / "lambdalr.pkl").write_bytes(evil)
     report = scan(tmp_path / "lambdalr.pkl")
     assert report.verdict == "dangerous" and {f.rule for f in report.dangerous} == {"indirect-call"}, report.findings
+    # round 4: the same partial built with NEWOBJ, or given its function through BUILD
+    newobj = pk(G("functools", "partial") + b"(" + G("filelock", "UnixFileLock.acquire") + b"t\x81", b"\x80\x04")
+    (tmp_path / "partial_newobj.pkl").write_bytes(newobj)
+    assert {f.rule for f in scan(tmp_path / "partial_newobj.pkl").dangerous} == {"indirect-call"}
+    built = pk(call(G("functools", "partial"), G("torch.nn.modules.normalization", "LayerNorm"))
+               + b"(" + G("_pytest.config", "main") + b")}Nt" + b"b")
+    (tmp_path / "partial_build.pkl").write_bytes(built)
+    assert scan(tmp_path / "partial_build.pkl").verdict == "dangerous"
     ok = pk(call(G("functools", "partial"), G("torch.nn.modules.normalization", "LayerNorm")))
     (tmp_path / "vit_norm.pkl").write_bytes(ok)
     assert scan(tmp_path / "vit_norm.pkl").verdict == "custom-code"

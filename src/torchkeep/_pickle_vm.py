@@ -432,7 +432,15 @@ class _Run:
             if _plain(c.args[1:] if c.func is not cls else c.args, allow_kinds=_VALUE_KINDS | {"model"}):
                 return "data", _NO_VALUE
         elif kind in ("model", "stdlib-object"):
-            return "model", _NO_VALUE
+            # NEWOBJ arguments reach __new__ (a partial's function, a scheduler's lambda): classes and data
+            # only, as for REDUCE (red-team round 4: partial built with NEWOBJ around a function)
+            args = c.args[1:] if c.func is not cls else c.args
+            if _plain((args, tuple(c.kwargs.values())), allow_kinds=_VALUE_KINDS | {"model"}):
+                return "model", _NO_VALUE
+            self.find("dangerous", "indirect-call",
+                      f"constructs {cls!r} ({c.how}) around a function or a computed value ({_short(args)})",
+                      cls.module, cls.name, c.offset)
+            return "dangerous", _NO_VALUE
         elif kind == "dangerous":
             return "dangerous", _NO_VALUE
         self.find(
@@ -497,8 +505,12 @@ class _Run:
                           f"BUILD on {what} sets {hook!r}: objects torch.save writes never carry it (the unpickler, "
                           "or the loader after it, would call or use what is stored there)", "", "")
                 return
-        if target.kind == "model":
+        if target.kind == "model" and not (target.call is not None and target.call.func._tk_kind == "stdlib-object"):
             return  # model code runs its own __setstate__/__setitem__: custom-code already
+        # a standard-library state holder (partial, Namespace) keeps what BUILD gives it, and the loader's
+        # code calls it later (a partial's function, a namespace's 'setdefault'): classes and data only
+        if target.kind == "model" and _plain(arg, allow_kinds=_VALUE_KINDS | {"model"}):
+            return
         if target.kind in ("data", "ndarray", "np-dtype", "bitgen") and _plain(arg, allow_kinds=_VALUE_KINDS | {"model"}, model_globals=False):
             return  # data objects only store data (arrays of objects may hold model objects)
         self.find("dangerous", "unexpected-build", f"{op} on {what} with {_short(arg)}: torch.save/numpy never write this", "", "")
