@@ -939,8 +939,10 @@ def analyze(fh: IO[bytes], *, torchscript: bool = False, limit: int | None = Non
             res.value, res.end, res.error, res.pids = value, end, error, run.pids
             res.opcodes = run.pos() if end is None else end
             res.calls = _call_records(run.calls)
-        else:  # how far the stream parses: the furthest any unpickler got (a look must go on if one did)
+        elif "buffered" not in label:  # how far the stream parses: the furthest any unpickler got
+            # (a buffered reader's position on failure includes its read-ahead, not what was parsed)
             res.opcodes = max(res.opcodes, run.pos() if end is None else end)
+        if i > 0:
             known = {c.target for c in res.calls}
             res.calls.extend(c for c in _call_records(run.calls) if c.target not in known)
         if end is None and error is not None and not _TRUNCATED(error) and run.calls:

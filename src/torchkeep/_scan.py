@@ -282,10 +282,13 @@ class _Collector:
         )
 
 
-def _parses_as_pickle(path: Path) -> bool:
-    """For files no signature matched: does the start parse as a pickle (as pickle.load would read it)?"""
+def _parses_as_pickle(path: Path, *, to_stop: bool = False) -> bool:
+    """For files no signature matched: does the start parse as a pickle (as pickle.load would read it)?
+    ``to_stop``: only if some unpickler reads it to a STOP."""
     with open(path, "rb") as fh:
         res = analyze_start(fh, os.fstat(fh.fileno()).st_size)
+    if to_stop:
+        return res.end is not None or res.ends_somewhere
     return res.end is not None or res.ends_somewhere or res.opcodes >= 256 or any(f.rule == "dangerous-import" for f in res.findings)
 
 
@@ -316,6 +319,11 @@ def _scan_file(path: str | os.PathLike[str]) -> ScanReport:
     p = Path(path)
     col = _Collector()
     fmt: str | None
+    codec = _compression(p) if p.is_file() else None
+    if codec is not None and not _parses_as_pickle(p, to_stop=True):
+        # joblib.load (and others) decompress zlib/gzip/bz2/xz/lzma files before unpickling them
+        _scan_compressed(p, codec, col)
+        return col.report(str(path), f"{codec}-compressed")
     try:
         fmt = detect(p).format
     except UnknownFormatError as exc:
@@ -325,10 +333,6 @@ def _scan_file(path: str | os.PathLike[str]) -> ScanReport:
             fmt = "tar"  # torch.load still reads the pre-0.1.10 tar format
         elif _parses_as_pickle(p):
             fmt = "pickle"
-        elif (codec := _compression(p)) is not None:
-            # joblib.load (and others) decompress zlib/gzip/bz2/xz/lzma files before unpickling them
-            _scan_compressed(p, codec, col)
-            return col.report(str(path), f"{codec}-compressed")
         else:
             rep = col.report(str(path), None, error=str(exc))
             rep.unknown_format = True
