@@ -299,6 +299,11 @@ class _Run:
         self._dedupe.add(key)
         self.findings.append(RawFinding(severity, rule, module, name, self.pos() if offset is None else offset, why))
 
+    def refuse(self, rule: str, why: str, func: _Meta, c: _Call) -> tuple[str, Any]:
+        """A dangerous finding on the call ``c`` to ``func``; the judgement of a refused call."""
+        self.find("dangerous", rule, why, func.module, func.name, c.offset)
+        return "dangerous", _NO_VALUE
+
     # -- find_class / persistent_load --------------------------------------------------------------
     def global_(self, module: str, name: str) -> _Meta:
         resolved = resolve_names(module, name)
@@ -362,66 +367,40 @@ class _Run:
         func, args, how = c.func, c.args, c.how
         qual = repr(func)
         fkind = func._tk_kind
-        module, name = func.module, func.name
         if fkind == "dangerous":
             return "dangerous", _NO_VALUE  # already a finding at its import
         if c.kwargs and how != "NEWOBJ":
-            self.find("dangerous", "unexpected-call", f"{qual} called with keyword arguments", module, name, c.offset)
-            return "dangerous", _NO_VALUE
+            return self.refuse("unexpected-call", f"{qual} called with keyword arguments", func, c)
         if qual in RECONSTRUCTORS:
             cls = args[0] if args else None
             if not isinstance(cls, _Meta):
-                self.find("dangerous", "indirect-call", f"{qual} on a value that is not a class", module, name, c.offset)
-                return "dangerous", _NO_VALUE
+                return self.refuse("indirect-call", f"{qual} on a value that is not a class", func, c)
             if qual == "copyreg._reconstructor" and not (
                 len(args) == 3 and isinstance(args[1], _Meta) and args[1]._tk_value
             ):
-                self.find("dangerous", "unexpected-call", f"{qual} with a base class that is not a builtin type", module, name, c.offset)
-                return "dangerous", _NO_VALUE
+                return self.refuse("unexpected-call", f"{qual} with a base class that is not a builtin type", func, c)
             return self.construct(cls, c)
         if how == "NEWOBJ":
             return self.construct(func, c)
         if fkind == "call":
             return self.checked_call(qual, c)
         if fkind == "model-function":
-            self.find(
-                "dangerous",
-                "unexpected-call",
-                f"calls {qual}, a function of torch or the standard library (only their classes rebuild models)",
-                module,
-                name,
-                c.offset,
-            )
-            return "dangerous", _NO_VALUE
-        if fkind == "model" and _is_function_name(name):
-            self.find(
-                "dangerous",
-                "unexpected-call",
-                f"calls {qual}, a function (only classes are rebuilt from model code; a library function can "
-                "evaluate or run what it is given)",
-                module,
-                name,
-                c.offset,
-            )
-            return "dangerous", _NO_VALUE
+            why = f"calls {qual}, a function of torch or the standard library (only their classes rebuild models)"
+            return self.refuse("unexpected-call", why, func, c)
+        if fkind == "model" and _is_function_name(func.name):
+            why = (f"calls {qual}, a function (only classes are rebuilt from model code; a library function can "
+                   "evaluate or run what it is given)")
+            return self.refuse("unexpected-call", why, func, c)
         if fkind in ("model", "stdlib-object"):
             # A class of model code called with constant arguments (an enum member, a Path, a config
             # object): custom-code. Computed arguments mean a chain of calls a plain pickler never writes.
             if _plain(args, allow_kinds=_VALUE_KINDS | {"model"}):
                 return "model", _NO_VALUE
-            self.find(
-                "dangerous",
-                "indirect-call",
-                f"{qual} called with the result of another call or a callable ({_short(args)})",
-                module,
-                name,
-                c.offset,
-            )
-            return "dangerous", _NO_VALUE
+            why = f"{qual} called with the result of another call or a callable ({_short(args)})"
+            return self.refuse("indirect-call", why, func, c)
         if fkind == "data-class" and _plain(args):
             return "data", _NO_VALUE
-        self.find("dangerous", "unexpected-call", f"calls {qual}, which files only use as a value", module, name, c.offset)
-        return "dangerous", _NO_VALUE
+        return self.refuse("unexpected-call", f"calls {qual}, which files only use as a value", func, c)
 
     def construct(self, cls: _Meta, c: _Call) -> tuple[str, Any]:
         """NEWOBJ / copyreg reconstructors: ``cls.__new__(cls)`` then usually BUILD."""
