@@ -75,3 +75,23 @@ def test_onnx_field_of_the_wrong_wire_type(tmp_path):
     bad.write_bytes(bytes(data))
     with pytest.raises(InputError):
         torchkeep.inspect(bad)
+
+
+def test_safetensors_header_over_the_library_limit_is_one_error_everywhere(tmp_path):
+    # one parser, one limit: inspect, load_state_dict and torchkeep.load say the same thing
+    import struct
+
+    from torchkeep._detect import MAX_SAFETENSORS_HEADER
+
+    body = b'{"__metadata__":{}}'
+    p = tmp_path / "big.safetensors"
+    p.write_bytes(struct.pack("<Q", MAX_SAFETENSORS_HEADER + 1) + body + b" " * 64)
+    # the claimed length runs past the file as well; make the file long enough that only the limit is wrong
+    with open(p, "r+b") as fh:
+        fh.truncate(MAX_SAFETENSORS_HEADER + 16)
+    messages = []
+    for call in (torchkeep.inspect, torchkeep.load_state_dict, torchkeep.load):
+        with pytest.raises(InputError) as info:
+            call(p)
+        messages.append(str(info.value))
+    assert all("more than the 100000000" in m for m in messages), messages

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torchkeep._atomic import atomic_path
-from torchkeep._load import read_weights, torch_dtype
+from torchkeep._dtypes import cast_dtype, safetensors_code, torch_dtype
+from torchkeep._load import read_weights
 from torchkeep._version import __version__
 from torchkeep._weights import wrapper_prefix
 from torchkeep.errors import UsageError
@@ -30,14 +31,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ConvertResult", "convert", "file_sha256", "output_format", "strip_common_prefix", "write_safetensors"]
 
-DTYPES = {"fp16": "float16", "float16": "float16", "half": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16",
-          "fp32": "float32", "float32": "float32", "float": "float32"}
-
-_ST_CODES = {
-    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64", "int32": "I32",
-    "int16": "I16", "int8": "I8", "uint8": "U8", "uint16": "U16", "uint32": "U32", "uint64": "U64", "bool": "BOOL",
-    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2", "complex64": "C64",
-}
 
 
 @dataclass
@@ -150,7 +143,7 @@ def write_safetensors(path: str | os.PathLike[str], tensors: dict[str, torch.Ten
     header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
     offset = 0
     for name, t in tensors.items():
-        code = _ST_CODES.get(str(t.dtype).removeprefix("torch."))
+        code = safetensors_code(str(t.dtype))
         if code is None:
             raise UsageError(f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot store",
                              fix="convert to .pt instead, or cast with --dtype")
@@ -203,9 +196,10 @@ def convert(
     fmt = output_format(dst_path, format)
     target = None
     if dtype is not None:
-        if dtype.lower() not in DTYPES:
+        name = cast_dtype(dtype)
+        if name is None:
             raise UsageError(f"unknown dtype {dtype!r}", fix="use fp16, bf16 or fp32")
-        target = torch_dtype(DTYPES[dtype.lower()])
+        target = torch_dtype(name)
     src_path = Path(src)
     if dst_path.resolve() == src_path.resolve():
         raise UsageError("the output would overwrite the input", path=dst_path, fix="choose another output path")
@@ -251,6 +245,6 @@ def convert(
     return ConvertResult(
         source=os.fspath(src_path), destination=os.fspath(dst_path), format=fmt, source_format=lw.format,
         source_kind=kind, source_sha256=metadata["torchkeep.source_sha256"], tensors=len(tensors), bytes=nbytes,
-        dtype=DTYPES[dtype.lower()] if dtype else None, cast=cast, stripped_prefix=prefix, aliases=aliases,
+        dtype=cast_dtype(dtype) if dtype else None, cast=cast, stripped_prefix=prefix, aliases=aliases,
         copied_views=copied, scan_verdict=lw.scan_verdict, metadata=metadata,
     )

@@ -7,6 +7,7 @@ returns a :class:`Detected`. Nothing is unpickled, no tensor bytes are read, ``t
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
 import struct
@@ -43,7 +44,13 @@ def corrupt_file_errors(path: str | os.PathLike[str]) -> Iterator[None]:
             fix="re-save or re-download it",
         ) from None
 
-__all__ = ["FORMATS", "Detected", "check_readable", "describe_bytes", "detect"]
+__all__ = [
+    "FORMATS", "MAX_SAFETENSORS_HEADER", "Detected", "check_readable", "describe_bytes", "detect",
+    "looks_like_safetensors", "read_safetensors_json",
+]
+
+#: the longest JSON header a safetensors file may have: the safetensors library's own limit (MAX_HEADER_SIZE)
+MAX_SAFETENSORS_HEADER = 100_000_000
 
 #: Every container format torchkeep reads, with the words used in reports.
 FORMATS: dict[str, str] = {
@@ -198,11 +205,38 @@ def _zip_format(p: Path, size: int) -> Detected:
     )
 
 
-def _looks_like_safetensors(head: bytes, size: int) -> bool:
+def looks_like_safetensors(head: bytes, size: int) -> bool:
+    """Whether the first bytes of a file of ``size`` bytes are a safetensors header's start."""
     if len(head) < 10:
         return False
     (n,) = struct.unpack("<Q", head[:8])
     return 2 <= n <= size - 8 and head[8:9] == b"{"
+
+
+def read_safetensors_json(path: str | os.PathLike[str], size: int) -> tuple[dict, int]:
+    """The JSON header of a safetensors file, parsed as the safetensors library parses it, and its length.
+
+    Only the header is read. Raises ValueError saying what is wrong (too short, over the library's limit,
+    longer than the file, not a JSON object); OSError when the file cannot be read.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise ValueError("safetensors file shorter than its 8-byte header length")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_SAFETENSORS_HEADER:
+            raise ValueError(f"safetensors header claims {n} bytes, more than the {MAX_SAFETENSORS_HEADER} "
+                             "the safetensors library reads")
+        if 8 + n > size:
+            raise ValueError(f"safetensors header claims {n} bytes but the file has {size - 8} after the length field")
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"safetensors header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise ValueError("safetensors header is not a JSON object")
+    return header, n
 
 
 def _looks_like_pickle(head: bytes) -> bool:
@@ -238,7 +272,7 @@ def detect(path: str | os.PathLike[str]) -> Detected:
         return Detected(p, "numpy", size)
     if head[2:14] == LEGACY_MAGIC_LONG1 or LEGACY_MAGIC_TEXT in head[:40]:
         return Detected(p, "torch-legacy", size)
-    if _looks_like_safetensors(head, size):
+    if looks_like_safetensors(head, size):
         return Detected(p, "safetensors", size)
     if _looks_like_pickle(head):
         return Detected(p, "pickle", size)

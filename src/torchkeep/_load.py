@@ -20,26 +20,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torchkeep._detect import Detected, corrupt_file_errors, detect
+from torchkeep._dtypes import DTYPE_ITEMSIZE, torch_dtype
 from torchkeep._gate import check_file
 from torchkeep._onnx import read_onnx_tensors
-from torchkeep._pickle import DTYPE_ITEMSIZE, StorageRef, TensorRef
+from torchkeep._pickle import StorageRef, TensorRef
 from torchkeep._read import FileStructure, RawTensor, read_structure
 from torchkeep._weights import WeightsView, file_kind, find_weights, find_weights_in_object
-from torchkeep.errors import InputError, UsageError
+from torchkeep.errors import InputError
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["LoadedWeights", "load_state_dict", "read_weights", "torch_dtype"]
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    import torch
-
-    dt = getattr(torch, name, None)
-    if not isinstance(dt, torch.dtype):
-        raise UsageError(f"dtype {name!r} is not supported by this torch ({torch.__version__})")
-    return dt
+__all__ = ["LoadedWeights", "load_state_dict", "read_weights"]
 
 
 @dataclass

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torchkeep._atomic import atomic_path
-from torchkeep._convert import DTYPES, _dedupe
+from torchkeep._convert import _dedupe
 from torchkeep._detect import detect
 from torchkeep._device import resolve_device
+from torchkeep._dtypes import cast_dtype, torch_dtype
 from torchkeep._gate import check_file
-from torchkeep._load import torch_dtype
 from torchkeep._match import copy_state
 from torchkeep._spec import METADATA_KEY, ModelSpec, check_model_path, read_spec
 from torchkeep.errors import CompatibilityError, InputError, UntrustedCodeError, UsageError
@@ -103,7 +103,7 @@ def _dtype(dtype: Any) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     name = str(dtype).lower().removeprefix("torch.")
-    value = torch_dtype(DTYPES.get(name, name))
+    value = torch_dtype(cast_dtype(name) or name)
     if not value.is_floating_point:
         raise UsageError(f"unknown dtype {dtype!r} for a model", fix="use float32, float16 or bfloat16")
     return value

@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from torchkeep._dtypes import DTYPE_ITEMSIZE, STORAGE_DTYPES, TORCH_DTYPE_ALIASES
+
 __all__ = [
-    "DTYPE_ITEMSIZE",
-    "STORAGE_DTYPES",
     "DTypeRef",
     "PickleReadError",
     "Placeholder",
@@ -33,31 +33,6 @@ __all__ = [
     "placeholder_name",
     "read_pickle",
 ]
-
-#: dtype name -> bytes per element
-DTYPE_ITEMSIZE: dict[str, int] = {
-    "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2, "int8": 1,
-    "uint8": 1, "uint16": 2, "uint32": 4, "uint64": 8, "bool": 1, "complex128": 16, "complex64": 8, "complex32": 4,
-    "qint8": 1, "quint8": 1, "qint32": 4, "quint4x2": 1, "quint2x4": 1,
-    "float8_e4m3fn": 1, "float8_e5m2": 1, "float8_e4m3fnuz": 1, "float8_e5m2fnuz": 1, "float8_e8m0fnu": 1,
-    "float4_e2m1fn_x2": 1,
-}
-
-#: legacy storage class name -> dtype name
-STORAGE_DTYPES: dict[str, str] = {
-    "DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage": "float16", "BFloat16Storage": "bfloat16",
-    "LongStorage": "int64", "IntStorage": "int32", "ShortStorage": "int16", "CharStorage": "int8",
-    "ByteStorage": "uint8", "BoolStorage": "bool", "ComplexDoubleStorage": "complex128",
-    "ComplexFloatStorage": "complex64", "QInt8Storage": "qint8", "QUInt8Storage": "quint8",
-    "QInt32Storage": "qint32", "QUInt4x2Storage": "quint4x2", "QUInt2x4Storage": "quint2x4",
-    "UntypedStorage": "uint8", "TypedStorage": "uint8",
-}
-
-# torch.<name> attribute -> dtype name (for pickled dtype objects)
-_TORCH_DTYPE_ALIASES = {
-    "float": "float32", "double": "float64", "half": "float16", "long": "int64", "int": "int32",
-    "short": "int16", "cfloat": "complex64", "cdouble": "complex128",
-}
 
 
 class PickleReadError(Exception):
@@ -363,7 +338,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         if module in ("torch", "torch.storage"):
             if name.endswith("Storage") and name in STORAGE_DTYPES:
                 return StorageType(STORAGE_DTYPES[name])
-            dt = _TORCH_DTYPE_ALIASES.get(name, name)
+            dt = TORCH_DTYPE_ALIASES.get(name, name)
             if dt in DTYPE_ITEMSIZE:
                 return DTypeRef(dt)
         if module.startswith("numpy"):

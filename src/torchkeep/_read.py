@@ -13,16 +13,15 @@ import json
 import math
 import os
 import re
-import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchkeep._detect import Detected, corrupt_file_errors, detect
+from torchkeep._detect import Detected, corrupt_file_errors, detect, read_safetensors_json
+from torchkeep._dtypes import DTYPE_ITEMSIZE, EXPORT_DTYPES, SAFETENSORS_DTYPES, SAFETENSORS_READ_ONLY
 from torchkeep._onnx import read_onnx
 from torchkeep._pickle import (
-    DTYPE_ITEMSIZE,
     PickleReadError,
     Placeholder,
     StorageRef,
@@ -36,22 +35,6 @@ __all__ = [
     "FileStructure", "RawTensor", "TorchScriptClass", "read_safetensors_header", "read_structure", "torchscript_methods",
 ]
 
-# safetensors dtype -> torchkeep dtype name
-SAFETENSORS_DTYPES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
-    "I16": "int16", "I8": "int8", "U8": "uint8", "U16": "uint16", "U32": "uint32", "U64": "uint64", "BOOL": "bool",
-    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "C64": "complex64", "C128": "complex128",
-    "F8_E8M0": "float8_e8m0fnu", "F4": "float4_e2m1fn_x2",
-}
-
-# torch.export serialized ScalarType -> dtype name
-_EXPORT_DTYPES = {
-    1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "float16", 7: "float32", 8: "float64",
-    9: "complex32", 10: "complex64", 11: "complex128", 12: "bool", 13: "bfloat16", 28: "uint16",
-    29: "float8_e4m3fn", 30: "float8_e5m2",
-}
-
-MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library's own limit
 
 
 @dataclass(eq=False)
@@ -298,20 +281,10 @@ def _read_bare_pickle(det: Detected) -> FileStructure:
 
 def read_safetensors_header(path: Path, size: int) -> tuple[dict[str, RawTensor], dict[str, str]]:
     """Parse and validate a safetensors header; returns (tensors, metadata). Reads only the header."""
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            raise _err(path, "safetensors file shorter than its 8-byte header length")
-        (n,) = struct.unpack("<Q", head)
-        if n > MAX_SAFETENSORS_HEADER or 8 + n > size:
-            raise _err(path, f"safetensors header claims {n} bytes but the file has {size - 8} after the length field")
-        raw = fh.read(n)
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _err(path, f"safetensors header is not valid JSON ({exc})") from None
-    if not isinstance(header, dict):
-        raise _err(path, "safetensors header is not a JSON object")
+        header, n = read_safetensors_json(path, size)
+    except ValueError as exc:
+        raise _err(path, str(exc)) from None
     meta_raw = header.pop("__metadata__", None) or {}
     metadata = {str(k): str(v) for k, v in meta_raw.items()} if isinstance(meta_raw, dict) else {}
     data_start = 8 + n
@@ -324,7 +297,7 @@ def read_safetensors_header(path: Path, size: int) -> tuple[dict[str, RawTensor]
             begin, end = (int(x) for x in info["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise _err(path, f"safetensors header entry {name!r} is malformed") from None
-        dtype = SAFETENSORS_DTYPES.get(dtype_code)
+        dtype = SAFETENSORS_DTYPES.get(dtype_code) or SAFETENSORS_READ_ONLY.get(dtype_code)
         if dtype is None:
             raise _err(path, f"tensor {name!r} has unknown safetensors dtype {dtype_code!r}")
         if any(d < 0 for d in shape) or begin < 0 or end < begin:
@@ -410,7 +383,7 @@ def _read_export(det: Detected) -> FileStructure:
             base = cfg_name.rsplit("/", 1)[0] + "/"
             for name, info in cfg.items():
                 meta = info.get("tensor_meta", {})
-                dtype = _EXPORT_DTYPES.get(meta.get("dtype"), "unknown")
+                dtype = EXPORT_DTYPES.get(meta.get("dtype"), "unknown")
                 shape = tuple(int(s.get("as_int", 0)) for s in meta.get("sizes", []))
                 numel = math.prod(shape)
                 tensors[name] = RawTensor(

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from torchkeep._detect import Detected, corrupt_file_errors, detect
 from torchkeep._device import resolve_device as _resolve_device
+from torchkeep._dtypes import torch_dtype as _torch_dtype
 from torchkeep._gate import check_file
 from torchkeep._modelfile import resolve_model
 from torchkeep._onnx import read_onnx
@@ -229,14 +230,6 @@ def _torch_threads() -> int:
     import torch
 
     return max(1, torch.get_num_threads())
-
-
-def _torch_dtype(name: str) -> torch.dtype:
-    import torch
-
-    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}.get(
-        name, torch.float32
-    )
 
 
 def to_torchscript(

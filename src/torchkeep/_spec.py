@@ -14,12 +14,12 @@ import dataclasses
 import json
 import math
 import os
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torchkeep._detect import looks_like_safetensors, read_safetensors_json
 from torchkeep._version import __version__
 from torchkeep.errors import InputError, UsageError
 
@@ -451,36 +451,20 @@ class _Validator:
 
 # --------------------------------------------------------------------------- reading it from a file (no torch)
 
-_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
-
-
-
-
 def _read_header(path: Path) -> dict[str, Any] | None:
     """The safetensors JSON header of ``path``, or None if the file is not safetensors."""
     try:
+        size = path.stat().st_size
         with open(path, "rb") as fh:
-            prefix = fh.read(8)
-            if len(prefix) < 8:
-                return None
-            (n,) = struct.unpack("<Q", prefix)
-            size = path.stat().st_size
-            if n < 2 or n > _MAX_HEADER or n > size - 8:
-                return None
-            raw = fh.read(n)
+            head = fh.read(16)
+        if not looks_like_safetensors(head, size):
+            return None
+        header, _ = read_safetensors_json(path, size)
     except OSError as exc:
         raise InputError(f"cannot read the file ({exc.strerror})", path=path) from None
-    if not raw.lstrip().startswith(b"{"):
-        return None
-    try:
-        header = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InputError(
-            "the safetensors header is not valid JSON (the file is corrupt or truncated)",
-            path=path,
-            fix="re-create the file",
-        ) from None
-    return header if isinstance(header, dict) else None
+    except ValueError as exc:
+        raise InputError(f"{exc} (the file is corrupt or truncated)", path=path, fix="re-create the file") from None
+    return header
 
 
 def check_model_path(path: str | os.PathLike[str]) -> Path:
