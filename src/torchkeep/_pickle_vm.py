@@ -33,7 +33,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from torchkeep._scan_rules import CALLS, DATA_CLASSES, RECONSTRUCTORS, VALUES, category, resolve_names
+from torchkeep._scan_rules import (
+    CALLS,
+    CATEGORY_SEVERITY,
+    DATA_CLASSES,
+    RECONSTRUCTORS,
+    VALUES,
+    category,
+    resolve_names,
+)
 
 __all__ = ["CallRecord", "RawFinding", "StreamResult", "analyze", "concrete"]
 
@@ -308,11 +316,10 @@ class _Run:
     def global_(self, module: str, name: str) -> _Meta:
         resolved = resolve_names(module, name)
         worst_kind, worst_why, shown = "value", "", resolved[0]
-        order = {"value": 0, "call": 0, "data-class": 0, "stdlib-object": 1, "model": 1, "model-function": 1, "dangerous": 2}
         for mod, nm in resolved:
             self.imports.append((mod, nm))
             kind, why = category(mod, nm, torchscript=self.torchscript)
-            if order[kind] >= order[worst_kind] or not worst_why:
+            if CATEGORY_SEVERITY[kind] >= CATEGORY_SEVERITY[worst_kind] or not worst_why:
                 worst_kind, worst_why, shown = kind, why, (mod, nm)
         offset = self.global_offset(module, name)
         mod, nm = shown

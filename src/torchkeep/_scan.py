@@ -30,6 +30,7 @@ from typing import Any
 
 from torchkeep._pickle_vm import CallRecord, StreamResult
 from torchkeep._scan_code import analyse_code
+from torchkeep._scan_rules import Severity
 from torchkeep._streams import Sink, Walker, analyze_start, walk_file
 from torchkeep.errors import InputError, UnknownFormatError
 
@@ -44,8 +45,8 @@ __all__ = [
     "to_sarif",
 ]
 
-#: Verdicts from best to worst, with the CLI exit code each one gives.
-VERDICTS: dict[str, int] = {"safe": 0, "custom-code": 1, "error": 3, "dangerous": 2}
+#: Verdicts from best to worst, with the CLI exit code each one gives (from :class:`Severity`).
+VERDICTS: dict[str, int] = {s.verdict: s.exit_code for s in Severity if s != Severity.WARNING}
 
 _ZIP_FORMATS = {"torch-zip", "torchscript", "torch-export", "numpy-npz", "zip"}
 # suffix -> formats it is expected to hold (a mismatch is a warning: detection is by content anyway)
@@ -223,9 +224,6 @@ class ScanReport:
         }
 
 
-_ORDER = {"dangerous": 0, "error": 1, "custom-code": 2, "warning": 3}
-
-
 class _Collector:
     def __init__(self) -> None:
         self.findings: dict[tuple[str, str, str, str, str], Finding] = {}
@@ -258,17 +256,12 @@ class _Collector:
         # A stream that stops where a dangerous finding says why needs no second, generic "malformed" error.
         kept = [f for f in self.findings.values()
                 if not (f.rule == "malformed-pickle" and f.severity == "error" and f.stream in self.explained)]
-        findings = sorted(kept, key=lambda f: (_ORDER.get(f.severity, 9), f.stream, f.offset or 0))
-        severities = {f.severity for f in findings}
+        findings = sorted(kept, key=lambda f: (-Severity.of(f.severity), f.stream, f.offset or 0))
         errors = [f"{f.stream}: {f.why}" for f in findings if f.severity == "error"]
-        if "dangerous" in severities:
-            verdict = "dangerous"
-        elif error or errors:
-            verdict = "error"
-        elif "custom-code" in severities:
-            verdict = "custom-code"
-        else:
-            verdict = "safe"
+        worst = max((Severity.of(f.severity) for f in findings), default=Severity.SAFE)
+        if error:
+            worst = max(worst, Severity.ERROR)
+        verdict = worst.verdict
         return ScanReport(
             path=path,
             format=fmt,
@@ -460,11 +453,7 @@ def scan_paths(paths: Iterable[str | os.PathLike[str]], recursive: bool = False)
 def exit_code(reports: Iterable[ScanReport]) -> int:
     """CLI exit code for several files: 2 if any is dangerous, else 3 if any is unreadable, else 1 if any
     has custom code, else 0."""
-    verdicts = {r.verdict for r in reports}
-    for verdict, code in (("dangerous", 2), ("error", 3), ("custom-code", 1)):
-        if verdict in verdicts:
-            return code
-    return 0
+    return max((Severity.of(r.verdict) for r in reports), default=Severity.SAFE).exit_code
 
 
 _RULE_SEVERITY = {
@@ -473,8 +462,6 @@ _RULE_SEVERITY = {
     **{r: "error" for r in ("malformed-pickle", "zip-unreadable", "npy-header", "tar-unreadable", "legacy-truncated",
                             "unreadable")},
 }  # fmt: skip
-_SECURITY_SEVERITY = {"dangerous": "9.0", "custom-code": "5.0", "error": "3.0", "warning": "2.0"}
-_SARIF_LEVEL = {"dangerous": "error", "error": "error", "custom-code": "warning", "warning": "note"}
 
 
 def to_sarif(reports: Iterable[ScanReport]) -> dict[str, Any]:
@@ -501,7 +488,7 @@ def to_sarif(reports: Iterable[ScanReport]) -> dict[str, Any]:
             results.append(
                 {
                     "ruleId": f.rule,
-                    "level": _SARIF_LEVEL.get(f.severity, "note"),
+                    "level": Severity.of(f.severity).sarif_level,
                     "message": {"text": f"{rep.verdict}: {text} [{f.stream}" + (f" @ {f.offset}]" if f.offset is not None else "]")},
                     "locations": [location],
                     "partialFingerprints": {
@@ -526,11 +513,11 @@ def to_sarif(reports: Iterable[ScanReport]) -> dict[str, Any]:
             "name": "".join(w.capitalize() for w in rule.split("-")),
             "shortDescription": {"text": RULES.get(rule, rule)},
             "helpUri": "https://github.com/torchkeep/torchkeep/blob/main/docs/scan.md#rules",
-            "defaultConfiguration": {"level": _SARIF_LEVEL.get(_RULE_SEVERITY.get(rule, "dangerous"), "error")},
+            "defaultConfiguration": {"level": Severity.of(_RULE_SEVERITY.get(rule, "dangerous")).sarif_level},
             "properties": {
                 "tags": ["security"],
                 # GitHub ranks security alerts by this score (critical >= 9.0, medium 4.0-6.9, low < 4.0)
-                "security-severity": _SECURITY_SEVERITY.get(_RULE_SEVERITY.get(rule, "dangerous"), "9.0"),
+                "security-severity": Severity.of(_RULE_SEVERITY.get(rule, "dangerous")).security_severity,
             },
         }
         for rule in sorted(used)

@@ -42,7 +42,12 @@ __all__ = [
 
 
 class Severity(enum.IntEnum):
-    """How bad a finding is; one ordering for the whole scanner (higher is worse)."""
+    """How bad a finding is, and the verdict a file gets from its worst finding: the one ordering of the
+    whole scanner (higher is worse). Reports carry the labels (``"custom-code"``); ``Severity.of`` reads them.
+
+    A ``warning`` finding does not change the verdict (a file with only warnings is ``safe``), and a file
+    that cannot be read whole is ``error`` unless something dangerous was already found in it.
+    """
 
     SAFE = 0
     WARNING = 1
@@ -52,7 +57,41 @@ class Severity(enum.IntEnum):
 
     @property
     def label(self) -> str:
+        """``"safe"``, ``"warning"``, ``"custom-code"``, ``"error"`` or ``"dangerous"``."""
         return self.name.lower().replace("_", "-")
+
+    @classmethod
+    def of(cls, label: str) -> Severity:
+        """The member of a label (``"custom-code"`` -> ``CUSTOM_CODE``)."""
+        return cls[label.upper().replace("-", "_")]
+
+    @property
+    def verdict(self) -> str:
+        """The verdict of a file whose worst finding has this severity."""
+        return "safe" if self <= Severity.WARNING else self.label
+
+    @property
+    def exit_code(self) -> int:
+        """The ``torchkeep scan`` exit code of this verdict (0 safe, 1 custom-code, 2 dangerous, 3 error)."""
+        return {Severity.CUSTOM_CODE: 1, Severity.DANGEROUS: 2, Severity.ERROR: 3}.get(self, 0)
+
+    @property
+    def sarif_level(self) -> str:
+        """SARIF ``level`` of a finding with this severity."""
+        return {Severity.DANGEROUS: "error", Severity.ERROR: "error", Severity.CUSTOM_CODE: "warning"}.get(self, "note")
+
+    @property
+    def security_severity(self) -> str:
+        """GitHub's ``security-severity`` score (critical >= 9.0, medium 4.0-6.9, low < 4.0)."""
+        return {Severity.DANGEROUS: "9.0", Severity.CUSTOM_CODE: "5.0", Severity.ERROR: "3.0"}.get(self, "2.0")
+
+
+#: the severity a global's category() gives when a pickle imports it
+CATEGORY_SEVERITY: dict[str, Severity] = {
+    "value": Severity.SAFE, "call": Severity.SAFE, "data-class": Severity.SAFE,
+    "stdlib-object": Severity.CUSTOM_CODE, "model": Severity.CUSTOM_CODE, "model-function": Severity.CUSTOM_CODE,
+    "dangerous": Severity.DANGEROUS,
+}  # fmt: skip
 
 
 # -- fix_imports, exactly as pickle applies it ----------------------------------------------------------
