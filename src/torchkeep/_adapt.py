@@ -11,10 +11,13 @@ that the weights do fit.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -27,8 +30,10 @@ from torchkeep._match import (
     ShapeMismatch,
     collapse_keys,
     copy_state,
+    keeps_order,
     load_into,
     load_weights,
+    not_the_head,
     parse_rename,
     plan,
     read_source,
@@ -120,42 +125,81 @@ def _no_init() -> Iterator[None]:
             setattr(init, n, fn)
 
 
-def _guess_arch(raw: Any, arch: str, limit: int = 3) -> list[str]:
-    """Registry architectures of ``arch``'s family (resnet*, vgg*, efficientnet*...) that the weights fit.
-
-    Built on the meta device (no memory, no init), so trying a family costs well under a second.
-    Returns names, with ``" (N classes)"`` when only the head differs.
-    """
+@cache
+def _meta_state(name: str) -> dict[str, Any]:
+    """The state_dict tensors of registry architecture ``name``, built on the meta device (no memory, no init)."""
     import torch
 
-    try:
-        from torchkeep.models import build, list_models
+    from torchkeep.models import build
 
-        names = [a.name for a in list_models() if a.source != "user"]
+    with torch.device("meta"), _no_init():
+        return {k: v for k, v in build(name).state_dict().items() if isinstance(v, torch.Tensor)}
+
+
+def _fits(name: str, weights: dict[str, Any], ordered: bool) -> str | None:
+    """``name`` (with what it took: another number of classes, pairing by order) if the weights fit it."""
+    try:
+        target = _meta_state(name)
+    except Exception:  # some constructors copy data at init and cannot run on meta: skip them
+        return None
+    trial = LoadReport(source="", target=name)
+    try:
+        pairs = plan(target, weights, trial, rename=None, strip_prefix="auto",
+                     match_by_order="auto" if ordered else False, ordered=ordered)
+    except CompatibilityError:
+        return None
+    real_missing = [k for k in trial.missing if target[k].is_floating_point()]  # not BatchNorm's counters
+    # everything pairs but at most a head (weight and bias): another number of classes, or none in the file
+    if trial.unexpected or len(real_missing) + len(trial.shape_mismatched) > 2 or not pairs:
+        return None
+    if not_the_head(trial.shape_mismatched):
+        return None
+    how = []
+    if trial.shape_mismatched:
+        how.append(f"{trial.shape_mismatched[0].source_shape[0]} classes")
+    elif real_missing:
+        how.append("without its head")
+    if trial.order_pairing == "whole sequence":
+        how.append("paired by order")
+    return f"{name} ({', '.join(how)})" if how else name
+
+
+def _guess_arch(
+    raw: Any, arch: str, ordered: bool = True, limit: int = 3, others: int = 16, budget_s: float = 5.0
+) -> list[str]:
+    """Registry architectures that the weights fit: ``arch``'s family (resnet*, vgg*...) first, then the
+    ``others`` whose parameter count is closest to the source's (a backbone without its head is smaller
+    than its catalog count), within ``budget_s`` seconds (each try builds the model on the meta device).
+
+    Names come with ``" (N classes)"`` when only the head differs, ``"paired by order"`` when the names
+    follow another scheme. (The one place that answers "which architecture is this?" for a refusal.)
+    """
+    try:
+        from torchkeep.models import list_models
+
+        infos = [a for a in list_models() if a.source != "user" and a.name != arch]
     except Exception:  # no registry: no guess
         return []
-    family = _family(arch)
-    candidates = [n for n in names if n != arch and (_family(n) == family or family in n)]
     weights, _, _ = unwrap_checkpoint(raw, [])
-    fits: list[tuple[int, str]] = []
-    for name in candidates:
-        try:
-            with torch.device("meta"), _no_init():
-                target = {k: v for k, v in build(name).state_dict().items() if isinstance(v, torch.Tensor)}
-        except Exception:  # some constructors copy data at init and cannot run on meta: skip them
-            continue
-        trial = LoadReport(source="", target=name)
-        try:
-            pairs = plan(target, weights, trial, rename=None, strip_prefix="auto", match_by_order=False)
-        except CompatibilityError:
-            continue
-        if trial.missing or trial.unexpected or len(trial.shape_mismatched) > 2:
-            continue
-        if not trial.shape_mismatched:
-            fits.append((0, name))
-        elif len(pairs) >= len(target) - 2:
-            fits.append((1, f"{name} ({trial.shape_mismatched[0].source_shape[0]} classes)"))
-    return [n for _, n in sorted(fits)[:limit]]
+    family = _family(arch)
+    first = [a.name for a in infos if _family(a.name) == family or family in a.name]
+    numel = sum(int(v.numel()) for v in weights.values() if getattr(v, "is_floating_point", lambda: False)())
+
+    def distance(num_params: int | None) -> float:
+        return abs(math.log(max(num_params or 1, 1) / max(numel, 1)))
+
+    rest = [a.name for a in sorted(infos, key=lambda a: distance(a.num_params)) if a.name not in first][:others]
+    fits: list[str] = []
+    start = time.monotonic()
+    for i, name in enumerate(first + rest):
+        if i >= len(first) and (fits or time.monotonic() - start > budget_s):
+            break
+        hit = _fits(name, weights, ordered)
+        if hit is not None:
+            fits.append(hit)
+            if len(fits) >= limit:
+                break
+    return sorted(fits, key=lambda n: "(" in n)  # exact fits first
 
 
 def adapt(
@@ -239,6 +283,7 @@ def adapt(
     path = Path(src)
     notes: list[str] = []
     raw, label, where = read_source(path, trust, notes, key)
+    ordered = keeps_order(path)
 
     def _build(n: int | None) -> nn.Module:
         return build(arch, n, in_channels=in_channels, input_size=input_size, class_names=class_names, head=head)
@@ -261,6 +306,7 @@ def adapt(
             allow_partial=partial,
             dry_run=dry,
             refuse_structural=not partial,
+            ordered=ordered,
         )
 
     model = _build(num_classes)
@@ -282,7 +328,7 @@ def adapt(
         if refused is None or (refused.fraction >= min_match and not refused.structural_mismatches):
             raise
         # The classic cause of "almost nothing matches" is the wrong --arch: name the ones that fit.
-        guesses = _guess_arch(raw, arch)
+        guesses = _guess_arch(raw, arch, ordered)
         if not guesses:
             raise
         refused.notes.append(f"the weights fit {', '.join(guesses)}")
@@ -290,16 +336,21 @@ def adapt(
             exc.what,
             report=refused,
             path=exc.path,
-            fix=f"the weights fit {' / '.join(guesses)}: pass --arch {guesses[0].split(' ')[0]} "
-            f"(or allow_partial=True / --allow-partial to load what fits)",
+            fix=f"the weights fit {' / '.join(guesses)}: pass --arch {guesses[0].split(' ')[0]}"
+            # at 0% a "partial" model would be all random init under the source's name: never offer it
+            + (" (or allow_partial=True / --allow-partial to load what fits)" if refused.params_loaded else ""),
         ) from None
-    if report.shape_mismatched:
-        report.notes.append(
-            f"{', '.join(report.collapsed('shape_mismatched'))} keep their fresh initialisation: train "
-            "(fine-tune) the model before trusting its predictions"
-        )
     spec = getattr(model, "torchkeep_spec", None)
     added = getattr(getattr(spec, "head", None), "added_path", None)
+    fresh = report.collapsed("shape_mismatched") + collapse_keys([
+        k for k in report.missing
+        if not k.endswith("num_batches_tracked") and not (added and k.startswith(added + "."))
+    ])
+    if fresh:
+        report.notes.append(
+            f"{', '.join(fresh[:6])} keep their fresh initialisation: train (fine-tune) the model before "
+            "trusting its predictions"
+        )
     if added and any(k.startswith(added + ".") for k in report.missing):
         report.notes.append(f"{added} is the appended head: it starts fresh; train (fine-tune) the model before "
                             "trusting its predictions")

@@ -28,11 +28,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from torchkeep._detect import detect
 from torchkeep._explain import explain_error
 from torchkeep._keys import collapse_keys, map_keys, prefix_candidates
 from torchkeep._load import read_weights
 from torchkeep._weights import EMA_KEYS, find_weights_in_object
-from torchkeep.errors import CompatibilityError, UsageError
+from torchkeep.errors import CompatibilityError, TorchkeepError, UsageError
 
 if TYPE_CHECKING:  # torch is imported lazily: importing torchkeep must stay cheap
     import torch
@@ -45,8 +46,10 @@ __all__ = [
     "ShapeMismatch",
     "collapse_keys",
     "copy_state",
+    "keeps_order",
     "load_into",
     "load_weights",
+    "not_the_head",
     "parse_rename",
     "plan",
     "read_source",
@@ -101,6 +104,7 @@ class LoadReport:
     prefix_stripped: str = ""
     prefix_added: str = ""
     matched_by_order: int = 0
+    order_pairing: str = ""  # "", "leftovers" (names differ only there) or "whole sequence" (names ignored)
     tensors_loaded: int = 0
     tensors_expected: int = 0
     params_loaded: int = 0
@@ -142,6 +146,7 @@ class LoadReport:
             "shape_mismatched": self.collapsed("shape_mismatched"),
             "renamed": len(self.renamed),
             "matched_by_order": self.matched_by_order,
+            "order_pairing": self.order_pairing,
             "unwrapped": self.unwrapped,
             "prefix_stripped": self.prefix_stripped,
             "prefix_added": self.prefix_added,
@@ -297,6 +302,18 @@ def read_source(
     )
 
 
+def keeps_order(path: str | os.PathLike[str]) -> bool:
+    """Whether a weights file keeps the order its tensors were written in (module order for a state_dict).
+
+    Pickled state_dicts, TorchScript and ONNX do; a safetensors file stores its keys sorted by name, so
+    pairing its tensors with a model's by position means nothing.
+    """
+    try:
+        return detect(Path(path)).format != "safetensors"
+    except TorchkeepError:
+        return True
+
+
 # ----------------------------------------------------------------------------------------------- plan
 
 
@@ -324,8 +341,13 @@ def plan(
     rename: RenameSpec,
     strip_prefix: str | None,
     match_by_order: bool | Literal["auto"],
+    ordered: bool = True,
 ) -> dict[str, str]:
-    """Decide which source tensor goes where (model key -> source key); fills the report's key lists."""
+    """Decide which source tensor goes where (model key -> source key); fills the report's key lists.
+
+    ``ordered``: the source keeps the order its tensors were written in (a pickled state_dict, ONNX,
+    TorchScript), so pairing by position means something; a safetensors file sorts its keys and does not.
+    """
     src_keys = list(source)
     tgt_keys = list(target)
 
@@ -401,47 +423,149 @@ def plan(
     # Safetensors files store keys alphabetically ("layer10" before "layer2"): their order is not the
     # model's, so "auto" does not trust it unless the model's own keys are sorted the same way.
     alphabetical = len(src_keys) > 2 and src_keys == sorted(src_keys) and tgt_keys != sorted(tgt_keys)
-    if match_by_order == "auto" and alphabetical and missing and unexpected:
-        report.notes.append(
-            "not matching by order: the source's keys are in alphabetical order (as safetensors stores them), "
-            "not the model's; use renames, or match_by_order=True to force it"
-        )
-    elif match_by_order and missing and unexpected:
+    unordered = not ordered or alphabetical
+    if match_by_order == "auto" and unordered and (missing or unexpected or report.shape_mismatched):
+        if (missing and unexpected) or not_the_head(report.shape_mismatched):
+            report.notes.append(_UNORDERED_NOTE if not ordered else (
+                "not matching by order: the source's keys are in alphabetical order (as safetensors stores "
+                "them), not the model's; use renames, or match_by_order=True to force it"
+            ))
+        return _finish(report, pairs, missing, unexpected, src_keys, tgt_keys)
+    if match_by_order and missing and unexpected:
         src_order = {k: i for i, k in enumerate(src_keys)}
         left_src = sorted(unexpected, key=src_order.__getitem__)
-        # Pairs must agree in shape, except a trailing head (at most its weight and bias) that differs only
-        # in size: a re-headed copy of the same architecture. Those become shape mismatches.
-        same = [tuple(source[sk].shape) == tuple(target[tk].shape) for sk, tk in zip(left_src, missing)]
-        bad = [i for i, ok in enumerate(same) if not ok]
-        n_head = len(same) - bad[0] if bad else 0  # every mismatch lies in the last n_head pairs
-        lined_up = (
-            len(left_src) == len(missing)
-            and n_head <= 2
-            and sum(same) > n_head
-            and all(source[sk].dim() == target[tk].dim() for sk, tk in zip(left_src, missing))
-        )
-        if lined_up:
-            for i, (sk, tk) in enumerate(zip(left_src, missing)):
-                report.renamed[sk] = tk
-                if same[i]:
-                    pairs[tk] = sk
-                else:
-                    report.shape_mismatched.append(
-                        ShapeMismatch(tk, sk, list(source[sk].shape), list(target[tk].shape))
-                    )
-            report.matched_by_order = len(same)
+        lined = _line_up(left_src, missing, source, target)
+        if lined is not None and len(left_src) == len(missing):
+            _take(lined, pairs, report, source, target)
+            report.matched_by_order = len(lined)
+            report.order_pairing = "leftovers"
             report.notes.append(
                 f"matched {len(missing)} tensors by order and shape because their names differ "
                 f"(e.g. {left_src[0]!r} -> {missing[0]!r}); check the renamed list"
             )
             missing, unexpected = [], []
-        elif match_by_order is True:
+
+    # 5. another naming scheme whose names partly collide (a name on both sides with another shape) breaks
+    # the pairing of leftovers: pair the whole sequence by order when that explains every tensor and loads
+    # more than the names do.
+    explained = not (missing or unexpected or not_the_head(report.shape_mismatched))
+    if match_by_order and not explained:
+        whole = _order_whole(src_keys, tgt_keys, source, target)
+        by_name = sum(target[t].numel() for t in pairs)
+        if whole is not None and sum(target[t].numel() for _, t, same in whole[0] if same) > by_name:
+            collided = len(report.shape_mismatched)
+            name_share = by_name / max(1, sum(t.numel() for t in target.values()))
+            lined, missing, unexpected = whole
+            pairs = {}
+            report.renamed = {}
+            report.shape_mismatched = []
+            report.prefix_stripped = report.prefix_added = ""
+            _take(lined, pairs, report, source, target)
+            report.matched_by_order = len(lined)
+            report.order_pairing = "whole sequence"
+            first = next(((s, t) for s, t, _ in lined if s != t), (lined[0][0], lined[0][1]))
+            report.notes.append(
+                f"paired all {len(lined)} source tensors with the model's by their order in the file and their "
+                f"shapes: the names follow another scheme (e.g. {first[0]!r} -> {first[1]!r})"
+                + (f"; {collided} names exist on both sides with other shapes" if collided else "")
+                + f"; by name alone {_pct(name_share)} of the tensors' elements would load"
+            )
+        elif match_by_order is True and report.order_pairing != "leftovers":
             raise CompatibilityError(
-                f"cannot match by order: {len(left_src)} unmatched source tensors vs {len(missing)} "
-                "unmatched model tensors, or their shapes differ in order",
+                f"cannot match by order: {len(unexpected)} unmatched source tensors vs {len(missing)} "
+                "unmatched model tensors, and the whole sequences do not line up by shape either",
                 fix="use renames ('REGEX=>REPL') for the layers whose names differ",
             )
+    return _finish(report, pairs, missing, unexpected, src_keys, tgt_keys)
 
+
+_UNORDERED_NOTE = (
+    "not matching by order: a safetensors file keeps no order (its keys are in alphabetical order), so its tensors "
+    "cannot be paired with the model's by position; use renames ('REGEX=>REPL'), or adapt the original "
+    ".pt/.pth/.onnx/TorchScript file, which keeps the order"
+)
+
+
+def _line_up(
+    src_seq: Sequence[str],
+    tgt_seq: Sequence[str],
+    source: Mapping[str, torch.Tensor],
+    target: Mapping[str, torch.Tensor],
+) -> list[tuple[str, str, bool]] | None:
+    """Pair two key sequences position by position: ``[(source key, model key, same shape)]``, or None.
+
+    Pairs must agree in shape, except a trailing head (at most its weight and bias) that differs only in
+    size: a re-headed copy of the same architecture. Those become shape mismatches.
+    """
+    lined = [(sk, tk, tuple(source[sk].shape) == tuple(target[tk].shape)) for sk, tk in zip(src_seq, tgt_seq)]
+    bad = [i for i, (_, _, same) in enumerate(lined) if not same]
+    n_head = len(lined) - bad[0] if bad else 0  # every mismatch lies in the last n_head pairs
+    if n_head > 2 or len(lined) - len(bad) <= n_head:
+        return None
+    if any(source[sk].dim() != target[tk].dim() for sk, tk, _ in lined):
+        return None
+    return lined
+
+
+def _take(
+    lined: list[tuple[str, str, bool]],
+    pairs: dict[str, str],
+    report: LoadReport,
+    source: Mapping[str, torch.Tensor],
+    target: Mapping[str, torch.Tensor],
+) -> None:
+    """Record pairs made by position: same shapes load, the others (a head) are shape mismatches."""
+    for sk, tk, same in lined:
+        if sk != tk:
+            report.renamed[sk] = tk
+        if same:
+            pairs[tk] = sk
+        else:
+            report.shape_mismatched.append(ShapeMismatch(tk, sk, list(source[sk].shape), list(target[tk].shape)))
+
+
+def _is_counter(t: torch.Tensor) -> bool:
+    # BatchNorm's num_batches_tracked: a 0-dim integer buffer that many exporters and other schemes drop
+    return t.dim() == 0 and not t.is_floating_point()
+
+
+def _order_whole(
+    src_keys: list[str],
+    tgt_keys: list[str],
+    source: Mapping[str, torch.Tensor],
+    target: Mapping[str, torch.Tensor],
+) -> tuple[list[tuple[str, str, bool]], list[str], list[str]] | None:
+    """Pair every source tensor with the model's, in order, ignoring names: (pairs, missing, unexpected).
+
+    None unless that explains every tensor: all pairs agree in shape (a trailing head may differ in size),
+    and at most a head (two tensors) is left over on one side, e.g. a backbone-only file for a whole
+    classifier. BatchNorm counters are left out of the pairing when only one side has them.
+    """
+    s_seq, t_seq, dropped = list(src_keys), list(tgt_keys), []
+    if sum(_is_counter(source[k]) for k in s_seq) != sum(_is_counter(target[k]) for k in t_seq):
+        s_seq = [k for k in s_seq if not _is_counter(source[k])]
+        dropped = [k for k in t_seq if _is_counter(target[k])]
+        t_seq = [k for k in t_seq if not _is_counter(target[k])]
+    n = min(len(s_seq), len(t_seq))
+    if n < 2 or max(len(s_seq), len(t_seq)) - n > 2:
+        return None
+    lined = _line_up(s_seq[:n], t_seq[:n], source, target)
+    if lined is None:
+        return None
+    left_tgt = set(t_seq[n:]) | set(dropped)
+    missing = [k for k in tgt_keys if k in left_tgt]
+    kept = set(s_seq)
+    return lined, missing, s_seq[n:] + [k for k in src_keys if k not in kept]
+
+
+def _finish(
+    report: LoadReport,
+    pairs: dict[str, str],
+    missing: list[str],
+    unexpected: list[str],
+    src_keys: list[str],
+    tgt_keys: list[str],
+) -> dict[str, str]:
     report.matched = [k for k in tgt_keys if k in pairs]
     report.missing = missing
     unexpected_set = set(unexpected)
@@ -504,13 +628,15 @@ def load_into(
         raise UsageError(f"min_match must be between 0 and 1, not {min_match!r}")
     notes: list[str] = []
     raw, label, where = read_source(source, trust, notes, key)
+    is_file = isinstance(source, (str, os.PathLike))
     return load_weights(
         model,
         raw,
         label=label,
         where=where,
         notes=notes,
-        is_file=isinstance(source, (str, os.PathLike)),
+        is_file=is_file,
+        ordered=keeps_order(source) if is_file else True,
         rename=rename,
         strip_prefix=strip_prefix,
         on_shape_mismatch=on_shape_mismatch,
@@ -539,11 +665,13 @@ def load_weights(
     allow_partial: bool,
     dry_run: bool,
     refuse_structural: bool = False,
+    ordered: bool = True,
 ) -> LoadReport:
     """``load_into`` once the source is read (``adapt`` reads a file once and may plan twice).
 
     ``refuse_structural``: refuse when tensors inside the network differ in shape (not only in their
-    first dimension, as a classifier head with another number of classes does).
+    first dimension, as a classifier head with another number of classes does). ``ordered``: the source
+    keeps its tensors' order (see :func:`plan`; :func:`keeps_order` tells for a file).
     """
     import torch
 
@@ -559,6 +687,7 @@ def load_weights(
         rename=rename,
         strip_prefix=strip_prefix,
         match_by_order=match_by_order,
+        ordered=ordered,
     )
 
     sizes = _parameter_sizes(model)
@@ -572,7 +701,7 @@ def load_weights(
         if sd != td:
             changes.setdefault((str(sd).removeprefix("torch."), str(td).removeprefix("torch.")), []).append(t)
     report.dtype_converted = [DtypeChange(a, b, len(ks), collapse_keys(ks)) for (a, b), ks in changes.items()]
-    report.structural_mismatches = _structural(report.shape_mismatched)
+    report.structural_mismatches = not_the_head(report.shape_mismatched)
     report.verdict = _verdict(report, allow_partial)
 
     if report.shape_mismatched and on_shape_mismatch == "error":
@@ -593,7 +722,13 @@ def load_weights(
             f"head (e.g. {m.key}: source {m.source_shape} vs model {m.target_shape}): the weights come from "
             "another architecture",
             path=report.source if is_file else None,
-            fix="pick the architecture the weights come from (--arch), or --allow-partial to load what fits",
+            fix=(
+                "the names follow another scheme and a safetensors file keeps no order to pair them by: use "
+                "renames ('REGEX=>REPL'), or adapt the original .pt/.pth file"
+                if _UNORDERED_NOTE in report.notes
+                else "pick the architecture the weights come from (--arch)"
+            )
+            + (", or --allow-partial to load what fits" if report.params_loaded else ""),
         )
     if strict and not report.complete:
         raise _refusal(
@@ -609,7 +744,11 @@ def load_weights(
             f"(threshold {min_match:.0%}): {_problems(report)}",
             path=report.source if is_file else None,
             fix="check the architecture (and --num-classes), add renames ('REGEX=>REPL'), or accept it with "
-            "allow_partial=True (CLI: torchkeep adapt --allow-partial, then train from that model file)",
+            "allow_partial=True (CLI: torchkeep adapt --allow-partial, then train from that model file)"
+            if report.params_loaded
+            # nothing fits: a "partial" load would be a randomly initialised model under the source's name
+            else "nothing in the source fits this model: check the architecture the weights come from (and "
+            "--num-classes), or add renames ('REGEX=>REPL')",
         )
     if dry_run:
         return report
@@ -644,7 +783,7 @@ def copy_state(
     return model.load_state_dict(state, strict=strict, assign=assign)
 
 
-def _structural(mismatches: list[ShapeMismatch]) -> list[str]:
+def not_the_head(mismatches: list[ShapeMismatch]) -> list[str]:
     """Mismatched keys that a new classifier head does not explain.
 
     A head with another number of classes differs only in its first dimension, and always by the same

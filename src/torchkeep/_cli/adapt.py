@@ -80,7 +80,8 @@ def _floats(text: str, flag: str) -> list[float]:
 @click.command(
     help="Load the weights of SRC (any format; no code runs) into architecture --arch and write a model file.\n\n"
     "Strips/adds module. / _orig_mod. / model. prefixes when that makes keys match, applies --rename rules, "
-    "skips shape-mismatched tensors (a new head), matches by order when only names differ, and refuses when "
+    "skips shape-mismatched tensors (a new head), pairs tensors by order when names differ or follow another "
+    "scheme (not from safetensors, which keeps no order), and refuses when "
     "less than --min-match of the parameters would load. Exit 0 written, 4 refused, 3 unreadable SRC."
 )
 @click.argument("src", type=click.Path(dir_okay=False))
