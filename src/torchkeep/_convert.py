@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from torchkeep._atomic import atomic_path
 from torchkeep._dtypes import cast_dtype, safetensors_code, torch_dtype
+from torchkeep._keys import ALWAYS_WRAPPERS, wrapper_prefix
 from torchkeep._load import read_weights
 from torchkeep._version import __version__
-from torchkeep._weights import wrapper_prefix
 from torchkeep.errors import UsageError
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ def strip_common_prefix(names: list[str], strip_prefix: str | None) -> str | Non
         return None
     if strip_prefix == "auto":
         # only prefixes that are always wrappers; "model." may be a real attribute (self.model = Sequential(...))
-        return wrapper_prefix(names, ("module.", "_orig_mod.")) or None
+        return wrapper_prefix(names, ALWAYS_WRAPPERS) or None
     return strip_prefix if strip_prefix.endswith(".") else strip_prefix + "."
 
 

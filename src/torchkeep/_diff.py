@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from torchkeep._keys import WRAPPER_PREFIXES
 from torchkeep._load import load_state_dict
 from torchkeep.errors import UsageError
 
@@ -25,8 +26,6 @@ __all__ = ["DiffReport", "TensorDiff", "diff"]
 # BatchNorm buffers move whenever a model runs in train mode, even with frozen weights; the verdict
 # reports them apart so "frozen backbone" is still recognised after fine-tuning.
 _STAT_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
-# Common wrappers' prefixes: a key mismatch that vanishes without them is a wrapper, not another model.
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
 
 
 @dataclass
@@ -165,7 +164,7 @@ def _compare(name: str, ta: torch.Tensor, tb: torch.Tensor, atol: float) -> Tens
 
 def _strip_wrapper(keys_a: set[str], keys_b: set[str]) -> str | None:
     """The wrapper prefix (``module.``...) whose removal from one side makes the key sets equal."""
-    for prefix in _WRAPPER_PREFIXES:
+    for prefix in WRAPPER_PREFIXES:  # a key mismatch that vanishes without one is a wrapper, not another model
         for one, other in ((keys_a, keys_b), (keys_b, keys_a)):
             if one and all(k.startswith(prefix) for k in one) and {k[len(prefix) :] for k in one} == other:
                 return prefix

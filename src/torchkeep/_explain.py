@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from torchkeep._keys import apply_prefix, collapse_keys, prefix_candidates
+from torchkeep._keys import WRAPPER_PREFIXES, apply_prefix, collapse_keys, prefix_candidates
 from torchkeep.errors import TorchkeepError
 
 __all__ = ["explain_error"]
@@ -26,11 +26,6 @@ _GLOBAL_RX = re.compile(r"GLOBAL ([\w.]+) was not an allowed global")
 _ATTR_RX = re.compile(r"Can't get attribute '([\w.]+)' on <module '([\w.]+)'")
 _NOMODULE_RX = re.compile(r"No module named '([\w.]+)'")
 _MATMUL_RX = re.compile(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) and (\d+)x(\d+)\)")
-_PREFIX_NAMES = {
-    "module.": "DataParallel/DistributedDataParallel",
-    "_orig_mod.": "torch.compile",
-    "model.": "a Lightning-style wrapper",
-}
 
 
 def _keys(rx: re.Pattern[str], text: str) -> list[str]:
@@ -50,7 +45,7 @@ def _prefix_story(missing: list[str], unexpected: list[str]) -> str | None:
             moved = [apply_prefix(k, strip, add) for k in unexpected]
             if sum(k in miss for k in moved) * 2 >= max(len(miss), 1):
                 if strip:
-                    who = next((v for p, v in _PREFIX_NAMES.items() if strip.endswith(p)), "a wrapper module")
+                    who = next((v for p, v in WRAPPER_PREFIXES.items() if strip.endswith(p)), "a wrapper module")
                     what = f"the checkpoint's keys carry the prefix {strip!r} (saved from {who})"
                 else:
                     what = f"the model's keys carry the prefix {add!r} (it is wrapped) but the checkpoint's do not"

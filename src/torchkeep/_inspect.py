@@ -14,20 +14,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torchkeep._detect import FORMATS
+from torchkeep._keys import WRAPPER_PREFIXES, wrapper_prefix
 from torchkeep._pickle import Placeholder, TensorRef, placeholder_name
 from torchkeep._read import FileStructure, RawTensor, read_structure
-from torchkeep._weights import WeightsView, checkpoint_entries, file_kind, find_weights, wrapper_prefix
+from torchkeep._weights import WeightsView, checkpoint_entries, file_kind, find_weights
 
 __all__ = ["SCHEMA_VERSION", "DtypeTotal", "Inspection", "TensorInfo", "Totals", "inspect"]
 
 SCHEMA_VERSION = 1
-
-#: known wrapper prefixes and who adds them
-KNOWN_PREFIXES = {
-    "module.": "torch.nn.DataParallel / DistributedDataParallel",
-    "_orig_mod.": "torch.compile",
-    "model.": "PyTorch Lightning, or a model that keeps its layers in a `model` attribute",
-}
 
 #: names of tensors that are buffers, not parameters, in standard layers
 BUFFER_NAMES = ("running_mean", "running_var", "num_batches_tracked", "position_ids", "relative_position_index")
@@ -294,7 +288,7 @@ def inspect(path: str | os.PathLike[str]) -> Inspection:
         model_class=view.model_class,
         tensors=tensors,
         totals=_totals(tensors, role_source),
-        prefixes=[p] if (p := wrapper_prefix(list(view.tensors), tuple(KNOWN_PREFIXES))) else [],
+        prefixes=[p] if (p := wrapper_prefix(view.tensors)) else [],
         shared=_shared(view),
         checkpoint=[{"key": k, "role": r, "value": v} for k, r, v in checkpoint_entries(fs, view)],
         scalars=_scalars(fs) if kind == "checkpoint" else {},
@@ -326,7 +320,7 @@ def _notes(ins: Inspection, fs: FileStructure) -> list[str]:
     if ins.kind == "state_dict":
         notes.append("weights only: the network structure is not in the file (pick an architecture with `torchkeep adapt`)")
     for p in ins.prefixes:
-        who = KNOWN_PREFIXES.get(p.split(".")[0] + ".", "a wrapper")
+        who = WRAPPER_PREFIXES.get(p.split(".")[0] + ".", "a wrapper")
         notes.append(f"every key starts with {p!r} ({who}); `torchkeep adapt` strips it when that makes keys match")
     gpu = [d for d in ins.devices if not d.startswith("cpu")]
     if gpu:

@@ -12,10 +12,22 @@ import math
 import re
 from collections.abc import Iterable
 
-__all__ = ["KNOWN_PREFIX_SEGMENTS", "apply_prefix", "collapse_keys", "map_keys", "prefix_candidates"]
+__all__ = [
+    "ALWAYS_WRAPPERS", "KNOWN_PREFIX_SEGMENTS", "WRAPPER_PREFIXES", "apply_prefix", "collapse_keys", "map_keys",
+    "prefix_candidates", "wrapper_prefix",
+]
 
-# Prefix segments that wrappers add: DataParallel/DDP, torch.compile, Lightning / generic wrappers.
-KNOWN_PREFIX_SEGMENTS = ("module", "_orig_mod", "model")
+#: the prefixes wrappers add to every key of a state_dict, and who adds them
+WRAPPER_PREFIXES: dict[str, str] = {
+    "module.": "torch.nn.DataParallel / DistributedDataParallel",
+    "_orig_mod.": "torch.compile",
+    "model.": "PyTorch Lightning, or a model that keeps its layers in a `model` attribute",
+}
+#: the wrapper prefixes that are never a real attribute: stripped without asking (``model.`` may be
+#: ``self.model = nn.Sequential(...)``, so it is stripped only when that makes keys match)
+ALWAYS_WRAPPERS: tuple[str, ...] = ("module.", "_orig_mod.")
+#: the same prefixes as key segments
+KNOWN_PREFIX_SEGMENTS: tuple[str, ...] = tuple(p.rstrip(".") for p in WRAPPER_PREFIXES)
 
 _DIGITS = re.compile(r"\d+")
 
@@ -118,6 +130,20 @@ def prefix_candidates(keys: Iterable[str], generic: bool = False) -> set[str]:
         if generic and n * 2 >= total:
             cands.add(p)
     return cands
+
+
+def wrapper_prefix(names: Iterable[str], known: Iterable[str] = tuple(WRAPPER_PREFIXES)) -> str:
+    """The chain of ``known`` wrapper prefixes every name shares (``module.``, ``module._orig_mod.``), or ``""``."""
+    known = tuple(known)
+    prefix = ""
+    rest = list(names)
+    while rest:
+        p = next((k for k in known if all(n.startswith(k) for n in rest)), None)
+        if p is None:
+            break
+        prefix += p
+        rest = [n[len(p):] for n in rest]
+    return prefix
 
 
 def apply_prefix(key: str, strip: str, add: str) -> str:

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EMA_KEYS", "MAX_DEPTH", "WEIGHT_KEYS", "Leaves", "Location", "WeightsView", "checkpoint_entries", "file_kind",
-    "find_weights", "find_weights_in_object", "is_module_placeholder", "locate", "training_state", "wrapper_prefix",
+    "find_weights", "find_weights_in_object", "is_module_placeholder", "locate", "training_state",
 ]
 
 #: checkpoint keys that hold model weights, most preferred first: the main model before its EMA copy
@@ -571,16 +571,3 @@ def file_kind(fs: FileStructure, view: WeightsView) -> str:
     if isinstance(fs.obj, TensorRef):
         return "tensors"
     return "object"
-
-
-def wrapper_prefix(names: list[str], known: tuple[str, ...]) -> str:
-    """The chain of ``known`` wrapper prefixes every name shares (``module.``, ``module._orig_mod.``), or ``""``."""
-    prefix = ""
-    rest = names
-    while rest:
-        p = next((k for k in known if all(n.startswith(k) for n in rest)), None)
-        if p is None:
-            break
-        prefix += p
-        rest = [n[len(p):] for n in rest]
-    return prefix
