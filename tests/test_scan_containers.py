@@ -601,3 +601,20 @@ def test_zip_directory_reader_agrees_with_torchs_on_mutated_archives():
                 theirs = None
             assert mine == theirs, (name, mine, theirs)
     assert compared > 1000
+
+
+def test_a_zip_without_a_pickle_is_not_called_safe(tmp_path):
+    # scan says what inspect says: not a model file (nothing runs, but nothing loads it as a model either)
+    import zipfile
+
+    import torchkeep
+    from torchkeep.errors import InputError
+
+    p = tmp_path / "data.zip"
+    with zipfile.ZipFile(p, "w") as zf:
+        zf.writestr("notes.txt", "hello")
+    rep = torchkeep.scan(p)
+    assert rep.verdict == "error" and rep.unknown_format
+    assert "no data.pkl" in rep.findings[0].why
+    with pytest.raises(InputError, match="no data.pkl"):
+        torchkeep.inspect(p)

@@ -317,9 +317,11 @@ def _scan_file(path: str | os.PathLike[str]) -> ScanReport:
         # joblib.load (and others) decompress zlib/gzip/bz2/xz/lzma files before unpickling them
         _scan_compressed(p, codec, col)
         return col.report(str(path), f"{codec}-compressed")
+    not_a_model: str | None = None  # what inspect says of a file that is no model format
     try:
         fmt = detect(p).format
     except UnknownFormatError as exc:
+        not_a_model = str(exc)
         if zipfile.is_zipfile(p):
             fmt = "zip"
         elif tarfile.is_tarfile(p):
@@ -364,8 +366,13 @@ def _scan_file(path: str | os.PathLike[str]) -> ScanReport:
     for c in code.findings:
         col.add(Finding(c.severity, "", c.name, c.stream, None, c.why, c.rule))
     col.notes.extend(code.notes)
+    empty = not col.streams and not col.findings and not_a_model is not None
+    if empty:
+        # a zip or tar holding no pickle: nothing would run, but no loader reads it as a model either
+        col.add(Finding("error", "", "", "file", None, str(not_a_model), "unreadable"))
     report = col.report(str(path), fmt)
     report.code = code.code
+    report.unknown_format = empty  # like a README: skipped when found inside a scanned directory
     return report
 
 
