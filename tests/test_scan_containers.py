@@ -616,5 +616,5 @@ def test_a_zip_without_a_pickle_is_not_called_safe(tmp_path):
     rep = torchkeep.scan(p)
     assert rep.verdict == "error" and rep.unknown_format
     assert "no data.pkl" in rep.findings[0].why
-    with pytest.raises(InputError, match="no data.pkl"):
+    with pytest.raises(InputError, match=r"no data\.pkl"):
         torchkeep.inspect(p)
