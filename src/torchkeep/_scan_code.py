@@ -49,7 +49,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torchkeep._onnx import _fields, _str, _Truncated
+from torchkeep._onnx import _fields, _str, _Truncated, external_data_problem
 
 __all__ = [
     "COMPUTE_NAMESPACES",
@@ -525,30 +525,9 @@ class _OnnxWalker:
             if loc in seen:
                 continue
             seen.add(loc)
-            why = _outside(folder, loc)
+            why = external_data_problem(folder, loc)
             if why:
                 out.findings.append(CodeFinding("onnx-external-data", loc, f"initializer {tensor}",
                                                 f"external data location {loc!r} {why}"))
         if seen:
             out.notes.append(f"ONNX external data read from: {', '.join(sorted(seen)[:5])}")
-
-
-def _outside(folder: Path, loc: str) -> str | None:
-    """Why an external-data ``location`` reads something other than a file in the model's folder, or None."""
-    if not loc or "\0" in loc:
-        return "is empty or holds a NUL byte"
-    if "_ORT_MEM_ADDR_" in loc or loc.startswith("*"):
-        return "is onnxruntime's in-memory tag: it reads process memory at an address the file chooses"
-    parts = re.split(r"[\\/]", loc)
-    if loc.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", loc) or os.path.isabs(loc):
-        return "is an absolute path: it reads a file outside the model's folder"
-    if ".." in parts:
-        return "steps out of the model's folder with '..'"
-    try:
-        real = folder.resolve()
-        target = (folder / loc).resolve()
-    except (OSError, RuntimeError, ValueError):
-        return "cannot be resolved"
-    if target != real and real not in target.parents:
-        return f"resolves (through a symlink) to {target}, outside the model's folder"
-    return None
