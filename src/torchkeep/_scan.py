@@ -19,6 +19,7 @@ Neither ``pickle.load`` nor ``torch`` is ever used here.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tarfile
@@ -28,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torchkeep._dcp import METADATA as DCP_METADATA
+from torchkeep._dcp import is_dcp_dir, read_chunk, read_dcp
 from torchkeep._pickle_vm import CallRecord, StreamResult
 from torchkeep._scan_code import analyse_code
 from torchkeep._scan_rules import Severity
@@ -306,10 +309,48 @@ def scan(path: str | os.PathLike[str]) -> ScanReport:
         return col.report(str(path), None)
 
 
+def _merge(col: _Collector, sub: ScanReport, where: str) -> str | None:
+    """Add a part's report (a DCP ``.metadata`` or blob) to ``col``; returns the part's error, if any."""
+    for f in sub.findings:
+        col.add(dataclasses.replace(f, stream=f"{where}: {f.stream}" if f.stream else where))
+    col.imports.update(sub.imports)
+    col.streams.extend(f"{where}: {s}" for s in sub.streams)
+    col.calls.extend((f"{where}: {s}", c) for s, c in sub.calls)
+    return f"{where}: {sub.error}" if sub.error else None
+
+
+def _scan_dcp(p: Path) -> ScanReport:
+    """A torch.distributed.checkpoint directory: its ``.metadata`` pickle (DCP's loader unpickles it) and every
+    non-tensor entry (a ``torch.save`` blob that ``dcp.load`` opens with ``weights_only=False``)."""
+    import tempfile
+
+    col = _Collector()
+    errors = [_merge(col, _scan_file(p / DCP_METADATA), DCP_METADATA)]
+    try:
+        ckpt = read_dcp(p)
+    except InputError as exc:
+        return col.report(str(p), "dcp", error=str(exc))
+    blobs = [(e.name, c) for e in ckpt.entries.values() if e.kind == "bytes" for c in e.chunks]
+    with tempfile.TemporaryDirectory(prefix="torchkeep-dcp-") as tmp:
+        for name, chunk in blobs:
+            blob = Path(tmp) / "entry.pt"
+            try:
+                blob.write_bytes(read_chunk(ckpt, chunk))
+            except (InputError, OSError) as exc:
+                errors.append(f"{chunk.file}: {name}: {exc}")
+                continue
+            errors.append(_merge(col, _scan_file(blob), f"{chunk.file}: {name}"))
+    col.notes.append(f"DCP checkpoint: {len(ckpt.entries)} entries in {len(ckpt.files)} files; {len(blobs)} pickled entries scanned")
+    first = next((e for e in errors if e), None)
+    return col.report(str(p), "dcp", error=first)
+
+
 def _scan_file(path: str | os.PathLike[str]) -> ScanReport:
     from torchkeep._detect import detect
 
     p = Path(path)
+    if is_dcp_dir(p):
+        return _scan_dcp(p)
     col = _Collector()
     fmt: str | None
     codec = _compression(p) if p.is_file() else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from torchkeep._cli.common import complete_arch, console, emit, json_option
@@ -79,12 +81,30 @@ def _human(result) -> None:
 @click.option("--no-tensorboard", is_flag=True, help="Do not write TensorBoard event files.")
 @click.option("--no-plots", is_flag=True, help="Do not write curves.png / confusion.png.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1),
+              help="Also checkpoint every N steps within an epoch (resume mid-epoch, on any number of processes).")
+@click.option("--checkpoint-format", type=click.Choice(["torch", "dcp"]),
+              help="checkpoint.pt, or checkpoint.dcp/ (torch.distributed.checkpoint: each process its part). [default: torch]")
+@click.option("--sync-bn", is_flag=True, help="Synchronise BatchNorm statistics across processes (CUDA).")
+@click.option("--nproc", type=click.IntRange(min=1),
+              help="Train in N processes (DDP) on this node: starts torchrun's elastic agent. --batch-size stays the global batch.")
+@click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Nodes (with --nproc): run the same command on each, with the same --rdzv-endpoint.")
+@click.option("--rdzv-endpoint", metavar="HOST:PORT", help="Where the nodes meet (with --nnodes > 1).")
+@click.option("--rdzv-timeout", type=click.FloatRange(min=1), default=600, show_default=True,
+              help="Seconds to wait for every node to join.")
+@click.option("--max-restarts", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Restart the group this many times after a failure; it resumes from the last complete checkpoint.")
 @json_option
+@click.pass_context
 def command(
-    arch, data, out, epochs, batch_size, lr, optimizer, weight_decay, scheduler, device, amp, pretrained, freeze, head,
-    num_classes, input_size, seed, val_fraction, subset, augment, workers, threads, data_root, no_download, keep, metric,
-    resume, overwrite, no_tensorboard, no_plots, quiet, as_json,
+    ctx, arch, data, out, epochs, batch_size, lr, optimizer, weight_decay, scheduler, device, amp, pretrained, freeze,
+    head, num_classes, input_size, seed, val_fraction, subset, augment, workers, threads, data_root, no_download, keep,
+    metric, resume, overwrite, no_tensorboard, no_plots, quiet, checkpoint_every, checkpoint_format, sync_bn, nproc,
+    nnodes, rdzv_endpoint, rdzv_timeout, max_restarts, as_json,
 ) -> int:
+    if nproc is not None:
+        return _launch(ctx, nproc, nnodes, rdzv_endpoint, rdzv_timeout, max_restarts)
     from torchkeep.training import TrainConfig, TrainingInterrupted, train
 
     config = TrainConfig(
@@ -93,12 +113,49 @@ def command(
         freeze=freeze, head=head, num_classes=num_classes, input_size=input_size, seed=seed, val_fraction=val_fraction,
         subset=subset, augment=augment, workers=workers, threads=threads, data_root=data_root, download=not no_download,
         keep=keep, metric=metric, resume=resume, overwrite=overwrite, progress=not quiet,
-        tensorboard=not no_tensorboard, plots=not no_plots,
+        tensorboard=not no_tensorboard, plots=not no_plots, checkpoint_every=checkpoint_every,
+        checkpoint_format=checkpoint_format, sync_bn=sync_bn,
     )
     try:
         result = train(config)
     except TrainingInterrupted as exc:
         click.echo(f"torchkeep: {exc.message}", err=True)
         return 130
-    emit(result, as_json, _human)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 alone reports
+        emit(result, as_json, _human)
     return 0
+
+
+_LAUNCH_PARAMS = ("nproc", "nnodes", "rdzv_endpoint", "rdzv_timeout", "max_restarts")
+
+
+def _worker_args(ctx: click.Context) -> list[str]:
+    """The options given on this command line, minus the launcher's: what every worker runs."""
+    args: list[str] = []
+    for param in ctx.command.params:
+        name = param.name or ""
+        if name in _LAUNCH_PARAMS or not isinstance(param, click.Option):
+            continue
+        if ctx.get_parameter_source(name) in (click.core.ParameterSource.DEFAULT, None):
+            continue
+        value = ctx.params[name]
+        if param.is_flag:
+            if param.secondary_opts:
+                args.append(param.opts[0] if value else param.secondary_opts[0])
+            elif value:
+                args.append(param.opts[0])
+        else:
+            args += [param.opts[0], str(value)]
+    return args
+
+
+def _launch(ctx: click.Context, nproc: int, nnodes: int, endpoint: str | None, timeout: float, restarts: int) -> int:
+    from torchkeep.training._launch import launch
+
+    result = launch(
+        _worker_args(ctx), nproc=nproc, nnodes=nnodes, rdzv_endpoint=endpoint, max_restarts=restarts,
+        join_timeout=timeout,
+    )
+    if result.exit_code:
+        click.echo(f"torchkeep: error: {result.message}", err=True)
+    return result.exit_code

@@ -8,8 +8,10 @@ process killed at any instant leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 
 from torchkeep._atomic import atomic_path
+from torchkeep._dcp import read_entry_blob
 from torchkeep._gate import check_file
 from torchkeep.errors import (  # CheckpointWriteError: re-exported, it lived here
     CheckpointWriteError,
@@ -26,15 +29,23 @@ from torchkeep.errors import (  # CheckpointWriteError: re-exported, it lived he
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "DCP_DIR",
     "CheckpointWriteError",
     "capture_rng",
+    "has_checkpoint",
     "load_checkpoint",
     "restore_rng",
     "write_checkpoint",
+    "write_dcp",
 ]
 
 CHECKPOINT_FORMAT = "torchkeep.train-checkpoint"
 CHECKPOINT_VERSION = 1
+CHECKPOINT = "checkpoint.pt"
+DCP_DIR = "checkpoint.dcp"  # --checkpoint-format dcp: a torch.distributed.checkpoint directory
+# the DCP entry holding the training state: a uint8 tensor of a torch.save blob (weights_only): a tensor, so
+# that dcp.load never unpickles it (DCP opens non-tensor entries with weights_only=False)
+DCP_TRAIN_KEY = "train"
 
 
 def capture_rng() -> dict[str, Any]:
@@ -138,6 +149,73 @@ def write_error(path: Path, exc: BaseException, what: str = "file") -> Checkpoin
     )
 
 
+def _dcp_side(path: Path, what: str) -> Path:
+    return path.with_name(f".{path.name}.{what}")
+
+
+def _recover_dcp(path: Path) -> None:
+    """Finish or undo a DCP swap a killed process left half done (see :func:`write_dcp`)."""
+    old, tmp = _dcp_side(path, "old"), _dcp_side(path, "tmp")
+    if not path.exists() and (old / ".metadata").exists():
+        os.replace(old, path)  # killed between the two renames: the previous checkpoint is the last whole one
+    for p in (old, tmp):
+        if p.exists():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """The run directory holds a resume checkpoint (``checkpoint.pt`` or a whole ``checkpoint.dcp``)."""
+    dcp_dir = run_dir / DCP_DIR
+    return (run_dir / CHECKPOINT).exists() or (dcp_dir / ".metadata").exists() or (
+        _dcp_side(dcp_dir, "old") / ".metadata"
+    ).exists()
+
+
+def write_dcp(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, payload: dict[str, Any], *, main: bool) -> None:
+    """Write a DCP checkpoint: every rank writes its part (replicated tensors are spread over the ranks).
+
+    Kill-safe: the checkpoint goes to ``.checkpoint.dcp.tmp`` and DCP writes its ``.metadata`` last, when
+    every rank's files are whole; then rank 0 swaps it in with two renames (a kill between them is undone by
+    :func:`_recover_dcp`). The training state travels as one entry, a ``torch.save`` blob (``weights_only``).
+    """
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    tmp, old = _dcp_side(path, "tmp"), _dcp_side(path, "old")
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if dist.is_initialized():
+        dist.barrier()
+    msd, osd = get_state_dict(model, opt)
+    buf = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}, buf)
+    train_state = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+    try:
+        dcp.save({"model": msd, "optimizer": osd, DCP_TRAIN_KEY: train_state}, checkpoint_id=tmp)
+        if main:
+            if path.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        raise write_error(path, exc, "checkpoint") from exc
+
+
+def load_dcp_into(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+    """Load a DCP checkpoint's model and optimizer state into ``model`` / ``opt`` (any number of processes).
+
+    The directory was scanned by :func:`load_checkpoint` before (DCP unpickles its ``.metadata``).
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    msd, osd = get_state_dict(model, opt)
+    dcp.load({"model": msd, "optimizer": osd}, checkpoint_id=path)  # in place
+    set_state_dict(model, opt, model_state_dict=msd, optim_state_dict=osd)
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load a resume checkpoint (a run directory or its ``checkpoint.pt``) with ``weights_only=True``.
 
@@ -145,8 +223,14 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         InputError: missing, truncated or not a torchkeep training checkpoint.
     """
     p = Path(path)
+    if p.is_dir() and not (p / ".metadata").exists():
+        _recover_dcp(p / DCP_DIR)
+        if not (p / CHECKPOINT).exists() and (p / DCP_DIR / ".metadata").exists():
+            p = p / DCP_DIR
+        else:
+            p = p / CHECKPOINT
     if p.is_dir():
-        p = p / "checkpoint.pt"
+        return _load_dcp_train_state(p)
     if not p.exists():
         raise InputError(
             "no resume checkpoint here",
@@ -169,4 +253,24 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             path=p,
             fix="upgrade torchkeep",
         )
+    return ckpt
+
+
+def _load_dcp_train_state(p: Path) -> dict[str, Any]:
+    """The training state of a DCP checkpoint (its model and optimizer load later, by :func:`load_dcp_into`)."""
+    check_file(p, runs_code=False)
+    try:
+        state = torch.load(io.BytesIO(read_entry_blob(p, DCP_TRAIN_KEY)), map_location="cpu", weights_only=True)
+        ckpt = torch.load(io.BytesIO(state.numpy().tobytes()), map_location="cpu", weights_only=True)
+    except KeyError:
+        raise InputError(
+            "a DCP checkpoint without torchkeep's training state", path=p,
+            fix="resume from a directory written by torchkeep train --checkpoint-format dcp",
+        ) from None
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise InputError(f"checkpoint cannot be read ({type(exc).__name__}: {first})", path=p) from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise InputError("not a torchkeep training checkpoint", path=p, fix="resume from a directory written by torchkeep train")
+    ckpt["dcp"] = os.fspath(p)
     return ckpt

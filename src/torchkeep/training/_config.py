@@ -35,13 +35,18 @@ DEFAULTS: dict[str, Any] = {
     "keep": 1,
     "metric": "val_acc",
     "head": "replace",
+    "checkpoint_format": "torch",
 }
 _DEFAULT_LR = {"adamw": 3e-3, "sgd": 0.05}
 _DEFAULT_WD = {"adamw": 0.01, "sgd": 5e-4}
 
 # fields that must match the checkpoint when resuming (the weights or optimizer state would not fit)
-IDENTITY_FIELDS = ("arch", "data", "num_classes", "input_size", "head", "optimizer", "subset", "val_fraction", "seed")
+IDENTITY_FIELDS = (
+    "arch", "data", "num_classes", "input_size", "head", "optimizer", "subset", "val_fraction", "seed",
+    "checkpoint_format",
+)
 HEADS = ("replace", "append")
+CHECKPOINT_FORMATS = ("torch", "dcp")
 
 
 @dataclass
@@ -90,6 +95,11 @@ class TrainConfig:
         progress: show progress bars (stderr) with live loss and accuracy.
         tensorboard: write TensorBoard event files under ``<out>/tensorboard``.
         plots: write ``curves.png`` and ``confusion.png`` at the end.
+        checkpoint_every: also write the resume checkpoint every N training steps (global batches) within an
+            epoch; a run killed mid-epoch then resumes from there, on any number of processes.
+        checkpoint_format: ``torch`` (``checkpoint.pt``, one file) or ``dcp`` (``checkpoint.dcp/``, a
+            torch.distributed.checkpoint directory: every process writes its part).
+        sync_bn: synchronise BatchNorm statistics across processes (``SyncBatchNorm``; CUDA only).
         on_epoch_end: called with each epoch's metrics after its checkpoint is written; return True to
             stop (the run stays resumable: early stopping, time boxes).
     """
@@ -125,6 +135,9 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True
     plots: bool = True
+    checkpoint_every: int | None = None
+    checkpoint_format: str | None = None
+    sync_bn: bool = False
     on_epoch_end: Callable[[dict[str, Any]], bool | None] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -189,6 +202,10 @@ class TrainConfig:
             raise UsageError(f"threads must be >= 1, not {self.threads}")
         if self.workers < 0:
             raise UsageError(f"workers must be >= 0, not {self.workers}")
+        if self.checkpoint_format not in CHECKPOINT_FORMATS:
+            raise UsageError(f"unknown checkpoint format {self.checkpoint_format!r}", fix="use --checkpoint-format torch or dcp")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise UsageError(f"checkpoint-every must be at least 1 step, not {self.checkpoint_every}")
         if self.subset is not None and self.subset < 2:
             raise UsageError(f"subset must be at least 2 images, not {self.subset}")
 

@@ -14,6 +14,7 @@ RNG and the data order are restored, produces the very same numbers.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -23,7 +24,6 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +44,35 @@ from torchkeep.errors import (
 )
 from torchkeep.models import list_models
 from torchkeep.training._checkpoint import (
+    DCP_DIR,
     capture_rng,
+    has_checkpoint,
     load_checkpoint,
+    load_dcp_into,
     restore_rng,
     write_checkpoint,
+    write_dcp,
     write_error,
 )
 from torchkeep.training._config import DEFAULTS, IDENTITY_FIELDS, TrainConfig, TrainResult
+from torchkeep.training._distributed import (
+    ENV_KILL_AT_STEP,
+    ENV_LOG_SAMPLES,
+    SINGLE,
+    Dist,
+    GlobalBatchSampler,
+    all_sum,
+    all_sum_tensor,
+    barrier,
+    broadcast_buffers,
+    check_world,
+    epoch_seed,
+    init_from_env,
+    launched_by_torchrun,
+    rank_seed,
+    share,
+    shutdown,
+)
 from torchkeep.training._schedule import Segment, extend, from_checkpoint, lr_at, to_checkpoint
 
 __all__ = ["TrainingInterrupted", "train"]
@@ -67,10 +89,11 @@ class _Interrupt:
     """Ctrl-C, handled between two training steps: the first one asks the loop to stop (and checkpoint
     exactly where it is), a second one interrupts at once. Only in the main thread (where signals arrive)."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
         self.requested = False
         self._prev: Any = None
         self._installed = False
+        self._enabled = enabled  # not in a process group: ranks cannot stop at different steps
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.requested:
@@ -78,7 +101,7 @@ class _Interrupt:
         self.requested = True
 
     def __enter__(self) -> _Interrupt:
-        if threading.current_thread() is threading.main_thread():
+        if self._enabled and threading.current_thread() is threading.main_thread():
             self._prev = signal.getsignal(signal.SIGINT)
             signal.signal(signal.SIGINT, self._handler)
             self._installed = True
@@ -87,36 +110,6 @@ class _Interrupt:
     def __exit__(self, *exc: Any) -> None:
         if self._installed:
             signal.signal(signal.SIGINT, self._prev)
-
-
-class EpochSampler(torch.utils.data.Sampler[int]):
-    """Shuffles ``n`` indices with a permutation that depends only on ``(seed, epoch)``.
-
-    ``start`` skips the first ``start`` samples (resuming in the middle of an epoch).
-    """
-
-    def __init__(self, n: int, seed: int):
-        self.n = n
-        self.seed = seed
-        self.epoch = 0
-        self.start = 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch = epoch
-        self.start = start
-
-    def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-        perm = torch.randperm(self.n, generator=g).tolist()
-        return iter(perm[self.start :])
-
-    def __len__(self) -> int:
-        return self.n - self.start
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A per-epoch seed (data order, worker seeds) that does not depend on any global RNG."""
-    return (int(seed) * 1_000_003 + int(epoch) * 7919 + 12345) % (2**63 - 1)
 
 
 def _seed_everything(seed: int) -> None:
@@ -151,12 +144,15 @@ def _with_defaults_for_scratch(spec: Any) -> Any:
 class _Run:
     """State of one training run; methods are the steps of :func:`train`."""
 
-    def __init__(self, cfg: TrainConfig, ckpt: dict[str, Any] | None, console: Any):
+    def __init__(self, cfg: TrainConfig, ckpt: dict[str, Any] | None, console: Any, d: Dist = SINGLE):
         self.cfg = cfg
         self.ckpt = ckpt
         self.console = console
+        self.d = d
         self.dir = Path(os.fspath(cfg.out or "."))
         self.notes: list[str] = []
+        self.ddp: Any = None
+        self.sample_log: Any = None
 
     # ---- setup
     def setup(self) -> None:
@@ -166,6 +162,9 @@ class _Run:
         cfg = self.cfg
         assert cfg.seed is not None and cfg.data is not None and cfg.arch is not None
         self.device = resolve_device(cfg.device)
+        if self.d.world > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.d.local_rank)  # one GPU per process
+            torch.cuda.set_device(self.device)
         self.amp = bool(cfg.amp if cfg.amp is not None else self.device.type == "cuda")
         if self.amp and self.device.type != "cuda":
             self.notes.append(f"--amp has an effect on CUDA only; training in float32 on {self.device.type}")
@@ -228,10 +227,10 @@ class _Run:
         cache_ok = cfg.workers == 0 and len(src) <= 60_000
         self.train_ds = TransformedSubset(src, train_idx, tf_train, cache=cache_ok and not augment)
         self.val_ds = TransformedSubset(src, val_idx, tf_val, cache=cache_ok)
-        self.sampler = EpochSampler(len(self.train_ds), cfg.seed)
         self.loader_gen = torch.Generator()
         pin = self.device.type == "cuda"
         assert cfg.batch_size is not None
+        check_world(self.d, cfg.batch_size, self.device.type, bool(cfg.sync_bn))
         # BatchNorm cannot train on a batch of one image (a single value per channel once features are
         # 1x1): the epoch's lone last image is left out, a different one each epoch (the order is shuffled)
         drop_last = len(self.train_ds) % cfg.batch_size == 1 and len(self.train_ds) > 1 and any(
@@ -242,12 +241,17 @@ class _Run:
                 f"1 training image per epoch left out: {len(self.train_ds)} images in batches of {cfg.batch_size} "
                 "leave a last batch of one, which BatchNorm cannot train on"
             )
+        # --batch-size is the global batch: this process takes its share of each (all of it when alone)
+        self.sampler = GlobalBatchSampler(len(self.train_ds), cfg.batch_size, cfg.seed, self.d, drop_single=drop_last)
         self.loader: torch.utils.data.DataLoader = torch.utils.data.DataLoader(
-            self.train_ds, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=cfg.workers,
-            pin_memory=pin, generator=self.loader_gen, persistent_workers=False, drop_last=drop_last,
+            self.train_ds, batch_sampler=self.sampler, num_workers=cfg.workers,
+            pin_memory=pin, generator=self.loader_gen, persistent_workers=False,
         )
+        # exact distributed evaluation: each validation image is evaluated once, by one process
+        lo, hi = share(len(self.val_ds), self.d.rank, self.d.world)
+        val_part = self.val_ds if self.d.world == 1 else torch.utils.data.Subset(self.val_ds, range(lo, hi))
         self.val_loader: torch.utils.data.DataLoader = torch.utils.data.DataLoader(
-            self.val_ds, batch_size=max(256, cfg.batch_size), shuffle=False, num_workers=cfg.workers, pin_memory=pin
+            val_part, batch_size=max(256, cfg.batch_size), shuffle=False, num_workers=cfg.workers, pin_memory=pin
         )
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.frozen_norms = [
@@ -265,7 +269,8 @@ class _Run:
 
         # bookkeeping (replaced by the checkpoint's on resume)
         self.epoch = 0  # epochs completed
-        self.batch_in_epoch = 0  # batches done in the epoch in progress (Ctrl-C mid-epoch)
+        self.batch_in_epoch = 0  # global batches done in the epoch in progress (a checkpoint mid-epoch)
+        self.sample_in_epoch = 0  # samples of the epoch consumed by all processes together
         self.step = 0
         self.partial: dict[str, float] = {"loss_sum": 0.0, "correct": 0, "seen": 0}
         self.history: list[dict[str, Any]] = []
@@ -279,6 +284,14 @@ class _Run:
             self._restore(self.ckpt)
         else:
             _seed_everything(cfg.seed)
+        if self.d.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            if cfg.sync_bn:
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # the wrapper trains; self.model (no "module." prefix) is what every file holds
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         path = self.dir / CHECKPOINT
@@ -299,8 +312,11 @@ class _Run:
                 fix="restore the dataset as it was, or start a new run with another --out",
             )
         try:
-            self.model.load_state_dict(ckpt["model"])
-            self.opt.load_state_dict(ckpt["optimizer"])
+            if "dcp" in ckpt:  # a DCP checkpoint: model and optimizer are in its shards
+                load_dcp_into(Path(ckpt["dcp"]), self.model, self.opt)
+            else:
+                self.model.load_state_dict(ckpt["model"])
+                self.opt.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CompatibilityError(
                 f"the checkpoint does not fit this model ({str(exc).splitlines()[0]})",
@@ -319,6 +335,8 @@ class _Run:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch = int(ckpt["epoch"])
         self.batch_in_epoch = int(ckpt.get("batch_in_epoch", 0))
+        # samples consumed: a global offset, valid for any number of processes (older checkpoints: batches)
+        self.sample_in_epoch = int(ckpt.get("sample_in_epoch", self.batch_in_epoch * int(cfg.batch_size or 1)))
         self.step = int(ckpt["step"])
         self.partial = dict(ckpt.get("partial") or self.partial)
         self.history = [dict(h) for h in ckpt.get("history", [])]
@@ -328,7 +346,8 @@ class _Run:
         self.best_cm = cm.tolist() if isinstance(cm, torch.Tensor) and cm.numel() else None
         self.top_k = [dict(t) for t in ckpt.get("top_k", [])]
         self.resumed_from = self.epoch
-        restore_rng(ckpt["rng"])
+        if self.d.world == 1 and int(ckpt.get("world", 1)) == 1:
+            restore_rng(ckpt["rng"])  # exact; distributed runs draw from per-rank seeds set each epoch
 
     # ---- helpers
     def _lr(self) -> float:
@@ -339,15 +358,23 @@ class _Run:
             return not math.isnan(value)
         return value < self.best_value if self.cfg.metric.endswith("loss") else value > self.best_value  # type: ignore[union-attr]
 
-    def _payload(self) -> dict[str, Any]:
+    def _payload(self, tensors: bool = True) -> dict[str, Any]:
+        """The checkpoint's content; without ``tensors`` the training state alone (model and optimizer go to DCP)."""
         cfg = self.cfg
+        weights: dict[str, Any] = {}
+        if tensors:
+            weights = {
+                "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "optimizer": self.opt.state_dict(),
+            }
         return {
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": self.opt.state_dict(),
+            **weights,
             "scheduler": to_checkpoint(self.segments),
             "scaler": self.scaler.state_dict() if self.amp else {},
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
+            "sample_in_epoch": self.sample_in_epoch,
+            "world": self.d.world,
             "step": self.step,
             "partial": dict(self.partial),
             "history": self.history,
@@ -363,6 +390,8 @@ class _Run:
         }
 
     def _save_model(self, path: Path) -> None:
+        if not self.d.main:  # rank 0 alone writes files
+            return
         try:
             save(self.model, path, spec=self.spec)
         except TorchkeepError:
@@ -374,7 +403,12 @@ class _Run:
             raise
 
     def save_checkpoint(self) -> None:
-        write_checkpoint(self.dir / CHECKPOINT, self._payload())
+        """Rank 0 writes the checkpoint (a DCP directory: every rank its part); nobody goes on before it is whole."""
+        if self.cfg.checkpoint_format == "dcp":
+            write_dcp(self.dir / DCP_DIR, self.model, self.opt, self._payload(tensors=False), main=self.d.main)
+        elif self.d.main:
+            write_checkpoint(self.dir / CHECKPOINT, self._payload())
+        barrier(self.d)
 
     def save_interrupted(self) -> None:
         """The Ctrl-C checkpoint; finishes the epoch's model files first if the interrupt cut them short."""
@@ -389,12 +423,16 @@ class _Run:
     # ---- one epoch
     def train_epoch(self, bar: Any, stop: _Interrupt) -> dict[str, float]:
         cfg = self.cfg
-        model, opt, scaler, crit, dev, amp = self.model, self.opt, self.scaler, self.criterion, self.device, self.amp
+        model = self.ddp if self.ddp is not None else self.model
+        opt, scaler, crit, dev, amp = self.opt, self.scaler, self.criterion, self.device, self.amp
+        crit_sum = nn.CrossEntropyLoss(reduction="sum")
+        d = self.d
         epoch = self.epoch + 1
-        start = self.batch_in_epoch * int(cfg.batch_size or 1)
-        self.sampler.set_epoch(epoch, start=start)
+        self.sampler.set_epoch(epoch, start=self.sample_in_epoch)
         # the loader's generator seeds worker processes: per-epoch, so resumed epochs see the same seeds
         self.loader_gen.manual_seed(epoch_seed(cfg.seed or 0, epoch) + 1)
+        if d.world > 1:  # each rank draws (augmentation, dropout) from its own seed, the same on any resume
+            _seed_everything(rank_seed(cfg.seed or 0, d.rank, epoch))
         lr = lr_at(self.segments, self.epoch)  # closed form: a resumed epoch gets the very same value
         for group in opt.param_groups:
             group["lr"] = lr
@@ -408,56 +446,78 @@ class _Run:
         corrects: list[torch.Tensor] = []
         sizes: list[int] = []
         base: dict[str, float] = dict(self.partial)
-        n_batches = len(self.loader)
+        n_batches = self.batch_in_epoch + len(self.sampler)
+        every = int(cfg.checkpoint_every or 0)
+        global_sizes = [len(b) for b in self.sampler.global_batches()]
+        kill_rank, kill_step = _kill_hook(d)
 
-        def totals() -> dict[str, float]:
+        def local_totals() -> tuple[float, int, int]:
             if not sizes:
-                return dict(base)
+                return 0.0, 0, 0
             w = torch.tensor(sizes, dtype=torch.float64, device=dev)
+            return float((torch.stack(losses).double() * w).sum()), int(torch.stack(corrects).sum()), sum(sizes)
+
+        def totals(everyone: bool = False) -> dict[str, float]:
+            """This epoch's loss sum, correct and seen so far (of all ranks with ``everyone``: a collective)."""
+            loss_sum, correct, seen = local_totals()
+            if everyone and d.world > 1:
+                loss_sum, c, n = all_sum(d, [loss_sum, correct, seen])
+                correct, seen = int(c), int(n)
             return {
-                "loss_sum": base["loss_sum"] + float((torch.stack(losses).double() * w).sum()),
-                "correct": base["correct"] + int(torch.stack(corrects).sum()),
-                "seen": base["seen"] + sum(sizes),
+                "loss_sum": base["loss_sum"] + loss_sum,
+                "correct": base["correct"] + correct,
+                "seen": base["seen"] + seen,
             }
 
         task = bar.start_epoch(epoch, n_batches, self.batch_in_epoch) if bar else None
         try:
-            for x, y in self.loader:
+            for i, (x, y) in enumerate(self.loader):
                 x = x.to(dev, non_blocking=True)
                 y = y.to(dev, non_blocking=True)
-                if amp:
-                    with torch.autocast(device_type=dev.type):
-                        out = _logits(model(x))
+                if self.sample_log is not None:
+                    self.sample_log.write(f"{epoch} {self.step + 1} {' '.join(map(str, self.sampler.last))}\n")
+                    self.sample_log.flush()
+                with torch.autocast(device_type=dev.type, enabled=amp):
+                    out = _logits(model(x))
+                    if d.world > 1:
+                        # DDP averages gradients over ranks: sum / global batch x world gives the gradient of
+                        # the global batch's mean loss, whatever the share of each rank
+                        loss = crit_sum(out, y) * (d.world / global_sizes[i])
+                    else:
                         loss = crit(out, y)
-                    opt.zero_grad(set_to_none=True)
+                opt.zero_grad(set_to_none=True)
+                if amp:
                     scaler.scale(loss).backward()
                     scaler.step(opt)
                     scaler.update()
                 else:
-                    out = _logits(model(x))
-                    loss = crit(out, y)
-                    opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                losses.append(loss.detach())
+                # the mean loss of this rank's share, for the metrics
+                losses.append(loss.detach() * (global_sizes[i] / d.world / max(len(y), 1)) if d.world > 1 else loss.detach())
                 corrects.append((out.detach().argmax(1) == y).sum())
                 sizes.append(int(y.shape[0]))
                 self.step += 1
                 self.batch_in_epoch += 1
+                self.sample_in_epoch += global_sizes[i]
                 if task is not None and (self.batch_in_epoch % 10 == 0 or self.batch_in_epoch == n_batches):
                     t = totals()
-                    bar.update(task, self.batch_in_epoch, t["loss_sum"] / t["seen"], t["correct"] / t["seen"])
+                    bar.update(task, self.batch_in_epoch, t["loss_sum"] / max(t["seen"], 1), t["correct"] / max(t["seen"], 1))
+                if every and self.step % every == 0 and i + 1 < len(global_sizes):
+                    self.save_mid_epoch(totals(everyone=True))
+                if self.step == kill_step:
+                    _kill_self(kill_rank, d)
                 if stop.requested:  # Ctrl-C: between two steps, so the checkpoint is exact
                     raise KeyboardInterrupt
         except BaseException as exc:
-            # keep what this epoch has done so far, for the Ctrl-C checkpoint
+            # keep what this epoch has done so far, for the Ctrl-C checkpoint (alone: no collective here)
             self.partial = totals()
             if stop.requested and not isinstance(exc, KeyboardInterrupt):
                 # DataLoader workers got the SIGINT too and died: that is the interrupt, not a crash
                 raise KeyboardInterrupt from exc
             raise
         # the epoch's batches are done: keep the totals in the state (a Ctrl-C during validation resumes here)
-        self.partial = totals()
+        self.partial = totals(everyone=True)
         tot = self.partial["seen"]
         return {
             "train_loss": self.partial["loss_sum"] / max(tot, 1),
@@ -465,13 +525,27 @@ class _Run:
             "seen": sum(sizes),
         }
 
+    def save_mid_epoch(self, partial: dict[str, float]) -> None:
+        """A checkpoint in the middle of an epoch (``--checkpoint-every``): all ranks, then all agree."""
+        saved = self.partial
+        self.partial = partial
+        try:
+            self.save_checkpoint()
+        finally:
+            self.partial = saved
+
     def validate(self) -> tuple[float, float, list[list[int]]]:
-        """Loss, accuracy and confusion matrix on the validation split (eval mode, inference_mode)."""
+        """Loss, accuracy and confusion matrix on the validation split (eval mode, inference_mode).
+
+        Distributed: each rank evaluates its contiguous share of the split once (no padding, no duplicate),
+        with rank 0's buffers, and the sums are added up: the numbers of ``torchkeep eval`` on the saved model.
+        """
         model, dev = self.model, self.device
         n_cls = len(self.classes)
         cm = torch.zeros((n_cls, n_cls), dtype=torch.int64)
         if len(self.val_ds) == 0:
             return float("nan"), float("nan"), cm.tolist()
+        broadcast_buffers(self.d, model)
         was_training = model.training
         model.eval()
         loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
@@ -485,6 +559,9 @@ class _Run:
                 pred = out.argmax(1)
                 cm += torch.bincount(y.cpu() * n_cls + pred.cpu(), minlength=n_cls * n_cls).reshape(n_cls, n_cls)
         model.train(was_training)
+        if self.d.world > 1:
+            cm = all_sum_tensor(self.d, cm)
+            loss_sum = all_sum_tensor(self.d, loss_sum.cpu().reshape(1)).reshape(())
         n = len(self.val_ds)
         return float(loss_sum) / n, float(cm.diag().sum()) / n, cm.tolist()
 
@@ -505,6 +582,7 @@ class _Run:
         }
         self.history.append(row)
         self.batch_in_epoch = 0
+        self.sample_in_epoch = 0
         self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0}
         value = float(row[cfg.metric or "val_acc"])
         improved = self._improved(value)
@@ -517,7 +595,7 @@ class _Run:
             self._save_model(self.dir / BEST)
         self._update_top_k(value)
         self._save_model(self.dir / LAST)
-        if writer is not None:
+        if writer is not None:  # rank 0's alone
             writer.epoch(row)
         self.save_checkpoint()
         self.files_pending = False
@@ -527,6 +605,9 @@ class _Run:
     def write_metrics(self) -> None:
         """metrics.csv from the history (rebuilt whole, so it always matches the checkpoint)."""
         from torchkeep.training._plots import write_metrics_csv
+
+        if not self.d.main:
+            return
 
         with contextlib.suppress(OSError):  # a convenience copy: the checkpoint holds the history
             write_metrics_csv(self.history, self.dir / "metrics.csv")
@@ -544,10 +625,29 @@ class _Run:
                 e["file"] = f"top/epoch{self.epoch:03d}-{self.cfg.metric}={value:.4f}.safetensors"
                 self._save_model(self.dir / e["file"])
         for e in dropped:
-            if e["file"]:
+            if e["file"] and self.d.main:
                 with contextlib.suppress(OSError):
                     (self.dir / e["file"]).unlink()
         self.top_k = kept
+
+
+def _kill_hook(d: Dist) -> tuple[int | None, int]:
+    """The test hook ``TORCHKEEP_KILL_AT_STEP``: ``STEP`` (every rank) or ``RANK:STEP`` (that rank, first attempt)."""
+    spec = os.environ.get(ENV_KILL_AT_STEP, "")
+    if not spec:
+        return None, -1
+    rank_s, _, step_s = spec.rpartition(":")
+    if rank_s and d.restart > 0:
+        return None, -1
+    return (int(rank_s) if rank_s else None), int(step_s)
+
+
+def _kill_self(rank: int | None, d: Dist) -> None:
+    """SIGKILL (one rank, as a crash would) or a hard exit of every rank (a whole job killed mid-epoch)."""
+    if rank is None:
+        os._exit(17)
+    if rank == d.rank:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _logits(out: Any) -> torch.Tensor:
@@ -564,7 +664,6 @@ def _in_channels(arch: str, channels: int) -> int | None:
 
 def _head(src: ImageSource, n: int) -> ImageSource:
     """The first ``n`` images of ``src`` (``--subset``)."""
-    import dataclasses
 
     return dataclasses.replace(src, targets=src.targets[:n])
 
@@ -616,13 +715,25 @@ def train(config: TrainConfig) -> TrainResult:
         TrainingInterrupted: Ctrl-C; a resumable checkpoint was written first.
     """
     t_start = time.perf_counter()
+    d = init_from_env(resolve_device(config.device).type) if launched_by_torchrun() else SINGLE
+    try:
+        return _train(config, d, t_start)
+    finally:
+        if d.owned:
+            shutdown()
+
+
+def _train(config: TrainConfig, d: Dist, t_start: float) -> TrainResult:
+    if d.restart > 0 and config.resume is None and config.out is not None and has_checkpoint(Path(os.fspath(config.out))):
+        # torchrun restarted the group after a failure (--max-restarts): continue from the last complete checkpoint
+        config = dataclasses.replace(config, resume=config.out, out=None)
     ckpt = None
     saved: dict[str, Any] | None = None
     if config.resume is not None:
         ckpt_path = Path(os.fspath(config.resume))
         ckpt = load_checkpoint(ckpt_path)
         saved = dict(ckpt.get("config") or {})
-        run_dir = ckpt_path if ckpt_path.is_dir() else ckpt_path.parent
+        run_dir = ckpt_path if ckpt_path.is_dir() and ckpt_path.name != DCP_DIR else ckpt_path.parent
         _check_identity(config, saved, run_dir / CHECKPOINT)
         if config.out is not None and Path(os.fspath(config.out)).resolve() != run_dir.resolve():
             raise UsageError(
@@ -632,7 +743,7 @@ def train(config: TrainConfig) -> TrainResult:
         saved["out"] = os.fspath(run_dir)
     cfg = config.resolved(saved)
     run_dir = Path(os.fspath(cfg.out or "."))
-    if ckpt is None and (run_dir / CHECKPOINT).exists() and not cfg.overwrite:
+    if ckpt is None and has_checkpoint(run_dir) and not cfg.overwrite:
         raise UsageError(
             "this directory already holds a training run",
             path=run_dir,
@@ -646,12 +757,16 @@ def train(config: TrainConfig) -> TrainResult:
             path=run_dir,
             fix="check that the folder exists and is writable, or pick another --out",
         ) from None
-    _clean_stale_temp(run_dir)
+    if d.main:
+        _clean_stale_temp(run_dir)
 
-    console = _console(cfg.progress)
-    run = _Run(cfg, ckpt, console)
+    console = _console(cfg.progress and d.main)
+    run = _Run(cfg, ckpt, console, d)
     prev_threads = torch.get_num_threads()
     try:
+        log = os.environ.get(ENV_LOG_SAMPLES)
+        if log:
+            run.sample_log = open(f"{log}.rank{d.rank}", "a")  # noqa: SIM115 (closed below)
         run.setup()
         threads = cfg.threads
         h, w = run.spec.input_size
@@ -662,17 +777,21 @@ def train(config: TrainConfig) -> TrainResult:
         return _train_loop(cfg, ckpt, run, run_dir, t_start)
     finally:
         torch.set_num_threads(prev_threads)
+        if run.sample_log is not None:
+            run.sample_log.close()
+        run.ddp = None  # the wrapper goes before the process group (see shutdown)
 
 
 def _train_loop(cfg: TrainConfig, ckpt: dict[str, Any] | None, run: _Run, run_dir: Path, t_start: float) -> TrainResult:
     if ckpt is not None and run.epoch >= int(cfg.epochs or 0) and run.batch_in_epoch == 0:
         run.notes.append(f"the run already completed {run.epoch} epochs; raise --epochs to train further")
-    atomic_write_bytes(run_dir / "config.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
+    if run.d.main:
+        atomic_write_bytes(run_dir / "config.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
     if ckpt is not None:
         run.write_metrics()  # a kill after the last checkpoint may have left metrics.csv one epoch behind
 
     writer = None
-    if cfg.tensorboard:
+    if cfg.tensorboard and run.d.main:
         from torchkeep.training._tensorboard import TensorBoard
 
         writer = TensorBoard(run_dir / "tensorboard", purge_step=run.epoch + 1 if ckpt is not None else None)
@@ -687,7 +806,7 @@ def _train_loop(cfg: TrainConfig, ckpt: dict[str, Any] | None, run: _Run, run_di
     train_images = 0
     epochs_this_run = 0
     try:
-        with bar if bar is not None else contextlib.nullcontext(), _Interrupt() as stop:
+        with bar if bar is not None else contextlib.nullcontext(), _Interrupt(enabled=run.d.world == 1) as stop:
             while run.epoch < int(cfg.epochs or 0):
                 t0 = time.perf_counter()
                 tm = run.train_epoch(bar, stop)
@@ -718,7 +837,7 @@ def _train_loop(cfg: TrainConfig, ckpt: dict[str, Any] | None, run: _Run, run_di
             writer.close()
 
     curves = confusion = None
-    if cfg.plots and run.history:
+    if cfg.plots and run.history and run.d.main:
         from torchkeep.training._plots import plot_confusion, plot_curves
 
         title = f"{cfg.arch} on {cfg.data}"
