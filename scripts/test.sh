@@ -10,6 +10,11 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -v -E "^WARNING: Location|is ignored" || true
 .venv/bin/python -c "import torchkeep, torch, torchvision" # fail early if the install did not work
+# Debian's chromium + chromedriver for the page test of torchkeep serve (skipped there when absent)
+if ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+    >/dev/null 2>&1 || echo "note: could not install chromium (the browser test will be skipped)"
+fi
 echo "== ruff"
 .venv/bin/ruff check src tests bench
 echo "== mypy"

@@ -8,6 +8,7 @@ so the preprocessing at prediction time cannot drift from the one the model was 
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from collections.abc import Callable
@@ -193,7 +194,7 @@ def transform_for(spec: Any, *, train: bool = False, augment: bool = False) -> C
 
 
 def load_image(
-    image: str | os.PathLike[str] | Image.Image,
+    image: str | os.PathLike[str] | Image.Image | bytes,
     spec: Any,
     transform: Callable[[Any], torch.Tensor] | None = None,
 ) -> torch.Tensor:
@@ -203,7 +204,7 @@ def load_image(
     limit) is refused too, so a huge image cannot exhaust memory in a batch job.
 
     Args:
-        image: a path to any image Pillow reads, or a PIL image.
+        image: a path to any image Pillow reads, a PIL image, or the bytes of an image file (an upload).
         spec: a ModelSpec, or a model with ``.torchkeep_spec``.
         transform: ``transform_for(spec)`` when the caller built it once for many images.
 
@@ -222,13 +223,18 @@ def load_image(
             return transform(image)
         except (OSError, SyntaxError, ValueError, struct.error) as exc:
             raise _unreadable(exc, None) from None
-    p = Path(os.fspath(image)).expanduser()
-    if not p.is_file():
-        raise InputError("no such image file", path=p, fix="check the path")
+    p: Path | None = None
+    source: Path | io.BytesIO
+    if isinstance(image, bytes):
+        source = io.BytesIO(image)
+    else:
+        source = p = Path(os.fspath(image)).expanduser()
+        if not p.is_file():
+            raise InputError("no such image file", path=p, fix="check the path")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as im:
+            with Image.open(source) as im:
                 im.load()  # decode now, inside the filter, so truncation and bombs are caught here
                 return transform(im)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("predict", "Classify images with a model file."),
     "export": ("export", "Export a model file to TorchScript, ONNX, safetensors or a state_dict, with a parity check."),
     "diff": ("diff", "Compare the weights of two model files."),
+    "serve": ("serve", "Serve model files over HTTP: a web page, a JSON API, Open Inference Protocol v2, metrics."),
     "demo": ("demo", "Run the whole story on the embedded digits dataset (the README's main command)."),
 }
 
