@@ -17,6 +17,7 @@ Flat verbs, each returning a dataclass::
     torchkeep.predict(model, inputs)     -> list[Prediction]
     torchkeep.export(model, fmt, out)    -> ExportResult
     torchkeep.diff(a, b)                 -> DiffReport
+    torchkeep.identify(path_or_state_dict) -> Identification  the architecture, from names and shapes alone
     torchkeep.explain_error(exc_or_text) -> str | None   the fix for a classic PyTorch loading error
 
 Subpackages are attributes too: ``torchkeep.models.build(...)`` / ``list_models()``, ``torchkeep.data``,
@@ -78,6 +79,8 @@ _LAZY: dict[str, str] = {
     "ExportResult": "torchkeep._export",
     "diff": "torchkeep._diff",
     "DiffReport": "torchkeep._diff",
+    "identify": "torchkeep._identify",
+    "Identification": "torchkeep._identify",
 }
 
 __all__ = [
@@ -88,6 +91,7 @@ __all__ = [
     "DiffReport",
     "EvalReport",
     "ExportResult",
+    "Identification",
     "InputError",
     "Inspection",
     "LoadReport",
@@ -112,6 +116,7 @@ __all__ = [
     "evaluate",
     "explain_error",
     "export",
+    "identify",
     "inspect",
     "load",
     "load_image",
@@ -155,6 +160,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from torchkeep._evaluate import EvalReport, evaluate
     from torchkeep._explain import explain_error
     from torchkeep._export import ExportResult, export
+    from torchkeep._identify import Identification, identify
     from torchkeep._inspect import Inspection, inspect
     from torchkeep._load import load_state_dict
     from torchkeep._match import LoadReport, load_into

@@ -10,12 +10,11 @@ that the weights do fit.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
@@ -41,6 +40,7 @@ from torchkeep._match import (
 )
 from torchkeep._modelfile import save
 from torchkeep.errors import CompatibilityError, UsageError
+from torchkeep.models._signatures import meta_build
 
 if TYPE_CHECKING:  # torch is imported lazily: importing torchkeep must stay cheap
     from torch import nn
@@ -108,23 +108,6 @@ def _family(name: str) -> str:
     return m.group(0) if m else name
 
 
-@contextlib.contextmanager
-def _no_init() -> Iterator[None]:
-    """Make ``torch.nn.init``'s initialisers no-ops (only used while building on the meta device, where
-    they have nothing to fill but still cost ~0.3 s per ResNet through their Python decompositions)."""
-    import torch.nn.init as init
-
-    names = [n for n in dir(init) if n.endswith("_") and not n.startswith("_") and callable(getattr(init, n))]
-    saved = {n: getattr(init, n) for n in names}
-    try:
-        for n in names:
-            setattr(init, n, lambda tensor, *a, **k: tensor)
-        yield
-    finally:
-        for n, fn in saved.items():
-            setattr(init, n, fn)
-
-
 @cache
 def _meta_state(name: str) -> dict[str, Any]:
     """The state_dict tensors of registry architecture ``name``, built on the meta device (no memory, no init)."""
@@ -132,8 +115,7 @@ def _meta_state(name: str) -> dict[str, Any]:
 
     from torchkeep.models import build
 
-    with torch.device("meta"), _no_init():
-        return {k: v for k, v in build(name).state_dict().items() if isinstance(v, torch.Tensor)}
+    return {k: v for k, v in meta_build(lambda: build(name)).state_dict().items() if isinstance(v, torch.Tensor)}
 
 
 def _fits(name: str, weights: dict[str, Any], ordered: bool) -> str | None:

@@ -18,9 +18,11 @@ from torchkeep._detect import detect
 from torchkeep._device import resolve_device
 from torchkeep._dtypes import cast_dtype, torch_dtype
 from torchkeep._gate import check_file
+from torchkeep._identify import Identification, identify
+from torchkeep._load import load_state_dict
 from torchkeep._match import copy_state
 from torchkeep._spec import METADATA_KEY, ModelSpec, check_model_path, read_spec
-from torchkeep.errors import CompatibilityError, InputError, UntrustedCodeError, UsageError
+from torchkeep.errors import CompatibilityError, InputError, TorchkeepWarning, UntrustedCodeError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -109,12 +111,21 @@ def _dtype(dtype: Any) -> torch.dtype | None:
     return value
 
 
-def _explain_not_model_file(p: Path) -> InputError:
-    """The error for a file ``load`` cannot rebuild, saying what it is and what to do instead."""
+def _explain_not_model_file(p: Path, ident: Identification | None = None) -> InputError:
+    """The error for a file ``load`` cannot rebuild, saying what it is (and what ``identify`` found) and what
+    to do instead."""
     try:
         fmt = detect(p).format
     except InputError as exc:
         return exc
+    found = ""
+    if ident is not None:
+        if ident.architecture and ident.source == "timm":
+            found = f"; it looks like timm's {ident.summary()}: build it with timm.create_model and torchkeep.load_into"
+        elif ident.architecture:
+            found = f"; it looks like {ident.summary()}, which is not exact enough to build it unasked"
+        else:
+            found = f"; {ident.summary()}"
     adapt = f"torchkeep adapt {p} --arch NAME -o model.safetensors"
     if fmt == "onnx":
         return InputError(
@@ -131,12 +142,13 @@ def _explain_not_model_file(p: Path) -> InputError:
         )
     if fmt == "safetensors":
         return InputError(
-            "holds weights only (safetensors without a torchkeep spec): a bare state_dict has no architecture",
+            "holds weights only (safetensors without a torchkeep spec): a bare state_dict has no architecture"
+            + found,
             path=p,
             fix=f"`{adapt}` (or torchkeep.load_state_dict + torchkeep.load_into your model)",
         )
     return InputError(
-        f"is a {fmt} file, not a torchkeep model file: a state_dict or checkpoint has no architecture",
+        f"is a {fmt} file, not a torchkeep model file: a state_dict or checkpoint has no architecture{found}",
         path=p,
         fix=f"`{adapt}` turns it into one (torchkeep.load_state_dict reads its weights without running code)",
     )
@@ -192,6 +204,80 @@ def _strict_load(model: nn.Module, tensors: dict[str, torch.Tensor], p: Path, *,
         ) from None
 
 
+#: torchvision builds these with transform_input=True whenever it loads its weights, and files of them
+#: come from those weights: identified files are built the same way
+_TRANSFORM_INPUT = ("googlenet", "inception_v3")
+
+
+def _from_identification(p: Path) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
+    """The spec and tensors of a file without a spec whose architecture ``identify`` names exactly.
+
+    Raises the "not a model file" InputError, with what ``identify`` found, otherwise.
+    """
+    import warnings
+
+    import torch
+
+    from torchkeep.models._build import build
+    from torchkeep.models._signatures import meta_build
+
+    if detect(p).format in ("onnx", "torchscript"):  # they run by themselves: the explanation says how
+        raise _explain_not_model_file(p)
+    try:
+        ident = identify(p)
+    except InputError:  # no tensors to identify: what the file is, and what to do
+        raise _explain_not_model_file(p) from None
+    arch = ident.architecture
+    if arch is None or ident.match != "exact" or ident.source not in ("seed", "torchvision"):
+        raise _explain_not_model_file(p, ident)
+    kwargs = dict(ident.arch_kwargs)
+    assumed = []
+    if arch in _TRANSFORM_INPUT:
+        kwargs.update(transform_input=True, init_weights=False)
+        assumed.append("transform_input=True (as torchvision's own weights)")
+    model = meta_build(lambda: build(
+        arch, ident.num_classes, in_channels=ident.in_channels if ident.source == "seed" else None,
+        input_size=tuple(ident.input_size) if ident.input_size else None,  # type: ignore[arg-type]
+        head="append" if ident.head == "appended" else "replace", **kwargs))
+    spec: ModelSpec = model.torchkeep_spec  # type: ignore[assignment]
+    expected = model.state_dict()
+    tensors = {k[len(ident.prefix):]: v for k, v in load_state_dict(p).items() if k.startswith(ident.prefix)}
+    if ident.appended is not None and spec.head is not None and spec.head.added_path:
+        # the file's names for the original head and the appended layer -> where build() puts them
+        base = f"{spec.head.path}.0" if spec.head.wrapped else spec.head.path
+        moves = {ident.appended.base_head: base, ident.appended.path: spec.head.added_path}
+        tensors = {next((f"{moves[m]}{k[len(m):]}" for m in moves if k.startswith(m + ".")), k): v
+                   for k, v in tensors.items()}
+    for k in expected:  # BatchNorm counters that files from before PyTorch 0.4.1 lack
+        if k not in tensors and k.endswith(".num_batches_tracked"):
+            tensors[k] = torch.zeros((), dtype=torch.long)
+    halves = [k for k, v in tensors.items() if v.dtype in (torch.float16, torch.bfloat16)]
+    for k in halves:
+        tensors[k] = tensors[k].float()
+    if halves:
+        assumed.append(f"{len(halves)} half-precision tensors cast to float32")
+    done = f"identified by `torchkeep identify` as {ident.summary()} (exact: {ident.tensors} tensors"
+    done += f", from {ident.weights_location!r}" if ident.weights_location else ""
+    done += f", prefix {ident.prefix!r} stripped" if ident.prefix else ""
+    done += ")"
+    spec.provenance.source_file = os.fspath(p)
+    spec.provenance.notes = done
+    spec.extra["identified"] = {
+        "summary": ident.summary(), "architecture": arch, "match": ident.match, "confidence": ident.confidence,
+        "num_classes": ident.num_classes, "head": ident.head, "weights_location": ident.weights_location,
+        "prefix": ident.prefix, "assumed": assumed + ident.notes,
+    }
+    what = "; ".join([*assumed, *ident.notes])
+    warnings.warn(
+        f"{p.name} has no torchkeep spec: {done}; built with {kwargs or 'default arguments'}"
+        f"{'; ' + what if what else ''}; input: {spec.preprocessing.describe()}; class names unknown (indices). "
+        f"`torchkeep adapt {p} --arch {arch} -o model.safetensors` records this in a model file",
+        TorchkeepWarning,
+        stacklevel=3,
+    )
+    return spec.replace(arch_kwargs={**spec.arch_kwargs}), tensors
+
+
 def load(
     path: str | os.PathLike[str],
     device: str | torch.device | None = "auto",
@@ -226,14 +312,16 @@ def load(
     # safetensors runs no code, but a file that also parses as something that does (a polyglot) is refused
     check_file(p, runs_code=False)
     spec = read_spec(p)
-    if spec is None:
-        raise _explain_not_model_file(p)
     dev = resolve_device(device)
     want = _dtype(dtype)
-    try:
-        tensors = load_file(os.fspath(p), device="cpu")
-    except (SafetensorError, OSError) as exc:
-        raise InputError(f"cannot read the weights ({exc})", path=p, fix="re-create the file") from None
+    if spec is None:
+        # weights without a spec: built from what `torchkeep identify` names, when it names it exactly
+        spec, tensors = _from_identification(p)
+    else:
+        try:
+            tensors = load_file(os.fspath(p), device="cpu")
+        except (SafetensorError, OSError) as exc:
+            raise InputError(f"cannot read the weights ({exc})", path=p, fix="re-create the file") from None
     for alias, canonical in spec.tied.items():
         if canonical not in tensors:
             raise InputError(f"tied weight {alias!r} points to missing {canonical!r}", path=p)

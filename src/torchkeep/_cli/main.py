@@ -23,6 +23,7 @@ from torchkeep.errors import TorchkeepError, TorchkeepWarning
 COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("inspect", "Describe any model file without running its code or reading tensor bytes."),
     "scan": ("scan", "Find code that a model file would run when loaded (safe / custom-code / dangerous)."),
+    "identify": ("identify", "Name the architecture of a weights file from its tensor names and shapes alone."),
     "convert": ("convert", "Convert any readable model file into weights-only safetensors or a .pt state_dict."),
     "models": ("models", "List the architectures torchkeep can build."),
     "adapt": ("adapt", "Load weights into an architecture (prefixes, renames, new heads) and save a model file."),
