@@ -26,6 +26,8 @@ import _compat_pickle
 import enum
 import sys
 
+from torchkeep._scan_names import definitions
+
 __all__ = [
     "CALLS",
     "DANGEROUS_MODULES",
@@ -544,6 +546,9 @@ def category(module: str, name: str, *, torchscript: bool = False) -> tuple[str,
     if why is not None:
         return "dangerous", why
     if _is_model_module(module):
+        reexported = _reexport(module, name, torchscript)
+        if reexported is not None:
+            return reexported
         top = module.split(".")[0]
         if (top in _INTERNAL_TOPS or top in sys.stdlib_module_names) and not name.split(".")[-1][:1].isupper():
             # torch.nn.functional.relu stored in a pickled model is model code; calling it is not rebuilding
@@ -552,6 +557,30 @@ def category(module: str, name: str, *, torchscript: bool = False) -> tuple[str,
     top = module.split(".")[0]
     where = "torch/numpy internals" if top in _INTERNAL_TOPS else "the standard library"
     return "dangerous", f"a callable of {where} that is not on the allow-list of data types"
+
+
+def _reexport(module: str, name: str, torchscript: bool) -> tuple[str, str] | None:
+    """The category of a model-module name that is really another module's object, or None if it is not.
+
+    Pickles spell a class or function by the module that defines it, so a re-exported spelling
+    (``torch.ao.quantization.fx.graph_module.GraphModule`` for ``torch.fx``'s) is never written by
+    ``torch.save``: the object the loader would get is judged (see :mod:`torchkeep._scan_names`).
+    """
+    defs = definitions(module, name)
+    if defs is None:
+        return None  # not installed, or no Python source: judged as spelled
+    worst: tuple[str, str] | None = None
+    for d in defs:
+        if (d.module, d.name) == (module, name):
+            continue
+        if d.kind == "module":
+            return "dangerous", f"{module}.{name} is the module {d.module} ({d.how}): no weights file names a module"
+        kind, why = category(d.module, d.name, torchscript=torchscript) if d.name else ("dangerous", "")
+        if kind == "dangerous":
+            return "dangerous", f"{module}.{name} is {d.module}.{d.name} re-exported ({d.how}): {why}"
+        worst = worst or ("model", f"re-exports {d.module}.{d.name} ({d.how}): custom code, and no pickler "
+                                   "writes this spelling")
+    return worst
 
 
 def classify(module: str, name: str, *, torchscript: bool = False) -> tuple[str, str]:
