@@ -8,7 +8,9 @@ Plain containers and scalars are rebuilt as themselves. Everything else — ``__
 ``module``/``name``, the arguments it was called with and the state it was given, and does nothing.
 
 No module is imported on behalf of the file (numpy is imported only to decode numpy scalars and
-arrays, with numpy's own reconstruct functions, which run no code from the file).
+arrays, with numpy's own reconstruct functions, which run no code from the file). numpy trusts a pickled
+dtype's state (an object field with ``flags=0`` turns raw bytes into object pointers), so numpy is handed a
+dtype or array state only once :mod:`torchkeep._npstate` found it exactly what numpy writes.
 """
 
 from __future__ import annotations
@@ -22,9 +24,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torchkeep._dtypes import DTYPE_ITEMSIZE, STORAGE_DTYPES, TORCH_DTYPE_ALIASES
+from torchkeep._npstate import (
+    NpDtype,
+    NumpyStateError,
+    array_state,
+    dtype_name,
+    dtype_spec,
+    frombuffer_args,
+    reconstruct_args,
+    scalar_args,
+)
 
 __all__ = [
     "DTypeRef",
+    "NumpyDtypeRef",
     "PickleReadError",
     "Placeholder",
     "RestrictedUnpickler",
@@ -252,46 +265,152 @@ def _torch_size(*args: Any) -> tuple:
 
 
 def _numpy_global(module: str, name: str) -> Any | None:
-    """numpy's own reconstruct functions and types; they rebuild arrays/scalars and run nothing else."""
-    allowed = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
+    """numpy's own reconstruct functions and types, behind :mod:`torchkeep._npstate`'s check of what they get."""
+    allowed: dict[tuple[str, str], Any] = {
+        ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
+        ("numpy.core.multiarray", "scalar"): _np_scalar,
+        ("numpy._core.multiarray", "scalar"): _np_scalar,
+        ("numpy.core.numeric", "_frombuffer"): _np_frombuffer,
+        ("numpy._core.numeric", "_frombuffer"): _np_frombuffer,
+        ("numpy", "dtype"): _np_dtype,
     }
     if (module, name) in allowed:
+        return allowed[(module, name)]
+    if (module, name) == ("numpy", "ndarray"):
         import numpy as np  # numpy is a dependency and imports no file code
 
-        if name == "_reconstruct":
-            return _np_reconstruct
-        if name == "scalar":
-            return _np_scalar
-        return getattr(np, name)
+        return np.ndarray
     if (module == "numpy" and name.endswith("DType")) or module == "numpy.dtypes":
-        import numpy as np
-
-        return lambda *a, **k: np.dtype(name.replace("DType", "").lower() or "float64")
+        return lambda *a, **k: _np_dtype_of_class(name)
     return None
 
 
-def _np_reconstruct(subtype: Any, shape: Any, dtype: Any) -> Any:
+def _refuse(exc: NumpyStateError) -> PickleReadError:
+    return PickleReadError(f"refused a numpy dtype or array state numpy never writes: {exc}")
+
+
+class NumpyDtypeRef:
+    """A numpy dtype named in a pickle (``numpy.dtype('f4', False, True)`` + its state).
+
+    numpy builds it (:attr:`dtype`) only from a name and a state :mod:`torchkeep._npstate` accepts, as soon as
+    the state is set; nested dtypes (record fields, sub-array bases) are references of this class too.
+    """
+
+    __slots__ = ("_built", "dtype", "name", "spec")
+
+    def __init__(self, name: str) -> None:
+        import numpy as np
+
+        self.name = name
+        self.spec = dtype_spec(name, None, _np_spec)
+        self.dtype = np.dtype(name, False, True)
+        self._built = False
+
+    def __setstate__(self, state: Any) -> None:  # BUILD
+        if self._built:
+            raise PickleReadError(f"numpy dtype {self.name!r} given a state twice")
+        try:
+            self.spec = dtype_spec(self.name, state, _np_spec)
+        except NumpyStateError as exc:
+            raise _refuse(exc) from None
+        self._built = True
+        real = list(state)
+        if state[2] is not None:  # sub-array (base, shape): numpy's own dtype for the base
+            real[2] = (state[2][0].dtype, state[2][1])
+        if state[4] is not None:  # record fields {name: (dtype, offset)}
+            real[4] = {k: (v[0].dtype, v[1]) for k, v in state[4].items()}
+        self.dtype.__setstate__(tuple(real))  # type: ignore[attr-defined]
+        if self.dtype.itemsize != self.spec.itemsize or self.dtype.hasobject != self.spec.has_object:
+            raise PickleReadError(f"numpy built dtype {self.name!r} differently from its checked state")
+
+    def __repr__(self) -> str:
+        return repr(self.dtype)
+
+
+def _np_spec(x: Any) -> NpDtype:
+    if not isinstance(x, NumpyDtypeRef):
+        raise NumpyStateError(f"expected a pickled numpy dtype, got {type(x).__name__}")
+    return x.spec
+
+
+def _np_dtype(*args: Any) -> NumpyDtypeRef:
+    try:
+        return NumpyDtypeRef(dtype_name(args))
+    except NumpyStateError as exc:
+        raise _refuse(exc) from None
+
+
+def _np_dtype_of_class(name: str) -> NumpyDtypeRef:
+    """``numpy.dtypes.Float32DType()``: the dtype of that class, if it is one numpy pickles by name."""
     import numpy as np
 
-    return np.ndarray.__new__(np.ndarray, shape, dtype)
+    try:
+        reduced = np.dtype(name.replace("DType", "").lower() or "float64").__reduce__()
+        return _np_dtype(*reduced[1])
+    except (TypeError, ValueError, RuntimeError, IndexError):
+        raise PickleReadError(f"numpy dtype class {name!r} is not read") from None
 
 
-def _np_scalar(dtype: Any, data: Any = None) -> Any:
+_ARRAY_TYPES: list[type] = []
+
+
+def _reader_array() -> Any:
+    """An empty array whose BUILD (``__setstate__``) numpy runs only on a state :mod:`torchkeep._npstate` accepts
+    (a subclass named ``ndarray``: callers copy it into a plain array)."""
     import numpy as np
 
-    if not isinstance(dtype, np.dtype):
-        raise PickleReadError("numpy scalar with a non-dtype argument")
-    if dtype.hasobject:
-        return data
-    if isinstance(data, str):
-        data = data.encode("latin1")
-    return np.frombuffer(data, dtype=dtype, count=1)[0]
+    if not _ARRAY_TYPES:
+
+        class ndarray(np.ndarray):  # callers know numpy arrays by this name
+            def __setstate__(self, state: Any) -> None:
+                try:
+                    array_state(state, _np_spec)
+                except NumpyStateError as exc:
+                    raise _refuse(exc) from None
+                real = list(state)
+                real[-3] = state[-3].dtype
+                np.ndarray.__setstate__(self, tuple(real))
+
+        _ARRAY_TYPES.append(ndarray)
+    return np.ndarray.__new__(_ARRAY_TYPES[0], (0,), np.int8)
+
+
+def _np_reconstruct(*args: Any) -> Any:
+    import numpy as np
+
+    try:
+        reconstruct_args(args)
+    except NumpyStateError as exc:
+        raise _refuse(exc) from None
+    if args[0] is not np.ndarray:
+        raise PickleReadError("numpy _reconstruct of a class that is not numpy.ndarray")
+    return _reader_array()
+
+
+def _np_bytes(data: Any) -> bytes:
+    return data.encode("latin1") if isinstance(data, str) else bytes(data)
+
+
+def _np_scalar(*args: Any) -> Any:
+    import numpy as np
+
+    try:
+        scalar_args(args, _np_spec)
+    except NumpyStateError as exc:
+        raise _refuse(exc) from None
+    return np.ndarray((), dtype=args[0].dtype, buffer=_np_bytes(args[1]))[()]
+
+
+def _np_frombuffer(*args: Any) -> Any:
+    import numpy as np
+
+    try:
+        frombuffer_args(args, _np_spec)
+    except NumpyStateError as exc:
+        raise _refuse(exc) from None
+    buf, dtype, shape, order = args
+    return np.ndarray(tuple(shape), dtype=dtype.dtype, buffer=_np_bytes(buf), order=order).copy(order="K")
 
 
 _SAFE_BUILTINS: dict[str, Any] = {

@@ -33,6 +33,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from torchkeep._npstate import (
+    NpDtype,
+    NumpyStateError,
+    array_state,
+    dtype_name,
+    dtype_spec,
+    frombuffer_args,
+    reconstruct_args,
+    scalar_args,
+)
 from torchkeep._scan_rules import (
     CALLS,
     CATEGORY_SEVERITY,
@@ -272,6 +282,7 @@ class _Run:
         self.pids: list[Any] = []
         self.nested: list[tuple[int, bytes]] = []
         self._dedupe: set[tuple[str, str, str, str]] = set()
+        self.np_dtypes: dict[_Call, NpDtype] = {}  # numpy.dtype calls whose state is numpy's (torchkeep._npstate)
 
     def detach(self) -> None:
         """Drop the stream's bytes once the pass is over: stand-ins and values keep this run alive in
@@ -460,11 +471,59 @@ class _Run:
                 return "dangerous", _NO_VALUE
             if c.args[1]._tk_kind == "model":
                 return "model", _NO_VALUE
+        if qual.startswith("numpy."):
+            bad = self.numpy_call(qual, c)
+            if bad is not None:
+                self.find("dangerous", "unexpected-argument", f"{qual}: {bad}", c.func.module, c.func.name, c.offset)
+                return "dangerous", _NO_VALUE
         if result_kind == "nested":  # torch.load(bytes): the embedded file is scanned like any other
             self.nested.append((c.offset, bytes(c.args[0])))
             return "storage", _NO_VALUE
         emulated = _emulate(qual, c.args)
         return result_kind, emulated
+
+    # -- numpy dtypes and arrays: only the exact state numpy writes (torchkeep._npstate) ----------------
+    def np_dtype(self, x: Any) -> NpDtype:
+        """The accepted dtype a ``numpy.dtype`` call's value stands for (``resolve`` of torchkeep._npstate)."""
+        spec = self.np_dtypes.get(x.call) if isinstance(x, Value) and x.kind == "np-dtype" and x.call else None
+        if spec is None:
+            raise NumpyStateError(f"expected a numpy dtype numpy writes, got {_describe(x)}")
+        return spec
+
+    def numpy_call(self, qual: str, c: _Call) -> str | None:
+        """What is wrong with the arguments of a numpy rebuild call, else None (the dtype's default recorded)."""
+        name = qual.rsplit(".", 1)[-1]
+        try:
+            if qual == "numpy.dtype":
+                dt = dtype_name(c.args)
+                self.np_dtypes[c] = dtype_spec(dt, None, self.np_dtype)
+            elif name == "_reconstruct":
+                reconstruct_args(c.args)
+            elif name == "scalar":
+                scalar_args(c.args, self.np_dtype)
+            elif name == "_frombuffer":
+                frombuffer_args(c.args, self.np_dtype)
+        except NumpyStateError as exc:
+            return str(exc)
+        return None
+
+    def numpy_build(self, target: Value, op: str, arg: Any) -> str | None:
+        """What is wrong with ``op`` on a numpy dtype or array, else None: numpy writes one BUILD of its own state."""
+        if op != "BUILD" or sum(m[0] == "BUILD" for m in target.mutations) > 1 or target.call is None:
+            return f"numpy writes one BUILD on a dtype or array, not {op} {'again' if op == 'BUILD' else ''}".rstrip()
+        try:
+            if target.kind == "np-dtype":
+                spec = self.np_dtypes.pop(target.call, None)  # refused: later uses of the dtype are refused too
+                if spec is None:
+                    raise NumpyStateError("a dtype whose construction was refused")
+                self.np_dtypes[target.call] = dtype_spec(target.call.args[0], arg, self.np_dtype)
+            elif target.call.target.endswith("._reconstruct"):
+                array_state(arg, self.np_dtype)
+            else:
+                raise NumpyStateError(f"BUILD on the result of {target.call.target}")
+        except NumpyStateError as exc:
+            return str(exc)
+        return None
 
     # -- BUILD / SETITEMS / APPENDS / ADDITEMS --------------------------------------------------------
     def build(self, cls: _Meta, state: Any) -> None:
@@ -497,6 +556,11 @@ class _Run:
         # code calls it later (a partial's function, a namespace's 'setdefault'): classes and data only
         if target.kind == "model" and _plain(arg, allow_kinds=_VALUE_KINDS | {"model"}):
             return
+        if target.kind in ("ndarray", "np-dtype"):
+            bad = self.numpy_build(target, op, arg)
+            if bad is not None:
+                self.find("dangerous", "unexpected-build", f"{op} on {what}: {bad}", "", "")
+                return
         if target.kind in ("data", "ndarray", "np-dtype", "bitgen") and _plain(arg, allow_kinds=_VALUE_KINDS | {"model"}, model_globals=False):
             return  # data objects only store data (arrays of objects may hold model objects)
         self.find("dangerous", "unexpected-build", f"{op} on {what} with {_short(arg)}: torch.save/numpy never write this", "", "")
@@ -558,6 +622,8 @@ def _emulate(qual: str, args: tuple) -> Any:
         # bytes(str, encoding) would look up (import) an encoding the file names: only bytes(bytes | list)
         if qual in ("builtins.bytes", "builtins.bytearray") and len(args) == 1 and type(args[0]) in (bytes, bytearray, list):
             return (bytes if qual.endswith("bytes") else bytearray)(args[0])
+        if qual in ("builtins.bytes", "builtins.bytearray") and not args:  # pickle protocol 2 writes b"" as bytes()
+            return b"" if qual.endswith("bytes") else bytearray()
         if qual == "builtins.complex" and all(type(a) in (int, float) for a in args):
             return complex(*args)
         if qual == "torch.Size":
@@ -725,7 +791,9 @@ _PY_UNPICKLER = _recording(pickle._Unpickler)  # type: ignore[attr-defined]
 def _load_bytearray8(self: Any) -> None:
     # pickle.py allocates bytearray(length) before reading: a forged length would allocate gigabytes here.
     (length,) = struct.unpack("<Q", self.read(8))
-    if length > self._tk_run.left():
+    frame = self._unframer.current_frame  # protocol 4+: the bytes are in the frame already read from the file
+    left = frame.getbuffer().nbytes - frame.tell() if frame is not None else self._tk_run.left()
+    if length > left:
         raise pickle.UnpicklingError("pickle data was truncated")
     b = bytearray(length)
     self.readinto(b)
