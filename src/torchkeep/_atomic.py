@@ -15,7 +15,7 @@ from typing import IO
 
 from torchkeep.errors import TorchkeepError, UsageError
 
-__all__ = ["atomic_path", "atomic_write", "atomic_write_bytes"]
+__all__ = ["atomic_path", "atomic_write", "atomic_write_bytes", "dir_sides", "recover_dir", "swap_dir"]
 
 
 def _umask() -> int:
@@ -92,3 +92,34 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_write(path, "wb") as fh:
         fh.write(data)
+
+
+def dir_sides(path: Path) -> tuple[Path, Path]:
+    """The two hidden siblings of a directory written atomically: ``.NAME.tmp`` (being written), ``.NAME.old``."""
+    return path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
+
+
+def swap_dir(new: Path, path: Path) -> None:
+    """Put the whole directory ``new`` in the place of ``path`` (two renames; see :func:`recover_dir`)."""
+    import shutil
+
+    _, old = dir_sides(path)
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(new, path)
+    _fsync_dir(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(path: Path, complete: str) -> None:
+    """Undo what a process killed during :func:`swap_dir` left: the old directory comes back when the new
+    one is missing (``complete``: the file a whole directory has); half-written ones are removed."""
+    import shutil
+
+    tmp, old = dir_sides(path)
+    if not path.exists() and (old / complete).exists():
+        os.replace(old, path)
+    for p in (old, tmp):
+        if p.exists():
+            shutil.rmtree(p, ignore_errors=True)

@@ -13,13 +13,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import struct
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torchkeep._atomic import atomic_path
+from torchkeep._atomic import atomic_path, dir_sides, swap_dir
+from torchkeep._detect import is_dcp_dir
 from torchkeep._dtypes import cast_dtype, safetensors_code, torch_dtype
 from torchkeep._keys import ALWAYS_WRAPPERS, wrapper_prefix
 from torchkeep._load import read_weights
@@ -55,10 +58,15 @@ class ConvertResult:
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file; of a DCP directory: of its files' names and bytes, in name order."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
+    files = sorted(f for f in Path(path).iterdir() if f.is_file()) if is_dcp_dir(path) else [Path(path)]
+    for f in files:
+        if len(files) > 1 or f != Path(path):
+            h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
 
 
@@ -67,17 +75,25 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 SUFFIXES = {".safetensors": "safetensors", ".pt": "pt", ".pth": "pt", ".bin": "pt", ".ckpt": "pt"}
 # suffixes of other formats: refused even with --format
 _OTHER_FORMATS = {".onnx", ".pt2", ".npz", ".npy", ".pkl", ".pickle", ".h5", ".keras", ".tflite", ".gguf", ".msgpack"}
-_WRITES = "convert writes safetensors (.safetensors) or a PyTorch state_dict (.pt, .pth, .bin, .ckpt)"
+_WRITES = (
+    "convert writes safetensors (.safetensors), a PyTorch state_dict (.pt, .pth, .bin, .ckpt) "
+    "or a torch.distributed.checkpoint directory (--to dcp)"
+)
 
 
 def output_format(dst: Path, format: str | None = None) -> str:
-    """``"safetensors"`` or ``"pt"``: from ``dst``'s suffix, or ``format`` for a name whose suffix says neither.
+    """``"safetensors"``, ``"pt"`` or ``"dcp"``: from ``dst``'s suffix, or ``format`` (``dcp``: always given).
 
     Raises:
         UsageError: the suffix names no format convert writes (``out.onnx``), or another one than ``format``.
     """
-    if format is not None and format not in ("safetensors", "pt"):
-        raise UsageError(f"unknown output format {format!r}; {_WRITES}", fix="use --format safetensors or --format pt")
+    if format is not None and format not in ("safetensors", "pt", "dcp"):
+        raise UsageError(f"unknown output format {format!r}; {_WRITES}", fix="use --format safetensors, pt or dcp")
+    if format == "dcp" or (format is None and is_dcp_dir(dst)):
+        if dst.exists() and not is_dcp_dir(dst) and (not dst.is_dir() or any(dst.iterdir())):
+            raise UsageError("a DCP checkpoint is a directory: this path holds something else", path=dst,
+                             fix="name a new or empty directory")
+        return "dcp"
     suffix = dst.suffix.lower()
     by_suffix = SUFFIXES.get(suffix)
     if suffix == ".onnx":
@@ -163,6 +179,23 @@ def write_safetensors(path: str | os.PathLike[str], tensors: dict[str, torch.Ten
     return 8 + len(raw) + offset
 
 
+def write_dcp_dir(path: Path, tensors: dict[str, torch.Tensor]) -> int:
+    """A one-process DCP checkpoint of a state dict (what ``torch_save_to_dcp`` makes of a state_dict file),
+    written beside ``path`` and swapped in whole. Returns the bytes written."""
+    import torch.distributed.checkpoint as dcp
+
+    tmp, _ = dir_sides(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.save({n: t.contiguous() for n, t in tensors.items()}, checkpoint_id=tmp, no_dist=True)
+        swap_dir(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+
+
 def convert(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -235,7 +268,9 @@ def convert(
         metadata["torchkeep.aliases"] = json.dumps(aliases)
     if "torchkeep.spec" in lw.metadata and not prefix:
         metadata["torchkeep.spec"] = lw.metadata["torchkeep.spec"]
-    if fmt == "safetensors":
+    if fmt == "dcp":
+        nbytes = write_dcp_dir(dst_path, tensors)
+    elif fmt == "safetensors":
         nbytes = write_safetensors(dst_path, kept, metadata)
     else:
         out = {n: t.contiguous() if not t.is_contiguous() else t for n, t in tensors.items()}

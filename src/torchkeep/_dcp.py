@@ -14,17 +14,27 @@ inert placeholders whose state is read here.
 
 from __future__ import annotations
 
+import io
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchkeep._pickle import DTypeRef, PickleReadError, Placeholder, read_pickle
+from torchkeep._detect import DCP_METADATA as METADATA
+from torchkeep._detect import is_dcp_dir
+from torchkeep._pickle import DTypeRef, PickleReadError, Placeholder, StorageRef, TensorRef, read_pickle
 from torchkeep.errors import InputError
 
-__all__ = ["DcpCheckpoint", "DcpChunk", "DcpEntry", "is_dcp_dir", "read_chunk", "read_dcp", "read_entry_blob"]
+__all__ = [
+    "METADATA", "TRAIN_ENTRY", "DcpCheckpoint", "DcpChunk", "DcpEntry", "DcpObject", "is_dcp_dir", "read_chunk",
+    "read_dcp", "read_entry_blob", "state_tree", "training_state",
+]
 
-METADATA = ".metadata"
+#: the entry ``torchkeep train --checkpoint-format dcp`` keeps its training state in (a uint8 tensor holding a
+#: ``torch.save`` archive that loads with ``weights_only=True``)
+TRAIN_ENTRY = "train"
+_TRAIN_FIELDS = ("epoch", "step", "batch_in_epoch", "sample_in_epoch", "world", "best_value", "best_epoch")
 
 
 @dataclass
@@ -69,12 +79,6 @@ class DcpCheckpoint:
 
     def tensors(self) -> dict[str, DcpEntry]:
         return {k: e for k, e in self.entries.items() if e.kind == "tensor"}
-
-
-def is_dcp_dir(path: str | os.PathLike[str]) -> bool:
-    """A directory holding a DCP ``.metadata`` file."""
-    p = Path(path)
-    return p.is_dir() and (p / METADATA).is_file()
 
 
 def _state(obj: Any, what: str, path: Path) -> dict[str, Any]:
@@ -176,3 +180,72 @@ def read_entry_blob(path: str | os.PathLike[str], name: str) -> bytes:
     if e is None or len(e.chunks) != 1:
         raise KeyError(name)
     return read_chunk(ckpt, e.chunks[0])
+
+
+@dataclass(eq=False)
+class DcpObject:
+    """A non-tensor entry (a pickled Python object: a learning rate, a list of names...); never unpickled here."""
+
+    name: str
+    nbytes: int
+
+    def __repr__(self) -> str:
+        return f"<pickled object {self.name}, {self.nbytes} bytes>"
+
+
+def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
+    stride, acc = [], 1
+    for size in reversed(shape):
+        stride.append(acc)
+        acc *= max(int(size), 1)
+    return tuple(reversed(stride))
+
+
+def state_tree(ckpt: DcpCheckpoint) -> dict[Any, Any]:
+    """The nested state dict the checkpoint was saved from (as ``planner_data`` records it), with tensors as
+    :class:`TensorRef` (storage key: the entry's flat name) and other objects as :class:`DcpObject`."""
+    root: dict[Any, Any] = {}
+    for e in ckpt.entries.values():
+        if e.kind == "tensor" and e.dtype is not None:
+            leaf: Any = TensorRef(
+                StorageRef(e.name, e.dtype, "cpu", e.numel), 0, e.shape, _contiguous(e.shape), e.dtype
+            )
+        else:
+            leaf = DcpObject(e.name, sum(c.length for c in e.chunks))
+        node = root
+        *parents, last = e.path or (e.name,)
+        for k in parents:
+            nxt = node.setdefault(k, {})
+            if not isinstance(nxt, dict):
+                break
+            node = nxt
+        else:
+            node[last] = leaf
+    return root
+
+
+def _zip_member(data: bytes, suffix: str) -> bytes | None:
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        name = next((n for n in zf.namelist() if n.endswith(suffix)), None)
+        return zf.read(name) if name is not None else None
+
+
+def training_state(ckpt: DcpCheckpoint) -> dict[str, Any] | None:
+    """The resume state a torchkeep training run keeps in the checkpoint (epoch, step, samples of the epoch
+    consumed, world size, arch, data...), read without torch; None for other DCP checkpoints."""
+    e = ckpt.entries.get(TRAIN_ENTRY)
+    if e is None or e.kind != "tensor" or e.dtype != "uint8" or len(e.chunks) != 1:
+        return None
+    try:
+        inner = _zip_member(read_chunk(ckpt, e.chunks[0]), "/data/0")  # the uint8 tensor's bytes
+        pkl = _zip_member(inner, "/data.pkl") if inner else None
+        state = read_pickle(pkl).obj if pkl else None
+    except (zipfile.BadZipFile, PickleReadError, InputError, OSError):
+        return None
+    if not isinstance(state, dict) or state.get("format") != "torchkeep.train-checkpoint":
+        return None
+    out = {k: state[k] for k in _TRAIN_FIELDS if isinstance(state.get(k), int | float | str)}
+    config = state.get("config")
+    cfg: dict[str, Any] = config if isinstance(config, dict) else {}
+    out.update({k: cfg[k] for k in ("arch", "data", "epochs", "batch_size", "seed") if k in cfg})
+    return out

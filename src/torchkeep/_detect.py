@@ -45,7 +45,8 @@ def corrupt_file_errors(path: str | os.PathLike[str]) -> Iterator[None]:
         ) from None
 
 __all__ = [
-    "FORMATS", "MAX_SAFETENSORS_HEADER", "Detected", "check_readable", "describe_bytes", "detect",
+    "DCP_METADATA", "FORMATS", "MAX_SAFETENSORS_HEADER", "Detected", "check_readable", "describe_bytes", "detect",
+    "is_dcp_dir",
     "looks_like_safetensors", "read_safetensors_json",
 ]
 
@@ -63,7 +64,17 @@ FORMATS: dict[str, str] = {
     "numpy": "NumPy array (.npy)",
     "numpy-npz": "NumPy archive (.npz)",
     "pickle": "bare Python pickle",
+    "dcp": "torch.distributed.checkpoint directory (DCP)",
 }
+
+#: the file that makes a directory a torch.distributed.checkpoint (DCP) checkpoint
+DCP_METADATA = ".metadata"
+
+
+def is_dcp_dir(path: str | os.PathLike[str]) -> bool:
+    """A directory holding a DCP ``.metadata`` file: a checkpoint that is read like a file."""
+    p = Path(path)
+    return p.is_dir() and (p / DCP_METADATA).is_file()
 
 LEGACY_MAGIC_LONG1 = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # LONG1 0x1950a86a20f9469cfc6c
 LEGACY_MAGIC_TEXT = b"L119547037146038801333356L"  # the same number, protocol 0/1
@@ -242,6 +253,8 @@ def read_safetensors_json(path: str | os.PathLike[str], size: int) -> tuple[dict
 def _looks_like_pickle(head: bytes) -> bool:
     if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
         return True
+    if head[257:262] == b"ustar":
+        return False  # a tar whose first member's name starts like a pickle (scan reads byte 0 of a tar as one too)
     # Protocol 0/1 pickles have no PROTO opcode; accept the usual first opcodes of a container or global.
     return head[:1] in (b"(", b"}", b"]", b"c", b"\x8c") and b"." in head[-1:] + head
 
@@ -259,6 +272,9 @@ def detect(path: str | os.PathLike[str]) -> Detected:
         InputError: the path is missing, a directory, unreadable or empty, or a zip is corrupt.
         UnknownFormatError: the bytes match no known format; the message says what they look like.
     """
+    if is_dcp_dir(path):
+        p = Path(path)
+        return Detected(p, "dcp", sum(f.stat().st_size for f in p.iterdir() if f.is_file()))
     p, size = check_readable(path)
     try:
         with open(p, "rb") as fh:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from torchkeep._dcp import training_state
 from torchkeep._detect import FORMATS
 from torchkeep._keys import WRAPPER_PREFIXES, wrapper_prefix
 from torchkeep._pickle import Placeholder, TensorRef, placeholder_name
@@ -253,6 +254,18 @@ def _details(fs: FileStructure) -> dict[str, Any]:
         d["torchscript"] = {"methods": fs.extra.get("methods", {})}
     if fs.format == "torch-export" and "graph" in fs.extra:
         d["exported_program"] = fs.extra["graph"]
+    if fs.format == "dcp":
+        ckpt = fs.extra["dcp"]
+        d["dcp"] = {
+            "version": ckpt.version,
+            "shards": {f: (fs.path / f).stat().st_size for f in ckpt.files if (fs.path / f).is_file()},
+            "entries": len(ckpt.entries),
+            "tensors": len(ckpt.tensors()),
+            "pickled objects": len(ckpt.entries) - len(ckpt.tensors()),
+        }
+        train = training_state(ckpt)
+        if train is not None:
+            d["training"] = train
     if fs.extra.get("trailing_bytes"):
         d["trailing_bytes"] = fs.extra["trailing_bytes"]
     return d
@@ -330,7 +343,7 @@ def _notes(ins: Inspection, fs: FileStructure) -> list[str]:
     if ins.totals.roles == "inferred":
         notes.append("parameters vs buffers inferred from names (running_mean, running_var, num_batches_tracked...)")
     custom = [c for c in ins.classes if not c.startswith("torch.")]
-    if custom and ins.kind != "torchscript":
+    if custom and ins.kind != "torchscript" and fs.format != "dcp":  # DCP's own metadata classes
         notes.append(f"the pickle names classes outside torch: {', '.join(custom[:5])} — run `torchkeep scan` before torch.load")
     if fs.extra.get("trailing_bytes"):
         notes.append(f"{fs.extra['trailing_bytes']} bytes follow the end of the pickle (suspicious; run `torchkeep scan`)")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from torchkeep._dcp import read_chunk
 from torchkeep._detect import Detected, corrupt_file_errors, detect
 from torchkeep._dtypes import DTYPE_ITEMSIZE, torch_dtype
 from torchkeep._gate import check_file
@@ -159,6 +160,37 @@ def _storage_reader_legacy(fs: FileStructure):
     return get, None
 
 
+def _storage_reader_dcp(fs: FileStructure):
+    """A DCP entry's whole tensor, put together from its saved chunks (each a one-tensor ``torch.save`` archive,
+    read with ``weights_only=True`` as DCP's own reader does)."""
+    import io
+
+    import torch
+
+    ckpt = fs.extra["dcp"]
+
+    def get(ref: StorageRef) -> torch.UntypedStorage:
+        entry = ckpt.entries[ref.key]
+        whole = torch.empty(entry.shape, dtype=torch_dtype(ref.dtype))
+        covered = 0
+        for c in entry.chunks:
+            try:
+                part = torch.load(io.BytesIO(read_chunk(ckpt, c)), map_location="cpu", weights_only=True)
+            except Exception as exc:
+                raise InputError(f"cannot read {ref.key} from {c.file} ({type(exc).__name__})", path=fs.path,
+                                 fix="the checkpoint is incomplete or corrupt") from None
+            if not isinstance(part, torch.Tensor) or tuple(part.shape) != c.sizes:
+                raise InputError(f"{c.file} holds no {list(c.sizes)} tensor for {ref.key}", path=fs.path)
+            whole[tuple(slice(o, o + n) for o, n in zip(c.offsets, c.sizes, strict=True))] = part
+            covered += part.numel()
+        if covered != entry.numel:
+            raise InputError(f"the chunks of {ref.key} cover {covered} of its {entry.numel} elements", path=fs.path,
+                             fix="the checkpoint is incomplete")
+        return whole.untyped_storage()
+
+    return get
+
+
 def _materialize_ref(t: TensorRef, get_storage, fs: FileStructure, name: str) -> torch.Tensor:
     import torch
 
@@ -281,6 +313,8 @@ def _read_weights(path: str | os.PathLike[str], map_location: Any, *, trust: boo
             get, zf = _storage_reader_legacy(fs)
         elif det.format in ("torch-zip", "torchscript"):
             get, zf = _storage_reader_zip(fs)
+        elif det.format == "dcp":
+            get, zf = _storage_reader_dcp(fs), None
         else:  # a bare pickle with tensors needs torch's own storage format
             raise InputError(
                 "tensors in a bare pickle can only be rebuilt by running torch's unpickler",

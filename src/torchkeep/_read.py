@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torchkeep._dcp import read_dcp, state_tree
 from torchkeep._detect import Detected, corrupt_file_errors, detect, read_safetensors_json
 from torchkeep._dtypes import DTYPE_ITEMSIZE, EXPORT_DTYPES, SAFETENSORS_DTYPES, SAFETENSORS_READ_ONLY
 from torchkeep._onnx import read_onnx
@@ -424,6 +425,12 @@ def _read_onnx(det: Detected) -> FileStructure:
     return FileStructure(det, tensors, metadata=dict(info.metadata), extra={"onnx": info})
 
 
+def _read_dcp(det: Detected) -> FileStructure:
+    ckpt = read_dcp(det.path)
+    extra = {"dcp": ckpt, "dcp_files": ckpt.files}
+    return FileStructure(det, state_tree(ckpt), list(ckpt.globals_seen), {"dcp_version": str(ckpt.version)}, extra)
+
+
 _READERS = {
     "torch-zip": _read_torch_zip,
     "torchscript": _read_torch_zip,
@@ -434,6 +441,7 @@ _READERS = {
     "numpy-npz": _read_npz,
     "torch-export": _read_export,
     "onnx": _read_onnx,
+    "dcp": _read_dcp,
 }
 
 

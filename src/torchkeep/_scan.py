@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from torchkeep._dcp import METADATA as DCP_METADATA
-from torchkeep._dcp import is_dcp_dir, read_chunk, read_dcp
+from torchkeep._dcp import read_chunk, read_dcp
+from torchkeep._detect import is_dcp_dir
 from torchkeep._pickle_vm import CallRecord, StreamResult
 from torchkeep._scan_code import analyse_code
 from torchkeep._scan_rules import Severity
@@ -475,12 +476,21 @@ def _not_followed(what: str, exc: Exception) -> Finding:
 
 
 def iter_files(paths: Iterable[str | os.PathLike[str]], recursive: bool = False) -> Iterator[Path]:
-    """Expand ``paths``: files as given, directories into their files (all levels with ``recursive``)."""
+    """Expand ``paths``: files as given, directories into their files (all levels with ``recursive``); a DCP
+    checkpoint directory is one item."""
     for path in paths:
         p = Path(path)
-        if p.is_dir():
+        if p.is_dir() and not is_dcp_dir(p):
             children = p.rglob("*") if recursive else p.iterdir()
-            yield from sorted(c for c in children if c.is_file())
+            dcp_dirs: list[Path] = []  # a DCP checkpoint is one item, its files are not scanned apart
+            for c in sorted(children):
+                if any(d in c.parents for d in dcp_dirs):
+                    continue
+                if is_dcp_dir(c):
+                    dcp_dirs.append(c)
+                    yield c
+                elif c.is_file():
+                    yield c
         else:
             yield p
 

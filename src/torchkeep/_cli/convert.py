@@ -7,7 +7,8 @@ import click
 from torchkeep._cli.common import console, emit, human_bytes, json_option
 
 
-@click.command(help="Convert any readable model file into weights-only safetensors (default) or a .pt state_dict. "
+@click.command(help="Convert any readable model file (or a DCP checkpoint directory) into weights-only "
+               "safetensors (default), a .pt state_dict or a DCP directory (--to dcp). "
                "No code in SRC runs; dangerous files are refused.")
 @click.argument("src", type=click.Path(path_type=str))
 @click.argument("dst", type=click.Path(path_type=str))
@@ -15,9 +16,9 @@ from torchkeep._cli.common import console, emit, human_bytes, json_option
               help="Cast floating-point tensors (default: keep every value bit for bit).")
 @click.option("--strip-prefix", default="auto", show_default=True, metavar="auto|none|PREFIX",
               help="Strip a wrapper prefix such as module. (DDP) or _orig_mod. (torch.compile).")
-@click.option("--format", "fmt", type=click.Choice(["safetensors", "pt"]), default=None,
+@click.option("--format", "--to", "fmt", type=click.Choice(["safetensors", "pt", "dcp"]), default=None,
               help="Output format, for a DST whose suffix names none (the suffix decides: .safetensors; "
-              ".pt/.pth/.bin/.ckpt for a state_dict; others are refused).")
+              ".pt/.pth/.bin/.ckpt for a state_dict; others are refused); dcp: a torch.distributed.checkpoint directory.")
 @click.option("--key", default=None, help="Checkpoint entry holding the weights, if the automatic choice is wrong.")
 @click.option("--trust", is_flag=True, help="Fully unpickle a custom-code file (RUNS its classes' code).")
 @json_option

@@ -115,6 +115,12 @@ def _details(con, section: str, body: dict) -> None:
                   f"(torch {body.get('torch_version')})")
     elif section == "trailing_bytes":
         con.print(f"  warning  {body} bytes after the end of the pickle")
+    elif section == "dcp":
+        shards = ", ".join(f"{f} ({human_bytes(n)})" for f, n in body["shards"].items())
+        con.print(f"  dcp      {body['entries']} entries ({body['tensors']} tensors, {body['pickled objects']} pickled "
+                  f"objects) in {len(body['shards'])} shard file(s): {shards}")
+    elif section == "training":
+        con.print("  training " + ", ".join(f"{k} {v}" for k, v in body.items()))
 
 
 def _tree(con, r, depth: int | None) -> None:

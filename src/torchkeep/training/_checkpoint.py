@@ -7,19 +7,23 @@ process killed at any instant leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
 import random
 import shutil
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from torchkeep._atomic import atomic_path
-from torchkeep._dcp import read_entry_blob
+from torchkeep._atomic import atomic_path, dir_sides, recover_dir, swap_dir
+from torchkeep._dcp import METADATA as DCP_METADATA
+from torchkeep._dcp import TRAIN_ENTRY, read_entry_blob
 from torchkeep._gate import check_file
 from torchkeep.errors import (  # CheckpointWriteError: re-exported, it lived here
     CheckpointWriteError,
@@ -43,9 +47,9 @@ CHECKPOINT_FORMAT = "torchkeep.train-checkpoint"
 CHECKPOINT_VERSION = 1
 CHECKPOINT = "checkpoint.pt"
 DCP_DIR = "checkpoint.dcp"  # --checkpoint-format dcp: a torch.distributed.checkpoint directory
-# the DCP entry holding the training state: a uint8 tensor of a torch.save blob (weights_only): a tensor, so
-# that dcp.load never unpickles it (DCP opens non-tensor entries with weights_only=False)
-DCP_TRAIN_KEY = "train"
+# the DCP entry holding the training state is a uint8 tensor (of a torch.save blob, weights_only): a tensor,
+# so that dcp.load never unpickles it (DCP opens non-tensor entries with weights_only=False)
+DCP_TRAIN_KEY = TRAIN_ENTRY
 
 
 def capture_rng() -> dict[str, Any]:
@@ -149,26 +153,20 @@ def write_error(path: Path, exc: BaseException, what: str = "file") -> Checkpoin
     )
 
 
-def _dcp_side(path: Path, what: str) -> Path:
-    return path.with_name(f".{path.name}.{what}")
-
-
-def _recover_dcp(path: Path) -> None:
-    """Finish or undo a DCP swap a killed process left half done (see :func:`write_dcp`)."""
-    old, tmp = _dcp_side(path, "old"), _dcp_side(path, "tmp")
-    if not path.exists() and (old / ".metadata").exists():
-        os.replace(old, path)  # killed between the two renames: the previous checkpoint is the last whole one
-    for p in (old, tmp):
-        if p.exists():
-            shutil.rmtree(p, ignore_errors=True)
-
-
 def has_checkpoint(run_dir: Path) -> bool:
     """The run directory holds a resume checkpoint (``checkpoint.pt`` or a whole ``checkpoint.dcp``)."""
     dcp_dir = run_dir / DCP_DIR
-    return (run_dir / CHECKPOINT).exists() or (dcp_dir / ".metadata").exists() or (
-        _dcp_side(dcp_dir, "old") / ".metadata"
+    return (run_dir / CHECKPOINT).exists() or (dcp_dir / DCP_METADATA).exists() or (
+        dir_sides(dcp_dir)[1] / DCP_METADATA
     ).exists()
+
+
+@contextlib.contextmanager
+def _single_process_is_fine() -> Iterator[None]:
+    """DCP warns when no process group is set up ("assuming the intent is to save in a single process"): it is."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        yield
 
 
 def write_dcp(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, payload: dict[str, Any], *, main: bool) -> None:
@@ -176,13 +174,13 @@ def write_dcp(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, pa
 
     Kill-safe: the checkpoint goes to ``.checkpoint.dcp.tmp`` and DCP writes its ``.metadata`` last, when
     every rank's files are whole; then rank 0 swaps it in with two renames (a kill between them is undone by
-    :func:`_recover_dcp`). The training state travels as one entry, a ``torch.save`` blob (``weights_only``).
+    :func:`torchkeep._atomic.recover_dir` when the run is resumed). The training state travels as one entry, a ``torch.save`` blob (``weights_only``).
     """
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    tmp, old = _dcp_side(path, "tmp"), _dcp_side(path, "old")
+    tmp, _ = dir_sides(path)
     if main:
         shutil.rmtree(tmp, ignore_errors=True)
     if dist.is_initialized():
@@ -192,13 +190,10 @@ def write_dcp(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, pa
     torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}, buf)
     train_state = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
     try:
-        dcp.save({"model": msd, "optimizer": osd, DCP_TRAIN_KEY: train_state}, checkpoint_id=tmp)
+        with _single_process_is_fine():
+            dcp.save({"model": msd, "optimizer": osd, DCP_TRAIN_KEY: train_state}, checkpoint_id=tmp)
         if main:
-            if path.exists():
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            swap_dir(tmp, path)
     except OSError as exc:
         raise write_error(path, exc, "checkpoint") from exc
 
@@ -212,7 +207,8 @@ def load_dcp_into(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     msd, osd = get_state_dict(model, opt)
-    dcp.load({"model": msd, "optimizer": osd}, checkpoint_id=path)  # in place
+    with _single_process_is_fine():
+        dcp.load({"model": msd, "optimizer": osd}, checkpoint_id=path)  # in place
     set_state_dict(model, opt, model_state_dict=msd, optim_state_dict=osd)
 
 
@@ -223,9 +219,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         InputError: missing, truncated or not a torchkeep training checkpoint.
     """
     p = Path(path)
-    if p.is_dir() and not (p / ".metadata").exists():
-        _recover_dcp(p / DCP_DIR)
-        if not (p / CHECKPOINT).exists() and (p / DCP_DIR / ".metadata").exists():
+    if p.is_dir() and not (p / DCP_METADATA).exists():
+        recover_dir(p / DCP_DIR, DCP_METADATA)
+        if not (p / CHECKPOINT).exists() and (p / DCP_DIR / DCP_METADATA).exists():
             p = p / DCP_DIR
         else:
             p = p / CHECKPOINT
