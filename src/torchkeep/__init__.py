@@ -75,6 +75,7 @@ _LAZY: dict[str, str] = {
     "EvalReport": "torchkeep._evaluate",
     "predict": "torchkeep._predict",
     "Prediction": "torchkeep._predict",
+    "InputContract": "torchkeep._modelpath",
     "export": "torchkeep._export",
     "ExportResult": "torchkeep._export",
     "diff": "torchkeep._diff",
@@ -92,6 +93,7 @@ __all__ = [
     "EvalReport",
     "ExportResult",
     "Identification",
+    "InputContract",
     "InputError",
     "Inspection",
     "LoadReport",
@@ -165,6 +167,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from torchkeep._load import load_state_dict
     from torchkeep._match import LoadReport, load_into
     from torchkeep._modelfile import load, save
+    from torchkeep._modelpath import InputContract
     from torchkeep._predict import Prediction, predict
     from torchkeep._preprocess import load_image, transform_for
     from torchkeep._scan import ScanReport, scan, scan_paths

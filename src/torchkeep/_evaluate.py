@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchkeep._modelfile import resolve_model
+from torchkeep._modelpath import open_model
 from torchkeep.errors import CompatibilityError, UsageError
 
 __all__ = ["ClassMetrics", "EvalReport", "evaluate"]
@@ -100,7 +100,8 @@ def evaluate(
     """Evaluate a classifier on a dataset.
 
     Args:
-        model_or_path: a torchkeep model file, or an ``nn.Module`` carrying ``torchkeep_spec``.
+        model_or_path: a torchkeep model file, a training run (its directory or ``checkpoint.pt``: its best
+            model file, with a warning saying so), or an ``nn.Module`` carrying ``torchkeep_spec``.
         data: ``digits``, ``cifar10``, ``fashion-mnist`` or ``folder:PATH``; default the dataset named in
             the model's spec (what it was trained on).
         split: ``val`` (the seeded hold-out split training used; default), ``test`` (the official test set of
@@ -129,7 +130,7 @@ def evaluate(
     t0 = time.perf_counter()
     if split not in SPLITS:
         raise UsageError(f"unknown split {split!r}", fix="use one of: " + ", ".join(SPLITS))
-    model, spec, label = resolve_model(model_or_path, trust=trust, device=device, in_memory_label="<in-memory model>")
+    model, spec, label = open_model(model_or_path, trust=trust, device=device, in_memory_label="<in-memory model>")
     trained = dict((spec.extra or {}).get("training") or {})
     data = data or trained.get("data") or spec.provenance.dataset
     if not data:

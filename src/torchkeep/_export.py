@@ -25,16 +25,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torchkeep._atomic import atomic_path
+from torchkeep._detect import Detected, detect
 from torchkeep._inputs import collect_inputs
-from torchkeep._modelfile import load, resolve_model, save
+from torchkeep._modelfile import load, save
+from torchkeep._modelpath import InputContract, open_model, run_model_file
 from torchkeep._runtime import (
     ONNX_SPEC_KEY,
     TORCHSCRIPT_SPEC_FILE,
     EagerRunner,
     Runner,
+    TorchScriptRunner,
     _embed_onnx_spec,
     _quiet,
     _torch_dtype,
+    export_spec,
     load_exported,
     to_onnx_bytes,
     to_torchscript,
@@ -82,6 +86,8 @@ class ParityReport:
         near_ties: top-1 disagreements where eager's two best logits are closer than the tolerance
             (a tie broken differently, not an error).
         passed: whether the export is accepted.
+        reference: ``"eager"`` (the model run eagerly), or ``"source file"`` when a TorchScript / ONNX file was
+            exported (the file itself is the reference).
     """
 
     samples: int
@@ -95,6 +101,7 @@ class ParityReport:
     k: int
     near_ties: int = 0
     passed: bool = True
+    reference: str = "eager"  # what the export was compared with: the eager model, or the source file
 
     @property
     def summary(self) -> str:
@@ -284,11 +291,15 @@ def export(
     opset: int | None = None,
     spec: ModelSpec | None = None,
     trust: bool = False,
+    contract: InputContract | None = None,
 ) -> ExportResult:
     """Export a model and check that the export computes what the eager model computes.
 
     Args:
-        model: a torchkeep model file (path) or an ``nn.Module`` carrying ``torchkeep_spec``.
+        model: a torchkeep model file (path), a training run (its best model file), an ``nn.Module`` carrying
+            ``torchkeep_spec``, or a TorchScript / ONNX file: TorchScript becomes TorchScript or ONNX, ONNX
+            becomes ONNX, each carrying the spec (for a file torchkeep did not write, made from ``contract``),
+            so that ``predict`` runs it alone.
         fmt: "torchscript", "onnx", "safetensors" (a torchkeep model file) or "state-dict" (a plain
             ``torch.save(model.state_dict())`` ``.pt``; the spec does not travel with it).
         out: the file to write (atomically, only if the parity check passes).
@@ -302,14 +313,19 @@ def export(
         check: run the parity check (default True).
         opset: ONNX opset (default: the exporter's).
         spec: the spec, when ``model`` is a module without ``torchkeep_spec``.
-        trust: allow a model file whose spec names a user class to import it (as ``torchkeep.load``).
+        trust: allow a model file whose spec names a user class to import it (as ``torchkeep.load``), load a
+            TorchScript / ONNX file whatever its scan says.
+        contract: input size, normalisation, channels and class names for a TorchScript / ONNX file that does
+            not carry them; for other models they override the spec's.
 
     Returns:
         An :class:`ExportResult`.
 
     Raises:
         ParityError: outputs differ beyond the tolerance (nothing is written; ``exc.result`` has the report).
-        UsageError: unknown format.
+        UsageError: unknown format, or one a TorchScript / ONNX file cannot become.
+        InputError: a foreign export without the facts it needs (each named with its flag); a file that is not
+            a model file (a full pickled model: what to do).
     """
     import copy
 
@@ -318,7 +334,16 @@ def export(
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}", fix=f"use one of: {', '.join(FORMATS)}")
     start = time.perf_counter()
-    module, spec, label = resolve_model(model, spec, trust=trust)
+    if isinstance(model, (str, os.PathLike)):
+        model = run_model_file(model)
+        det = detect(model)
+        if det.format in ("torchscript", "onnx"):
+            return _export_file(
+                det, fmt, Path(out), dynamic_batch=dynamic_batch, half=half, samples=samples,
+                tolerance=tolerance, topk=topk, check=check, opset=opset, spec=spec, trust=trust,
+                contract=contract, start=start,
+            )
+    module, spec, label = open_model(model, spec, trust=trust, contract=contract)
     module = module.eval()
     out_path = Path(out)
     dtype = "float16" if half else "float32"
@@ -376,23 +401,139 @@ def export(
             batch_sizes = [x.shape[0]]
         result.notes += [f"the tracer warned: {w}" for w in traced_warnings[:3]]
         if check:
-            result.parity = parity(
-                reference, runner, x, inputs=inputs, tolerance=tolerance, k=topk, batch_sizes=batch_sizes
+            _check(result, reference, runner, x, inputs, tolerance, topk, batch_sizes, traced_warnings, start)
+    result.size = out_path.stat().st_size
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _check(
+    result: ExportResult,
+    reference: torch.Tensor,
+    runner: Runner,
+    x: torch.Tensor,
+    inputs: str,
+    tolerance: float | None,
+    topk: int,
+    batch_sizes: list[int],
+    traced_warnings: list[str],
+    start: float,
+) -> None:
+    """The parity check of a written export (still at its temporary name): ParityError beyond the tolerance."""
+    result.parity = parity(reference, runner, x, inputs=inputs, tolerance=tolerance, k=topk, batch_sizes=batch_sizes)
+    if result.parity.passed:
+        return
+    result.seconds = time.perf_counter() - start
+    raise ParityError(
+        f"parity check failed: {result.parity.summary}; nothing was written",
+        path=result.output,
+        fix=(
+            "the model takes Python decisions on tensor values, which a trace records as one "
+            "fixed path; express them with torch.where, or use --format safetensors"
+        )
+        if traced_warnings
+        else "raise --tolerance if the difference is acceptable, or try another --format"
+        + (" or drop --half" if result.dtype == "float16" else ""),
+        result=result,
+    )
+
+
+# What a TorchScript / ONNX file can become: the same format with the spec embedded, or (TorchScript) ONNX.
+_FROM_EXPORT = {"torchscript": ("torchscript", "onnx"), "onnx": ("onnx",)}
+
+
+def _export_file(
+    det: Detected,
+    fmt: str,
+    out_path: Path,
+    *,
+    dynamic_batch: bool,
+    half: bool,
+    samples: Sequence[str | os.PathLike[str]] | None,
+    tolerance: float | None,
+    topk: int,
+    check: bool,
+    opset: int | None,
+    spec: ModelSpec | None,
+    trust: bool,
+    contract: InputContract | None,
+    start: float,
+) -> ExportResult:
+    """Export a TorchScript / ONNX file: embed its input contract (the spec) and, for TorchScript, convert
+    it to ONNX if asked; the reference for the parity check is the file itself."""
+    import torch
+
+    path = det.path
+    spec, ours = export_spec(det, spec, contract)  # names every missing fact before anything is loaded
+    if fmt not in _FROM_EXPORT[det.format]:
+        what = "TorchScript" if det.format == "torchscript" else "an ONNX model"
+        if fmt in ("safetensors", "state-dict"):
+            arch = spec.arch if ours else "NAME"
+            raise UsageError(
+                f"{what} holds no module torchkeep can rebuild, so it cannot become a {fmt} model file here",
+                path=path,
+                fix=f"`torchkeep adapt {path} --arch {arch} -o model.safetensors` loads its weights into an "
+                f"architecture; `torchkeep convert {path} weights.safetensors` keeps the weights alone",
             )
-            if not result.parity.passed:
-                result.seconds = time.perf_counter() - start
-                raise ParityError(
-                    f"parity check failed: {result.parity.summary}; nothing was written",
-                    path=out_path,
-                    fix=(
-                        "the model takes Python decisions on tensor values, which a trace records as one "
-                        "fixed path; express them with torch.where, or use --format safetensors"
-                    )
-                    if traced_warnings
-                    else "raise --tolerance if the difference is acceptable, or try another --format"
-                    + (" or drop --half" if half else ""),
-                    result=result,
-                )
+        raise UsageError(
+            "an ONNX model cannot become TorchScript: there is no PyTorch module to trace",
+            path=path,
+            fix="--format onnx embeds the input contract in the ONNX file itself",
+        )
+    if half:
+        raise UsageError(
+            f"--half converts a model torchkeep builds; this is a {det.format} file",
+            path=path,
+            fix="export the original model file with --half, or drop --half",
+        )
+    source, _, _ = load_exported(path, trust=trust, spec=spec)  # scanned first
+    result = ExportResult(
+        source=os.fspath(path), output=out_path, format=fmt, dtype=source.dtype, dynamic_batch=dynamic_batch
+    )
+    if not ours:
+        result.notes.append(
+            f"{path} was not written by torchkeep: the spec embedded is the input contract given "
+            f"({spec.preprocessing.describe()})"
+        )
+    x, inputs = sample_inputs(spec, samples)
+    reference = source(x)
+    spec_json = spec.to_json()
+    traced: list[str] = []
+    with atomic_path(out_path) as tmp:
+        runner: Runner
+        batch_sizes = [x.shape[0]]
+        if fmt == "torchscript":
+            assert isinstance(source, TorchScriptRunner)
+            with _quiet():
+                torch.jit.save(source.module, os.fspath(tmp), _extra_files={TORCHSCRIPT_SPEC_FILE: spec_json})
+            result.exporter = "torch.jit.save (the archive's code and weights as they were, with the spec)"
+            runner = load_exported(tmp, trust=trust)[0]
+            batch_sizes = [x.shape[0], 1]
+        elif det.format == "torchscript":
+            assert isinstance(source, TorchScriptRunner)
+            example = x[:2] if dynamic_batch else x[:1]
+            data, result.exporter = to_onnx_bytes(
+                source.module, example, dynamic_batch=dynamic_batch, opset=opset, tracer_warnings=traced
+            )
+            import onnx
+
+            onnx.save(_embed_onnx_spec(data, spec_json), os.fspath(tmp))
+            runner = load_exported(tmp)[0]
+            batch_sizes = [x.shape[0], 1] if dynamic_batch else [1]
+        else:
+            import onnx
+
+            proto = onnx.load(os.fspath(path))  # external data from the model's folder (checked by the scan)
+            onnx.save(_embed_onnx_spec(proto.SerializeToString(), spec_json), os.fspath(tmp))
+            result.exporter = "the ONNX graph as it was, with the spec in metadata_props"
+            runner = load_exported(tmp, trust=trust)[0]
+            result.dynamic_batch = runner.fixed_batch is None
+            if dynamic_batch or opset is not None:
+                result.notes.append("the ONNX graph is kept as it was: --dynamic-batch and --opset do not apply")
+        if check:
+            _check(result, reference, runner, x, inputs, tolerance, topk, batch_sizes, traced, start)
+            assert result.parity is not None
+            result.parity.reference = "source file"
     result.size = out_path.stat().st_size
     result.seconds = time.perf_counter() - start
     return result

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from torchkeep._inputs import IMAGE_SUFFIXES, InputItem, collect_inputs
+from torchkeep._modelpath import InputContract
 from torchkeep._runtime import BACKENDS, Runner, prepare
 from torchkeep.errors import InputError, UsageError
 
@@ -29,6 +30,7 @@ __all__ = [
     "BACKENDS",
     "IMAGE_SUFFIXES",
     "ClassScore",
+    "InputContract",
     "InputItem",
     "Prediction",
     "collect_inputs",
@@ -93,12 +95,15 @@ def predict(
     spec: ModelSpec | None = None,
     progress: Callable[[int, int], None] | None = None,
     trust: bool = False,
+    contract: InputContract | None = None,
 ) -> list[Prediction]:
     """Classify images.
 
     Args:
-        model: an ``nn.Module`` built by torchkeep (``model.torchkeep_spec``), a torchkeep model file,
-            or a TorchScript / ONNX file exported by ``torchkeep export``.
+        model: an ``nn.Module`` built by torchkeep (``model.torchkeep_spec``), a torchkeep model file, a
+            training run (its directory or ``checkpoint.pt``: its best model file, with a warning saying so),
+            a TorchScript / ONNX file exported by ``torchkeep export``, or one torchkeep did not write (with
+            ``contract``).
         inputs: image files, folders (recursive), glob patterns or PIL images; one or a list.
         topk: how many classes to return per image.
         batch_size: images per forward pass.
@@ -109,12 +114,16 @@ def predict(
         progress: called as ``progress(done, total)`` after each batch.
         trust: load the model whatever its scan says (TorchScript / ONNX code that is not ``safe``) and let a
             model file whose spec names a user class (``package.module:Class``) import it. Only for files you trust.
+        contract: the input size, normalisation, channels and class names of a TorchScript / ONNX file that does
+            not carry them (``InputContract(input_size=224, mean=[...], std=[...], class_names=[...])``); for other
+            models, facts that override the spec's.
 
     Returns:
         One :class:`Prediction` per input, in input order; unreadable inputs have ``error`` set.
 
     Raises:
-        InputError: no input was found at all, or the model file cannot be read.
+        InputError: no input was found at all, the model file cannot be read, a foreign export lacks a fact
+            (each named with its flag), or the file is not a model file (a full pickled model: what to do).
         UnsafeFileError: the model file can run code that is not tensor computation (without ``trust``).
         UsageError: bad arguments.
     """
@@ -129,7 +138,9 @@ def predict(
         first = items[0]
         raise InputError(first.error or "no readable input", path=first.name, fix="check the path or pattern")
     was_training = bool(getattr(model, "training", False))
-    runner, spec, _ = prepare(model, backend=backend, device=device, half=half, spec=spec, trust=trust)
+    runner, spec, _ = prepare(
+        model, backend=backend, device=device, half=half, spec=spec, trust=trust, contract=contract
+    )
     try:
         return run_batches(runner, spec, items, topk=topk, batch_size=batch_size, progress=progress)
     finally:
@@ -139,7 +150,12 @@ def predict(
 
 def _names(spec: ModelSpec, n: int) -> list[str]:
     names = list(spec.class_names or [])
-    return [names[i] if i < len(names) else f"class {i}" for i in range(n)]
+    if names and len(names) != n:  # given for a foreign export, or overriding the spec's: never shift them
+        raise UsageError(
+            f"{len(names)} class names for a model with {n} outputs",
+            fix=f"give exactly {n} names, in output order (--classes FILE|a,b,c)",
+        )
+    return names or [f"class {i}" for i in range(n)]
 
 
 def run_batches(

@@ -26,7 +26,7 @@ from torchkeep._detect import Detected, corrupt_file_errors, detect
 from torchkeep._device import resolve_device as _resolve_device
 from torchkeep._dtypes import torch_dtype as _torch_dtype
 from torchkeep._gate import check_file
-from torchkeep._modelfile import resolve_model
+from torchkeep._modelpath import InputContract, open_model, run_model_file
 from torchkeep._onnx import read_onnx
 from torchkeep._spec import METADATA_KEY, ModelSpec
 from torchkeep.errors import InputError, TorchkeepError, UsageError
@@ -45,6 +45,7 @@ __all__ = [
     "OnnxRunner",
     "Runner",
     "TorchScriptRunner",
+    "export_spec",
     "load_exported",
     "prepare",
     "read_exported_spec",
@@ -371,6 +372,23 @@ def read_exported_spec(det: Detected) -> ModelSpec | None:
     return ModelSpec.from_json(raw, path=det.path) if raw else None
 
 
+def export_spec(
+    det: Detected, spec: ModelSpec | None = None, contract: InputContract | None = None
+) -> tuple[ModelSpec, bool]:
+    """The spec to run a TorchScript / ONNX file with, and whether torchkeep wrote the file (it carries one).
+
+    ``spec`` if given, else the file's own, else one made from ``contract`` and what the file tells (an
+    InputError names each fact still missing and its flag); ``contract``'s facts override the others.
+    """
+    own = read_exported_spec(det)
+    contract = contract or InputContract()
+    if spec is not None:
+        return contract.apply(spec), own is not None
+    if own is not None:
+        return contract.apply(own), True
+    return contract.for_export(det), False
+
+
 def load_exported(
     path: str | os.PathLike[str],
     *,
@@ -406,11 +424,7 @@ def load_exported(
     check_file(path, trust=trust)
     spec = spec or read_exported_spec(det)
     if spec is None and need_spec:
-        raise InputError(
-            f"this {det.format} file carries no torchkeep spec (class names, input size, preprocessing)",
-            path=path,
-            fix="export it with `torchkeep export`, or pass spec=ModelSpec(...)",
-        )
+        spec, _ = export_spec(det)  # names what is missing and the flags that give it
     if det.format == "torchscript":
         import torch
 
@@ -439,12 +453,14 @@ def prepare(
     spec: ModelSpec | None = None,
     channels_last: bool = False,
     trust: bool = False,
+    contract: InputContract | None = None,
 ) -> tuple[Runner, ModelSpec, str]:
     """Open a model for inference on a backend.
 
     Args:
-        model: an ``nn.Module`` with ``torchkeep_spec``, a torchkeep model file, or a TorchScript /
-            ONNX export carrying the spec.
+        model: an ``nn.Module`` with ``torchkeep_spec``, a torchkeep model file, a training run (its
+            directory or ``checkpoint.pt``: its best model file), or a TorchScript / ONNX file (a foreign one
+            with ``contract``).
         backend: "eager", "torchscript" or "onnxruntime"; None: the file's own (eager for model files).
         device: "auto", "cpu", "cuda"...
         half: run in float16.
@@ -452,12 +468,16 @@ def prepare(
         channels_last: eager/torchscript: NHWC memory format (often faster for CNNs on CPU).
         trust: load a file whatever its scan says: a TorchScript / ONNX export whose code is not ``safe``, a
             model file whose spec names a user class (as ``torchkeep.load``). Only for files you trust.
+        contract: input size, normalisation, channels and class names for a file that does not carry them
+            (a TorchScript / ONNX file torchkeep did not write); for other models they override the spec's.
 
     Returns:
         (runner, spec, backend actually used).
 
     Raises:
         UnsafeFileError: the scan found code in the file that is not tensor computation (without ``trust``).
+        InputError: a foreign export without the facts it needs (each missing one named with its flag), a
+            file that is not a model file (a full pickled model is named with its class and what to do).
     """
     import torch
     from torch import nn
@@ -471,7 +491,9 @@ def prepare(
     dev = resolve_device(device)
     dtype: str | None = "float16" if half else None
     if isinstance(model, (str, os.PathLike)):
-        fmt = detect(model).format
+        model = run_model_file(model)
+        det = detect(model)
+        fmt = det.format
         if fmt in ("torchscript", "onnx"):
             natural = "torchscript" if fmt == "torchscript" else "onnxruntime"
             if backend not in (None, natural):
@@ -481,9 +503,10 @@ def prepare(
                     fix=f"drop --backend, or export the original model file with torchkeep export --format "
                     f"{'onnx' if backend == 'onnxruntime' else 'torchscript'}",
                 )
-            # scanned, then the spec checked, before torch.jit.load / onnxruntime run anything of the file
-            runner, spec, _ = load_exported(model, device=dev, trust=trust, spec=spec, need_spec=True)
-            assert spec is not None  # need_spec
+            # the spec settled (or what is missing named), then the file scanned, before torch.jit.load /
+            # onnxruntime run anything of it
+            spec, _ = export_spec(det, spec, contract)
+            runner, _, _ = load_exported(model, device=dev, trust=trust, spec=spec)
             if half and runner.dtype != "float16":
                 if isinstance(runner, TorchScriptRunner):
                     runner = TorchScriptRunner(runner.module, dtype="float16", device=dev)
@@ -494,7 +517,7 @@ def prepare(
                         fix="torchkeep export --format onnx --half",
                     )
             return runner, spec, natural
-    module, spec, _ = resolve_model(model, spec, trust=trust)
+    module, spec, _ = open_model(model, spec, trust=trust, contract=contract)
     module = module.eval()
     if not isinstance(module, nn.Module):  # pragma: no cover - resolve_model guarantees it
         raise UsageError("not a module")

@@ -68,7 +68,8 @@ def _human(result, limit: int) -> None:
         out.print("[red]refused: nothing written[/red]")
 
 
-def _floats(text: str, flag: str) -> list[float]:
+def floats(text: str, flag: str) -> list[float]:
+    """``0.5`` or ``0.485,0.456,0.406`` as floats (--mean/--std of adapt, predict and export)."""
     from torchkeep.errors import UsageError
 
     try:
@@ -144,7 +145,7 @@ def command(
     if out is None and not dry_run:
         raise UsageError("adapt needs an output file", fix="pass -o OUT.safetensors, or --dry-run to preview")
     rules = [parse_rename(r) for r in renames]
-    norm = [_floats(v, flag) if v is not None else None for v, flag in ((mean, "--mean"), (std, "--std"))]
+    norm = [floats(v, flag) if v is not None else None for v, flag in ((mean, "--mean"), (std, "--std"))]
     names = [c.strip() for c in class_names.split(",")] if class_names else None
     try:
         result = adapt(

@@ -42,10 +42,11 @@ def _human(report) -> None:
 
 
 @click.command(
-    help="Evaluate a model file on a dataset: accuracy, per-class precision/recall/F1 and the confusion matrix. "
-    "By default on the same seeded validation split its training held out."
+    help="Evaluate a model file (or a training run's directory: its best model file) on a dataset: accuracy, "
+    "per-class precision/recall/F1 and the confusion matrix. By default on the same seeded validation split "
+    "its training held out."
 )
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.option("--data", help="digits, cifar10, fashion-mnist or folder:PATH. [default: the model's training data]")
 @click.option("--split", type=click.Choice(["val", "test", "train", "all"]), default="val", show_default=True,
               help="val: seeded hold-out split; test: official test set (cifar10, fashion-mnist).")

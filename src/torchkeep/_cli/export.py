@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from torchkeep._cli.common import console, emit, human_bytes, json_option
+from torchkeep._cli.predict import contract_from, contract_options
 
 
 def _parity_lines(result) -> list[str]:
@@ -13,7 +14,7 @@ def _parity_lines(result) -> list[str]:
         return ["parity check: skipped (--no-check)"]
     verdict = "[green]passed[/green]" if p.passed else "[red]FAILED[/red]"
     lines = [
-        f"parity check {verdict}: eager vs {result.format} on {p.inputs}",
+        f"parity check {verdict}: {p.reference} vs {result.format} on {p.inputs}",
         f"  max |Δlogit| {p.max_abs_diff:.3g}  (tolerance {p.tolerance:.3g} = relative x logit scale {p.logit_scale:.3g})",
         f"  top-1 agreement {p.top1_agree}/{p.samples}, top-{p.k} agreement {p.topk_agree}/{p.samples}"
         + (f" ({p.near_ties} near-ties)" if p.near_ties else "")
@@ -38,9 +39,12 @@ def _human(result) -> None:
 @click.command(
     help="Export a model file to TorchScript, ONNX, safetensors or a plain state_dict, then check that the "
     "export computes what the eager model computes (max logit difference, top-1/top-k agreement); "
-    "exit 4 and nothing written if it does not."
+    "exit 4 and nothing written if it does not.\n\n"
+    "A TorchScript/ONNX file becomes the same format (or TorchScript becomes ONNX) carrying its input contract, "
+    "so that predict runs it alone; for one torchkeep did not write, give it with --input-size, --mean/--std "
+    "(and --classes, --channels)."
 )
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.option(
     "--format",
     "fmt",
@@ -63,6 +67,7 @@ def _human(result) -> None:
 @click.option("--opset", type=int, default=None, help="ONNX opset (default: the exporter's).")
 @click.option("--trust", is_flag=True, help="Allow a model file naming a user class to import it.")
 @click.option("--no-check", is_flag=True, help="Skip the parity check.")
+@contract_options
 @json_option
 def command(
     model: str,
@@ -75,6 +80,11 @@ def command(
     opset: int | None,
     no_check: bool,
     trust: bool,
+    classes: str | None,
+    input_size: int | None,
+    mean: str | None,
+    std: str | None,
+    channels: str | None,
     as_json: bool,
 ) -> int:
     from torchkeep._export import ParityError, export
@@ -91,6 +101,7 @@ def command(
             opset=opset,
             check=not no_check,
             trust=trust,
+            contract=contract_from(classes, input_size, mean, std, channels),
         )
     except ParityError as exc:
         # show the numbers before the one-line error so the user sees how far off it was

@@ -14,6 +14,39 @@ from torchkeep._cli.common import console, emit, json_option
 _PROGRESS_MIN = 64
 
 
+def contract_options(fn):
+    """--classes, --input-size, --mean/--std, --channels: the input contract of a TorchScript / ONNX file that
+    torchkeep did not write (for a model file they override its spec). Shared by predict and export."""
+    options = [
+        click.option("--classes", metavar="FILE|a,b,c",
+                     help="Output class names: a file (one per line, or a JSON list) or comma-separated."),
+        click.option("--input-size", type=click.IntRange(min=1), metavar="N", help="Resize images to N x N."),
+        click.option("--mean", metavar="M[,M,M]", help="Per-channel mean after scaling pixels to [0, 1] (with --std)."),
+        click.option("--std", metavar="S[,S,S]", help="Per-channel std (with --mean)."),
+        click.option("--channels", type=click.Choice(["1", "3", "4"]), help="Input channels: 1 gray, 3 RGB, 4 RGBA."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def contract_from(classes: str | None, input_size: int | None, mean: str | None, std: str | None,
+                  channels: str | None):
+    """The InputContract the flags give, or None when none was given."""
+    from torchkeep._cli.adapt import floats
+    from torchkeep._modelpath import InputContract, parse_classes
+
+    if not any(v is not None for v in (classes, input_size, mean, std, channels)):
+        return None
+    return InputContract(
+        class_names=parse_classes(classes) if classes is not None else None,
+        input_size=(input_size, input_size) if input_size else None,
+        mean=floats(mean, "--mean") if mean is not None else None,
+        std=floats(std, "--std") if std is not None else None,
+        channels=int(channels) if channels else None,
+    )
+
+
 def _human(predictions, topk: int) -> None:
     from rich.table import Table
 
@@ -70,11 +103,13 @@ def _write_csv(predictions, path: str, topk: int) -> None:
 
 
 @click.command(
-    help="Classify images with a model file (torchkeep model file, or a TorchScript/ONNX export).\n\n"
-    "INPUT: image files, folders (recursive) or glob patterns. Preprocessing comes from the model's spec. "
-    "Unreadable images are reported and skipped; the exit code is 1 if any failed."
+    help="Classify images with a model file (torchkeep model file, a training run's directory, or a "
+    "TorchScript/ONNX file).\n\n"
+    "INPUT: image files, folders (recursive) or glob patterns. Preprocessing comes from the model's spec; a "
+    "TorchScript/ONNX file torchkeep did not write takes it from --input-size, --mean/--std (and --classes, "
+    "--channels). Unreadable images are reported and skipped; the exit code is 1 if any failed."
 )
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.argument("inputs", nargs=-1, required=True)
 @click.option(
     "--topk", "-k", type=click.IntRange(min=1), default=3, show_default=True, help="Classes per image."
@@ -98,6 +133,7 @@ def _write_csv(predictions, path: str, topk: int) -> None:
     "spec names). Only for files you trust.",
 )
 @click.option("--no-progress", is_flag=True, help="Never show a progress bar.")
+@contract_options
 @json_option
 def command(
     model: str,
@@ -110,9 +146,16 @@ def command(
     csv_path: str | None,
     no_progress: bool,
     trust: bool,
+    classes: str | None,
+    input_size: int | None,
+    mean: str | None,
+    std: str | None,
+    channels: str | None,
     as_json: bool,
 ) -> int:
     from torchkeep._predict import predict
+
+    contract = contract_from(classes, input_size, mean, std, channels)
 
     bar = None
     task = None
@@ -141,6 +184,7 @@ def command(
             half=half,
             progress=progress,
             trust=trust,
+            contract=contract,
         )
     finally:
         if bar is not None and task is not None:
