@@ -278,9 +278,7 @@ def _numpy_global(module: str, name: str) -> Any | None:
     if (module, name) in allowed:
         return allowed[(module, name)]
     if (module, name) == ("numpy", "ndarray"):
-        import numpy as np  # numpy is a dependency and imports no file code
-
-        return np.ndarray
+        return _placeholder_class(module, name)  # only _reconstruct's argument: numpy's constructor is never called
     if (module == "numpy" and name.endswith("DType")) or module == "numpy.dtypes":
         return lambda *a, **k: _np_dtype_of_class(name)
     return None
@@ -297,7 +295,7 @@ class NumpyDtypeRef:
     the state is set; nested dtypes (record fields, sub-array bases) are references of this class too.
     """
 
-    __slots__ = ("_built", "dtype", "name", "spec")
+    __slots__ = ("_built", "_used", "dtype", "name", "spec")
 
     def __init__(self, name: str) -> None:
         import numpy as np
@@ -306,10 +304,11 @@ class NumpyDtypeRef:
         self.spec = dtype_spec(name, None, _np_spec)
         self.dtype = np.dtype(name, False, True)
         self._built = False
+        self._used = False  # numpy would change the dtype in place under the arrays already using it
 
     def __setstate__(self, state: Any) -> None:  # BUILD
-        if self._built:
-            raise PickleReadError(f"numpy dtype {self.name!r} given a state twice")
+        if self._built or self._used:
+            raise PickleReadError(f"numpy dtype {self.name!r} given a state {'twice' if self._built else 'after use'}")
         try:
             self.spec = dtype_spec(self.name, state, _np_spec)
         except NumpyStateError as exc:
@@ -331,6 +330,7 @@ class NumpyDtypeRef:
 def _np_spec(x: Any) -> NpDtype:
     if not isinstance(x, NumpyDtypeRef):
         raise NumpyStateError(f"expected a pickled numpy dtype, got {type(x).__name__}")
+    x._used = True
     return x.spec
 
 
@@ -377,13 +377,11 @@ def _reader_array() -> Any:
 
 
 def _np_reconstruct(*args: Any) -> Any:
-    import numpy as np
-
     try:
         reconstruct_args(args)
     except NumpyStateError as exc:
         raise _refuse(exc) from None
-    if args[0] is not np.ndarray:
+    if placeholder_name(args[0]) != "numpy.ndarray":
         raise PickleReadError("numpy _reconstruct of a class that is not numpy.ndarray")
     return _reader_array()
 

@@ -283,6 +283,7 @@ class _Run:
         self.nested: list[tuple[int, bytes]] = []
         self._dedupe: set[tuple[str, str, str, str]] = set()
         self.np_dtypes: dict[_Call, NpDtype] = {}  # numpy.dtype calls whose state is numpy's (torchkeep._npstate)
+        self.np_used: set[_Call] = set()  # ...already used by an array, a scalar or another dtype
 
     def detach(self) -> None:
         """Drop the stream's bytes once the pass is over: stand-ins and values keep this run alive in
@@ -488,6 +489,7 @@ class _Run:
         spec = self.np_dtypes.get(x.call) if isinstance(x, Value) and x.kind == "np-dtype" and x.call else None
         if spec is None:
             raise NumpyStateError(f"expected a numpy dtype numpy writes, got {_describe(x)}")
+        self.np_used.add(x.call)
         return spec
 
     def numpy_call(self, qual: str, c: _Call) -> str | None:
@@ -516,6 +518,8 @@ class _Run:
                 spec = self.np_dtypes.pop(target.call, None)  # refused: later uses of the dtype are refused too
                 if spec is None:
                     raise NumpyStateError("a dtype whose construction was refused")
+                if target.call in self.np_used:  # numpy changes the dtype in place under the arrays that use it
+                    raise NumpyStateError("state set on a dtype already in use (numpy writes it first)")
                 self.np_dtypes[target.call] = dtype_spec(target.call.args[0], arg, self.np_dtype)
             elif target.call.target.endswith("._reconstruct"):
                 array_state(arg, self.np_dtype)
