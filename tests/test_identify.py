@@ -302,8 +302,12 @@ def test_predict_export_and_load_a_bare_state_dict(tmp_path, cli):
     spec = loaded.torchkeep_spec
     assert (spec.arch, spec.num_classes, spec.extra["identified"]["match"]) == ("resnet18", 10, "exact")
 
-    code, out, err = cli("export", bare, "--format", "onnx", "-o", tmp_path / "m.onnx")
+    # export (with its parity check) of a small bare state_dict
+    small = tmp_path / "squeezenet.pth"
+    torch.save(torchvision.models.squeezenet1_1(num_classes=3).state_dict(), small)
+    code, out, err = cli("export", small, "--format", "onnx", "-o", tmp_path / "m.onnx")
     assert code == 0, err
+    assert "identified by `torchkeep identify` as squeezenet1_1, 3 classes" in err
     assert (tmp_path / "m.onnx").stat().st_size > 1_000_000
 
 
@@ -326,3 +330,39 @@ def test_weights_of_no_known_architecture_still_explain_themselves(tmp_path):
     torch.save(LeNet().state_dict(), tmp_path / "lenet.pth")
     with pytest.raises(InputError, match=r"no architecture; not a known architecture; closest: .*torchkeep adapt"):
         torchkeep.load(tmp_path / "lenet.pth")
+
+
+def test_adapt_arch_auto_and_inspect_say_what_the_weights_are(tmp_path, cli):
+    torch.manual_seed(0)
+    base = build("squeezenet1_1", 10, head="append").eval()
+    # the appended layer under another name than build() gives it, in a DDP checkpoint
+    src = tmp_path / "sq.pth"
+    torch.save({"model": {f"module.{k.replace('add_linear', 'extra')}": v for k, v in base.state_dict().items()}}, src)
+    out = tmp_path / "sq.safetensors"
+    code, stdout, err = cli("adapt", src, "--arch", "auto", "-o", out)
+    assert code == 0, err
+    assert "--arch auto: squeezenet1_1, 10 classes, head appended (classifier.extra: 1000→10)" in stdout
+    model = torchkeep.load(out, device="cpu")
+    spec = model.torchkeep_spec
+    assert (spec.arch, spec.num_classes, spec.head.mode, spec.extra["identified"]["match"]) == (
+        "squeezenet1_1", 10, "append", "exact")
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), base(x))
+
+    torch.save(LeNet().state_dict(), tmp_path / "lenet.pth")
+    code, _, err = cli("adapt", tmp_path / "lenet.pth", "--arch", "auto", "-o", tmp_path / "x.safetensors")
+    assert code == 4 and "--arch auto: not a known architecture; closest:" in err
+
+    # inspect says it in one line, from the cached signatures, without importing torch
+    assert torchkeep.inspect(src).looks_like == "squeezenet1_1, 10 classes, head appended (classifier.extra: 1000→10)"
+    code, stdout, _ = cli("inspect", src)
+    assert code == 0 and "looks like squeezenet1_1, 10 classes, head appended" in stdout
+    import subprocess
+    import sys
+
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, torchkeep; r = torchkeep.inspect(sys.argv[1]); "
+         "print(r.looks_like, 'torch' in sys.modules)", os.fspath(src)],
+        capture_output=True, text=True, timeout=120, env={**os.environ})
+    assert probe.stdout.strip() == "squeezenet1_1, 10 classes, head appended (classifier.extra: 1000→10) False", probe.stderr

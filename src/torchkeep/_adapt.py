@@ -14,7 +14,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from torchkeep._convert import file_sha256
 from torchkeep._explain import explain_error
+from torchkeep._identify import head_moves, identify
 from torchkeep._match import (
     DtypeChange,
     LoadReport,
@@ -244,6 +245,26 @@ def adapt(
     """
     from torchkeep.models import build
 
+    ident = None
+    arch_kwargs: dict[str, Any] = {}
+    if arch == "auto":
+        # what `torchkeep identify` names: its classes, head, input size and constructor arguments
+        ident = identify(src, key=key)
+        if ident.architecture is None or ident.source not in ("seed", "torchvision"):
+            raise CompatibilityError(
+                f"--arch auto: {ident.summary()}", path=os.fspath(src),
+                fix="pass --arch NAME (`torchkeep identify FILE` lists the candidates and their differences)")
+        arch = ident.architecture
+        arch_kwargs = {k: v for k, v in ident.arch_kwargs.items() if k != "image_size"}  # input_size sets it
+        if num_classes is None and class_names is None:
+            num_classes = ident.num_classes
+        if ident.head == "appended" and num_classes == ident.num_classes:
+            head = "append"
+        if input_size is None and ident.input_size:
+            input_size = (ident.input_size[0], ident.input_size[1])
+        if in_channels is None and ident.source == "seed":
+            in_channels = ident.in_channels
+
     if out is None and not dry_run:
         raise UsageError("adapt needs an output file", fix="pass out=... (CLI: -o OUT.safetensors) or dry_run=True")
     if (mean is None) != (std is None):
@@ -268,7 +289,8 @@ def adapt(
     ordered = keeps_order(path)
 
     def _build(n: int | None) -> nn.Module:
-        return build(arch, n, in_channels=in_channels, input_size=input_size, class_names=class_names, head=head)
+        return build(arch, n, in_channels=in_channels, input_size=input_size, class_names=class_names, head=head,
+                     **arch_kwargs)
 
     def _run(model: nn.Module, dry: bool, partial: bool, shapes: Literal["skip", "error"]) -> LoadReport:
         # adapt (unlike load_into) refuses a backbone that does not fit unless partial loads are allowed
@@ -292,6 +314,14 @@ def adapt(
         )
 
     model = _build(num_classes)
+    if ident is not None:
+        notes.append(f"--arch auto: {ident.summary()} (`torchkeep identify`, {ident.match} match)")
+        moves = head_moves(ident, getattr(getattr(model, "torchkeep_spec", None), "head", None))
+        if moves and not callable(renames) and not isinstance(renames, str):
+            # the file's appended layer (classifier.7, fc.1) goes where build() appends it (classifier.add_linear)
+            given = list(renames.items()) if isinstance(renames, Mapping) else list(renames or ())
+            renames = [*given, *((f"^({re.escape(ident.prefix)}){re.escape(a)}\\.(weight|bias)$", f"\\g<1>{b}.\\2")
+                                 for a, b in moves.items())]
     if num_classes is None:
         # A fine-tuned 10-class file adapted to "resnet18" must keep its trained head, not get a random
         # 1000-class one: take the number of classes from the source when only the head disagrees.
@@ -348,6 +378,8 @@ def adapt(
             spec.provenance.source_sha256 = sha
             spec.provenance.notes = f"torchkeep adapt: {report.verdict}"
             spec.extra["adapt"] = report.summary()
+            if ident is not None:
+                spec.extra["identified"] = ident.record()
             if class_names is not None:
                 spec.class_names = list(class_names)
         written = os.fspath(save(model, out, spec))

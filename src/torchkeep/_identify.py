@@ -24,11 +24,13 @@ from typing import Any
 
 from torchkeep._keys import prefix_candidates
 from torchkeep._read import read_structure
+from torchkeep._spec import HeadRecipe
 from torchkeep._weights import find_weights
 from torchkeep.errors import InputError, UsageError
-from torchkeep.models._signatures import Dim, Signature, decode, encode, load_signatures
+from torchkeep.models._signatures import Dim, Signature, decode, encode, load_signatures, names_digest
 
-__all__ = ["Appended", "Candidate", "Identification", "Layer", "Reshaped", "identify", "layers_of", "rank", "skeleton_of"]
+__all__ = ["Appended", "Candidate", "Identification", "Layer", "Reshaped", "head_moves", "identify", "layers_of", "rank",
+           "skeleton_of"]
 
 #: a best candidate explaining less than this share of the tensors is not named ("not a known architecture")
 CLOSE_CONFIDENCE = 0.8
@@ -156,6 +158,13 @@ class Identification:
         if self.match != "exact":
             parts.append(f"close match ({self.differences} differences)")
         return ", ".join(parts)
+
+    def record(self) -> dict[str, Any]:
+        """What a model file built from this identification keeps of it (``spec.extra["identified"]``)."""
+        return {"summary": self.summary(), "architecture": self.architecture, "arch_kwargs": self.arch_kwargs,
+                "match": self.match, "confidence": self.confidence, "num_classes": self.num_classes,
+                "head": self.head, "weights_location": self.weights_location, "prefix": self.prefix,
+                "notes": list(self.notes)}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (internal fields of candidates left out)."""
@@ -364,20 +373,41 @@ def _appended(cand: Candidate, head: str, files: Mapping[str, Shape], n: int | N
     cand.unexpected = []
 
 
-def _best_per_signature(sigs: Iterable[Signature], files: Mapping[str, Shape]) -> list[Candidate]:
-    stripped: list[tuple[str, dict[str, Shape], dict[str, str]]] = []
+def _views(files: Mapping[str, Shape]) -> list[tuple[str, dict[str, Shape], dict[str, str]]]:
+    """The file's names with each wrapper prefix candidate stripped (and their shapes encoded)."""
+    out = []
     for p in sorted(prefix_candidates(files, generic=True), key=len):
         view: dict[str, Shape] = {}
         for n, s in files.items():
             view.setdefault(n[len(p):] if p and n.startswith(p) else n, s)
-        stripped.append((p, view, {n: encode(s) for n, s in view.items()}))
+        out.append((p, view, {n: encode(s) for n, s in view.items()}))
+    return out
+
+
+def _best_per_signature(sigs: Iterable[Signature], files: Mapping[str, Shape]) -> list[Candidate]:
+    """Every signature compared with the file, each under the prefix that makes most of its names match."""
+    views = _views(files)
     out = []
     for sig in sigs:
         table = sig.table
-        # the prefix under which most names are the signature's; then compare there only
-        p, view, enc = max(stripped, key=lambda pv: (sum(1 for n in pv[1] if n in table), -len(pv[0])))
+        p, view, enc = max(views, key=lambda pv: (sum(1 for n in pv[1] if n in table), -len(pv[0])))
         out.append(_compare(sig, view, enc, p))
     return out
+
+
+def _candidates(sigs: list[Signature], files: Mapping[str, Shape], top: int) -> list[Candidate]:
+    """The file compared with the signatures that have its very names (found by digest: most files), and with
+    ``top`` neighbours by tensor count for the list of alternatives; with every signature when none has them."""
+    views = _views(files)
+    by_digest = {names_digest(v): (p, v, e) for p, v, e in views}
+    hits = [(s, by_digest.get(s.digest) or by_digest[s.digest_nbt]) for s in sigs
+            if s.digest in by_digest or s.digest_nbt in by_digest]
+    cands = [_compare(s, v, e, p) for s, (p, v, e) in hits]
+    if not any(c.match == "exact" for c in cands):
+        return _best_per_signature(sigs, files)
+    seen = {id(s) for s, _ in hits}
+    near = sorted((s for s in sigs if id(s) not in seen), key=lambda s: abs(s.n - len(files)))[: max(top, 5) * 4]
+    return cands + _best_per_signature(near, files)
 
 
 # ------------------------------------------------------------------------------------------ unknown weights
@@ -574,7 +604,7 @@ def identify(
     """
     files, dtypes, location, path, ordered = _read(source, key)
     sigs = load_signatures(architectures)
-    cands, tie = rank(_best_per_signature(sigs, files))
+    cands, tie = rank(_candidates(sigs, files, top))
     best = cands[0] if cands else None
     notes: list[str] = []
     named = best is not None and best.match != "none" and not tie
@@ -621,6 +651,17 @@ def identify(
             ident.skeleton = skeleton_of(files, ident.layers, label)
     ident.notes = notes + ident.notes
     return ident
+
+
+def head_moves(ident: Identification, head: HeadRecipe | None) -> dict[str, str]:
+    """Where the file's head layers go in the model ``build(..., head="append")`` makes: file module path ->
+    model module path (``{"classifier.7": "classifier.add_linear"}``, ``{"fc": "fc.0", "fc2": "fc.add_linear"}``);
+    empty when nothing moves."""
+    if ident.appended is None or head is None or not head.added_path:
+        return {}
+    base = f"{head.path}.0" if head.wrapped else head.path
+    moves = {ident.appended.base_head: base, ident.appended.path: head.added_path}
+    return {a: b for a, b in moves.items() if a != b}
 
 
 def rank(cands: list[Candidate]) -> tuple[list[Candidate], list[str]]:

@@ -15,10 +15,12 @@ from typing import Any
 
 from torchkeep._dcp import training_state
 from torchkeep._detect import FORMATS
+from torchkeep._identify import identify
 from torchkeep._keys import WRAPPER_PREFIXES, wrapper_prefix
 from torchkeep._pickle import Placeholder, TensorRef, placeholder_name
 from torchkeep._read import FileStructure, RawTensor, read_structure
 from torchkeep._weights import WeightsView, checkpoint_entries, file_kind, find_weights
+from torchkeep.models._signatures import cached as signatures_cached
 
 __all__ = ["SCHEMA_VERSION", "DtypeTotal", "Inspection", "TensorInfo", "Totals", "inspect"]
 
@@ -100,6 +102,7 @@ class Inspection:
     metadata: dict[str, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    looks_like: str | None = None
     filter: str | None = None
     schema_version: int = SCHEMA_VERSION
 
@@ -314,7 +317,21 @@ def inspect(path: str | os.PathLike[str]) -> Inspection:
         details=_details(fs),
     )
     ins.notes = _notes(ins, fs)
+    ins.looks_like = _looks_like(ins)
     return ins
+
+
+def _looks_like(ins: Inspection) -> str | None:
+    """What ``torchkeep identify`` says of weights without a spec (``resnet18, 10 classes, head replaced``),
+    when the architectures' signatures are cached: inspect builds none (that imports torch and takes seconds)."""
+    if ins.spec is not None or ins.kind not in ("state_dict", "checkpoint", "full_model", "tensors") or not ins.tensors:
+        return None
+    if not signatures_cached():
+        return None
+    try:
+        return identify({t.name: tuple(t.shape) for t in ins.tensors}, top=1).summary()
+    except Exception:  # a description, not a verdict: inspect never fails for it
+        return None
 
 
 def _notes(ins: Inspection, fs: FileStructure) -> list[str]:

@@ -18,7 +18,7 @@ from torchkeep._detect import detect
 from torchkeep._device import resolve_device
 from torchkeep._dtypes import cast_dtype, torch_dtype
 from torchkeep._gate import check_file
-from torchkeep._identify import Identification, identify
+from torchkeep._identify import Identification, head_moves, identify
 from torchkeep._load import load_state_dict
 from torchkeep._match import copy_state
 from torchkeep._spec import METADATA_KEY, ModelSpec, check_model_path, read_spec
@@ -242,12 +242,10 @@ def _from_identification(p: Path) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
     spec: ModelSpec = model.torchkeep_spec  # type: ignore[assignment]
     expected = model.state_dict()
     tensors = {k[len(ident.prefix):]: v for k, v in load_state_dict(p).items() if k.startswith(ident.prefix)}
-    if ident.appended is not None and spec.head is not None and spec.head.added_path:
-        # the file's names for the original head and the appended layer -> where build() puts them
-        base = f"{spec.head.path}.0" if spec.head.wrapped else spec.head.path
-        moves = {ident.appended.base_head: base, ident.appended.path: spec.head.added_path}
-        tensors = {next((f"{moves[m]}{k[len(m):]}" for m in moves if k.startswith(m + ".")), k): v
-                   for k, v in tensors.items()}
+    # the file's names for the original head and an appended layer -> where build() puts them
+    moves = head_moves(ident, spec.head)
+    tensors = {next((f"{moves[m]}{k[len(m):]}" for m in moves if k.startswith(m + ".")), k): v
+               for k, v in tensors.items()}
     for k in expected:  # BatchNorm counters that files from before PyTorch 0.4.1 lack
         if k not in tensors and k.endswith(".num_batches_tracked"):
             tensors[k] = torch.zeros((), dtype=torch.long)
@@ -262,11 +260,7 @@ def _from_identification(p: Path) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
     done += ")"
     spec.provenance.source_file = os.fspath(p)
     spec.provenance.notes = done
-    spec.extra["identified"] = {
-        "summary": ident.summary(), "architecture": arch, "match": ident.match, "confidence": ident.confidence,
-        "num_classes": ident.num_classes, "head": ident.head, "weights_location": ident.weights_location,
-        "prefix": ident.prefix, "assumed": assumed + ident.notes,
-    }
+    spec.extra["identified"] = {**ident.record(), "assumed": assumed}
     what = "; ".join([*assumed, *ident.notes])
     warnings.warn(
         f"{p.name} has no torchkeep spec: {done}; built with {kwargs or 'default arguments'}"

@@ -86,7 +86,8 @@ def floats(text: str, flag: str) -> list[float]:
     "less than --min-match of the parameters would load. Exit 0 written, 4 refused, 3 unreadable SRC."
 )
 @click.argument("src", type=click.Path(dir_okay=False))
-@click.option("--arch", required=True, shell_complete=complete_arch, help="Architecture name (see `torchkeep models`).")
+@click.option("--arch", required=True, shell_complete=complete_arch,
+              help="Architecture name (see `torchkeep models`), or auto: what `torchkeep identify SRC` names.")
 @click.option("--num-classes", type=click.IntRange(min=1), help="Outputs of the model (default: the source's).")
 @click.option("--class-names", help="Comma-separated class names, in index order.")
 @click.option(

@@ -49,6 +49,8 @@ def _human(r, tree: bool, depth: int | None) -> None:
     if r.model_class:
         kind += f" of class {r.model_class}"
     con.print(f"  kind     {kind}")
+    if r.looks_like:
+        con.print(f"  looks like {r.looks_like}  (`torchkeep identify` for the details)")
     if r.weights_location and r.weights_location != "(full model)":
         con.print(f"  weights  in {r.weights_location!r}" + (f" (also: {', '.join(r.other_weights)})" if r.other_weights else ""))
     if r.spec:

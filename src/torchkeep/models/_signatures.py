@@ -22,7 +22,6 @@ import os
 import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -35,8 +34,19 @@ if TYPE_CHECKING:  # torch only where signatures are built
     from torch import nn
 
 __all__ = [
-    "SENTINEL_CLASSES", "Dim", "Signature", "cache_dir", "cache_files", "decode", "encode", "load_signatures",
-    "meta_build", "no_init",
+    "SENTINEL_CLASSES",
+    "Dim",
+    "Signature",
+    "cache_dir",
+    "cache_files",
+    "cache_size",
+    "cached",
+    "decode",
+    "encode",
+    "load_signatures",
+    "meta_build",
+    "names_digest",
+    "no_init",
 ]
 
 #: a class count no real layer has by chance: the dimensions equal to it are the head's
@@ -44,7 +54,7 @@ SENTINEL_CLASSES = 1009
 #: input channels the seeds are built with to find the dimensions that follow them
 SENTINEL_CHANNELS = 11
 #: bump when the stored form changes
-FORMAT = 1
+FORMAT = 2
 
 Dim = int | str
 
@@ -58,7 +68,15 @@ def decode(text: str) -> tuple[Dim, ...]:
     return tuple(int(d) if d.isdigit() else d for d in text.split(",")) if text else ()
 
 
-@dataclass
+def names_digest(names: Iterable[str]) -> str:
+    """A digest of a set of tensor names: signatures with the very names of a file are found by it at once."""
+    return hashlib.sha1("\n".join(sorted(names)).encode()).hexdigest()[:16]
+
+
+def _without_counters(names: Iterable[str]) -> list[str]:
+    return [n for n in names if not n.endswith(".num_batches_tracked")]
+
+
 class Signature:
     """One buildable architecture (or one variant of it) as names and shapes.
 
@@ -71,22 +89,39 @@ class Signature:
         in_channels: its default input channels.
         head: path of the classifier head (``fc``, ``classifier.6``), or None.
         names / shapes: the state_dict, in module order; shapes encoded (:func:`encode`), dims are ints or the
-            symbols ``N``, ``C``, ``S``.
+            symbols ``N``, ``C``, ``S``. Read from the cache only when first used.
         size: how free ``S`` dims give the input size: ``{"kind": "vit", "patch": 16}``, ``{"kind": "flat",
             "per_cell": 64, "cell": 8}`` (the seeds' CNN), ``{"kind": "pixels"}`` (the seeds' MLP), or None.
+        n: the number of tensors; digest / digest_nbt: :func:`names_digest` of the names, with and without
+            BatchNorm's ``num_batches_tracked`` (old files lack them).
     """
 
-    key: str
-    arch: str
-    source: str
-    kwargs: dict[str, Any]
-    num_classes: int
-    in_channels: int
-    head: str | None
-    names: list[str]
-    shapes: list[str]
-    size: dict[str, Any] | None = None
-    _table: dict[str, str] | None = field(default=None, repr=False, compare=False)
+    def __init__(self, key: str, arch: str, source: str, kwargs: dict[str, Any], num_classes: int, in_channels: int,
+                 head: str | None, names: list[str] | None = None, shapes: list[str] | None = None,
+                 size: dict[str, Any] | None = None, *, n: int | None = None, digest: str | None = None,
+                 digest_nbt: str | None = None, loader: Callable[[], tuple[list[str], list[str]]] | None = None):
+        self.key, self.arch, self.source, self.kwargs = key, arch, source, kwargs
+        self.num_classes, self.in_channels, self.head, self.size = num_classes, in_channels, head, size
+        self._names, self._shapes, self._loader = names, shapes, loader
+        self._table: dict[str, str] | None = None
+        if names is not None:
+            n, digest, digest_nbt = len(names), names_digest(names), names_digest(_without_counters(names))
+        self.n, self.digest, self.digest_nbt = n or 0, digest or "", digest_nbt or ""
+
+    def _load(self) -> None:
+        if self._names is None or self._shapes is None:
+            assert self._loader is not None
+            self._names, self._shapes = self._loader()
+
+    @property
+    def names(self) -> list[str]:
+        self._load()
+        return self._names  # type: ignore[return-value]
+
+    @property
+    def shapes(self) -> list[str]:
+        self._load()
+        return self._shapes  # type: ignore[return-value]
 
     @property
     def table(self) -> dict[str, str]:
@@ -95,23 +130,13 @@ class Signature:
             self._table = dict(zip(self.names, self.shapes))
         return self._table
 
-    @property
-    def symbolic(self) -> bool:
-        """Whether any dim is a symbol (the number of classes, channels, a size)."""
-        return any(not c.isdigit() and c != "," for s in self.shapes for c in s)
+    def __repr__(self) -> str:
+        return f"Signature({self.key!r}, {self.n} tensors)"
 
-    def to_json(self) -> dict[str, Any]:
-        # one string per column: a cache of ~30k tensors then decodes in milliseconds
+    def meta(self) -> dict[str, Any]:
         return {"key": self.key, "arch": self.arch, "source": self.source, "kwargs": self.kwargs,
                 "num_classes": self.num_classes, "in_channels": self.in_channels, "head": self.head,
-                "names": "\n".join(self.names), "shapes": "\n".join(self.shapes), "size": self.size}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Signature:
-        names = d["names"].split("\n") if d["names"] else []
-        shapes = d["shapes"].split("\n") if names else []
-        return cls(d["key"], d["arch"], d["source"], dict(d["kwargs"]), int(d["num_classes"]), int(d["in_channels"]),
-                   d["head"], names, shapes, d.get("size"))
+                "size": self.size, "n": self.n, "digest": self.digest, "digest_nbt": self.digest_nbt}
 
 
 # ------------------------------------------------------------------------------------- meta building
@@ -343,8 +368,24 @@ def cache_files() -> list[Path]:
     return [p for p in (_cache_file(s) for s in sources()) if p.is_file()]
 
 
-# path -> (mtime, size, signatures, complete): a process reads each cache file once
+# The cache is two files per source: an index (JSON: every signature's metadata, digests and where its names and
+# shapes are) and a blob of the names and shapes, read when a signature is compared in full. Identifying a file
+# whose names one architecture has exactly reads the index and a few signatures only.
+
+# index path -> (mtime, size, signatures, complete): a process reads each cache file once
 _MEMO: dict[Path, tuple[int, int, dict[str, Signature], bool]] = {}
+_BLOBS: dict[Path, bytes] = {}
+
+
+def _blob_loader(path: Path, start: int, length: int) -> Callable[[], tuple[list[str], list[str]]]:
+    def load() -> tuple[list[str], list[str]]:
+        blob = _BLOBS.get(path)
+        if blob is None:
+            blob = _BLOBS[path] = path.read_bytes()
+        names, _, shapes = blob[start:start + length].decode().partition("\x00")
+        return (names.split("\n"), shapes.split("\n")) if names else ([], [])
+
+    return load
 
 
 def _read_cache(path: Path, source: str) -> tuple[dict[str, Signature], bool]:
@@ -356,7 +397,15 @@ def _read_cache(path: Path, source: str) -> tuple[dict[str, Signature], bool]:
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("versions") != _versions(source):
             return {}, False
-        sigs = {d["key"]: Signature.from_json(d) for d in data["signatures"]}
+        blob = path.with_name(data["blob"])
+        if not blob.is_file():
+            return {}, False
+        sigs = {}
+        for d in data["signatures"]:
+            sigs[d["key"]] = Signature(
+                d["key"], d["arch"], d["source"], dict(d["kwargs"]), int(d["num_classes"]), int(d["in_channels"]),
+                d["head"], size=d.get("size"), n=int(d["n"]), digest=d["digest"], digest_nbt=d["digest_nbt"],
+                loader=_blob_loader(blob, int(d["offset"]), int(d["length"])))
         complete = bool(data.get("complete"))
         _MEMO[path] = (st.st_mtime_ns, st.st_size, sigs, complete)
         return dict(sigs), complete
@@ -365,11 +414,35 @@ def _read_cache(path: Path, source: str) -> tuple[dict[str, Signature], bool]:
 
 
 def _write_cache(path: Path, source: str, sigs: dict[str, Signature], complete: bool) -> None:
-    data = {"versions": _versions(source), "complete": complete, "signatures": [s.to_json() for s in sigs.values()]}
+    chunks: list[bytes] = []
+    entries = []
+    offset = 0
+    for sig in sigs.values():
+        chunk = ("\n".join(sig.names) + "\x00" + "\n".join(sig.shapes)).encode()
+        entries.append({**sig.meta(), "offset": offset, "length": len(chunk)})
+        chunks.append(chunk)
+        offset += len(chunk)
+    blob = b"".join(chunks)
+    # the blob's name carries its digest: an index never points at a blob written for another index
+    blob_path = path.with_name(f"{path.stem}-{hashlib.sha1(blob).hexdigest()[:12]}.blob")
+    data = {"versions": _versions(source), "complete": complete, "blob": blob_path.name, "signatures": entries}
     with contextlib.suppress(OSError):  # a read-only home: identify still works, only slower
+        atomic_write_bytes(blob_path, blob)
         atomic_write_bytes(path, json.dumps(data, separators=(",", ":")).encode())
+        for old in path.parent.glob(f"{path.stem}-*.blob"):
+            if old != blob_path:
+                with contextlib.suppress(OSError):
+                    old.unlink()
         st = path.stat()
         _MEMO[path] = (st.st_mtime_ns, st.st_size, dict(sigs), complete)
+
+
+def cache_size() -> int:
+    """Bytes the signature cache of this environment takes on disk (indexes and blobs)."""
+    total = 0
+    for p in cache_files():
+        total += p.stat().st_size + sum(b.stat().st_size for b in p.parent.glob(f"{p.stem}-*.blob"))
+    return total
 
 
 def _all_names(source: str) -> list[str]:
@@ -387,6 +460,11 @@ def _build(source: str, names: list[str]) -> list[Signature]:
         return _timm_signatures(names)
     seeds = [s for s in _seed_signatures() if s.arch in names]
     return seeds + _torchvision_signatures([n for n in names if n not in ("cifar10_cnn", "fashion_mlp")])
+
+
+def cached() -> bool:
+    """Whether every signature of this environment is cached (identifying then imports no torch)."""
+    return all(_read_cache(_cache_file(s), s)[1] for s in sources())
 
 
 def load_signatures(architectures: Iterable[str] | None = None) -> list[Signature]:
