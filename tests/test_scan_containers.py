@@ -333,10 +333,10 @@ SHAPES: dict[str, Shape] = {
     "zip_decoy_directory": Shape(_decoy_directory, "torch", os_system, frozenset({"zip-reader-mismatch"})),
     "zip_computed_global_member": Shape(_computed_global_member, "member:archive/extra/state", computed_os_system, frozenset()),
     "zip_deflated_past_window": Shape(_deflated_past_window, "torch", os_system, frozenset()),
-    "tar_unknown_type": Shape(_tar_unknown_type, "torch", os_system, frozenset()),
-    "tar_symlink_computed_global": Shape(_tar_symlink, "torch", computed_os_system, frozenset()),
-    "tar_hardlink_to_unknown_type": Shape(_tar_hardlink, "torch", os_system, frozenset()),
-    "tar_symlink_outside": Shape(_tar_symlink_outside, "torch", os_system, frozenset({"tar-link"})),
+    "tar_unknown_type": Shape(_tar_unknown_type, "torch", os_system, frozenset({"tar-not-plain"})),
+    "tar_symlink_computed_global": Shape(_tar_symlink, "torch", computed_os_system, frozenset({"tar-not-plain"})),
+    "tar_hardlink_to_unknown_type": Shape(_tar_hardlink, "torch", os_system, frozenset({"tar-not-plain"})),
+    "tar_symlink_outside": Shape(_tar_symlink_outside, "torch", os_system, frozenset({"tar-link", "tar-not-plain"})),
     "npy_string_dtype": Shape(_npy_descr("T", "strings.npy"), "numpy", os_system, frozenset()),
     "npy_string_dtype_field": Shape(_npy_descr("f4,T", "fields.npy"), "numpy", os_system, frozenset()),
     "npy_nested_string_field": Shape(_npy_descr([("a", [("c", "T")])], "nested.npy"), "numpy", os_system, frozenset()),
@@ -618,3 +618,241 @@ def test_a_zip_without_a_pickle_is_not_called_safe(tmp_path):
     assert "no data.pkl" in rep.findings[0].why
     with pytest.raises(InputError, match=r"no data\.pkl"):
         torchkeep.inspect(p)
+
+
+# -- round 5: the tar format as torch.load reads it (extracts, falls back to byte 0) and joblib's "ZF" files --
+def _storages(*records: tuple[int, bytes, bytes]) -> bytes:
+    """A tar ``storages`` member: count, per storage (key, 'cpu', type) then int64 numel and data, then views."""
+    out = pickle.dumps(len(records), protocol=2)
+    for key, storage_type, data in records:
+        out += mc.pk(mc.MARK + mc.I1(key) + mc.U("cpu") + storage_type + mc.TUPLE) + struct.pack("<q", len(data) // 4) + data
+    return out + pickle.dumps([], protocol=2)
+
+
+def torch_legacy_tar(values: tuple[float, ...] = (1.0, 2.0, 3.0)) -> bytes:
+    """What torch < 0.1.10's torch.save wrote: a PAX-format tar of sys_info, pickle, tensors and storages (one
+    FloatStorage, one FloatTensor on it, integer keys). The object pickle holds no tensor: torch's writer named
+    tensors there by a string persistent id (``"2"``), which the scanner's persistent-id rule does not know yet."""
+    sys_info = pickle.dumps({"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 8}}, protocol=2)
+    obj = pickle.dumps({"epoch": 3, "n": len(values)}, protocol=2)
+    n = len(values)
+    tensors = (pickle.dumps(1, protocol=2) + mc.pk(mc.MARK + mc.I1(2) + mc.I1(1) + mc.G("torch", "FloatTensor") + mc.TUPLE)
+               + struct.pack("<i", 1) + bytes(4) + struct.pack("<qqq", n, 1, 0))  # fmt: skip
+    storages = _storages((1, mc.G("torch", "FloatStorage"), struct.pack(f"<{n}f", *values)))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in (("sys_info", sys_info), ("pickle", obj), ("tensors", tensors), ("storages", storages)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 1_490_000_000, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _add(tf: tarfile.TarFile, name: str, data: bytes = b"", **attrs: object) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    for k, v in attrs.items():
+        setattr(info, k, v)
+    tf.addfile(info, io.BytesIO(data) if data else None)
+
+
+def _tar(build: Callable[[tarfile.TarFile], None]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        build(tf)
+    return buf.getvalue()
+
+
+_EMPTY_STORAGES = pickle.dumps(0, protocol=2) + pickle.dumps([], protocol=2)
+
+
+def _tar_sparse_overlap(d: Path, evil_storages: bytes) -> bytes:
+    """'storages' is a pax 0.1 sparse file with two chunks at offset 0: extractfile serves the first (benign),
+    tar.extract writes the second over it."""
+    n = max(len(evil_storages), len(_EMPTY_STORAGES)) + 8
+    good, evil = _EMPTY_STORAGES.ljust(n, b"\0"), evil_storages.ljust(n, b"\0")
+
+    def build(tf: tarfile.TarFile) -> None:
+        _add(tf, "storages", good + evil, pax_headers={"GNU.sparse.map": f"0,{n},0,{n}", "GNU.sparse.realsize": str(n)})
+        _add(tf, "tensors", pickle.dumps(0, protocol=2))
+        _add(tf, "pickle", BENIGN)
+
+    return _tar(build)
+
+
+def _tar_hardlink_duplicate(d: Path, evil_storages: bytes) -> bytes:
+    """'tensors' is a hard link to 'storages', and 'storages' comes twice: extractfile resolves the link to the
+    first one (S1), tar.extract links to the file it extracted as 'storages' (the last one, S2), so torch reads
+    S2 twice: as storages (clean) and with the tensors layout, whose record 1 geometry is 8 bytes longer than a
+    storage record: record 2's args are then read from inside the first string of S2's record 2 pickle."""
+    hidden = evil_storages[2:]  # the payload without PROTO, hidden in a string
+    key2 = b"A" + hidden
+    s2 = (pickle.dumps(2, protocol=2)
+          + mc.pk(mc.MARK + mc.U("cpu") + mc.U("cpu") + mc.G("torch", "ComplexDoubleStorage") + mc.TUPLE)
+          + struct.pack("<q", 1) + struct.pack("<qq", 0, 1)  # numel 1 (16 bytes) / tensor: ndim 1, size 0, stride 1
+          + mc.PROTO2 + b"X" + struct.pack("<I", len(key2)) + key2 + mc.U("cpu") + mc.G("torch", "ComplexDoubleStorage") + b"\x87."
+          + struct.pack("<q", 0) + pickle.dumps([], protocol=2))  # fmt: skip
+
+    def build(tf: tarfile.TarFile) -> None:
+        _add(tf, "storages", _EMPTY_STORAGES)
+        _add(tf, "tensors", type=tarfile.LNKTYPE, linkname="storages")
+        _add(tf, "storages", s2)
+        _add(tf, "pickle", BENIGN)
+
+    return _tar(build)
+
+
+def _tar_symlink_to_member_name(d: Path, evil_storages: bytes) -> bytes:
+    """'storages' is a symbolic link to an absolute path that is also the name of a benign member: extractfile
+    serves that member, tar.extract makes a real link and torch reads the file on disk (the red team used
+    /proc/self/fd/N, the model file itself)."""
+    outside = d / "outside_storages"
+    outside.write_bytes(evil_storages)
+
+    def build(tf: tarfile.TarFile) -> None:
+        _add(tf, str(outside), _EMPTY_STORAGES)
+        _add(tf, "storages", type=tarfile.SYMTYPE, linkname=str(outside))
+        _add(tf, "tensors", pickle.dumps(0, protocol=2))
+        _add(tf, "pickle", BENIGN)
+
+    return _tar(build)
+
+
+TAR_EXTRACTION_SHAPES = {
+    "sparse_overlap": _tar_sparse_overlap,
+    "hardlink_to_duplicate": _tar_hardlink_duplicate,
+    "symlink_to_member_name": _tar_symlink_to_member_name,
+}
+
+
+def _fallback_name(command: str) -> str:
+    """A protocol-0 pickle that fits a tar header's name field (under 100 bytes, no NUL): torch.load's
+    fallback reads it from byte 0. It starts with INT, which no pickle detector takes for a pickle start."""
+    name = f"I0\n0cos\nsystem\n(V{command}\ntR."
+    assert len(name) < 100 and "\0" not in name
+    return name
+
+
+def _tar_fallback_truncated(first: str) -> bytes:
+    """The last member claims more bytes than the file holds: tar.extract raises ReadError (a TarError) and
+    torch.load reads the file as a pickle from byte 0: the first member's name."""
+
+    def build(tf: tarfile.TarFile) -> None:
+        _add(tf, first)
+        _add(tf, "tensors", pickle.dumps(0, protocol=2))
+        _add(tf, "pickle", BENIGN)
+
+    data = _tar(build)
+    members_end = data.rindex(BENIGN) + len(BENIGN)
+    data = data[: members_end + (-members_end % 512)]  # no end-of-archive blocks
+    info = tarfile.TarInfo("storages")
+    info.size = 1 << 20
+    return data + info.tobuf(tarfile.USTAR_FORMAT) + _EMPTY_STORAGES
+
+
+def _tar_fallback_sparse(first: str) -> bytes:
+    """The 'storages' sparse map points past the end of the file: extraction fails with ReadError, torch.load
+    reads byte 0 as a pickle (the scan of extractfile's bytes never reads that far)."""
+
+    def build(tf: tarfile.TarFile) -> None:
+        _add(tf, first)
+        _add(tf, "tensors", pickle.dumps(0, protocol=2))
+        _add(tf, "pickle", BENIGN)
+        n = len(_EMPTY_STORAGES)
+        _add(tf, "storages", _EMPTY_STORAGES, pax_headers={"GNU.sparse.map": f"0,{n},{1 << 24},{1 << 20}",
+                                                          "GNU.sparse.realsize": str((1 << 24) + (1 << 20))})
+
+    return _tar(build)
+
+
+def _torch_load_runs(tmp_path: Path, path: Path, marker: Path) -> tuple[bool, str]:
+    proc = subprocess.run([sys.executable, "-c", _LOADER, str(path), "torch"], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)  # fmt: skip
+    ran = marker.exists()
+    marker.unlink(missing_ok=True)
+    return ran, proc.stdout[-300:] + proc.stderr[-300:]
+
+
+def test_a_legacy_tar_as_torch_wrote_it_loads_and_scans_safe(tmp_path):
+    path = _write(tmp_path, "old.pt", torch_legacy_tar())
+    code = f"import torch\nprint(torch.load({str(path)!r}, weights_only=False))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.stdout.strip() == "{'epoch': 3, 'n': 3}", proc.stderr[-500:]  # torch read every record
+    report = scan(path)
+    assert report.verdict == "safe" and report.format == "tar", report.findings
+    assert not any("byte 0" in s for s in report.streams)  # 'sys_info' at byte 0 names nothing: not a pickle
+
+
+@pytest.mark.parametrize("name", sorted(TAR_EXTRACTION_SHAPES))
+def test_tar_members_extracted_unlike_extractfile_fail_closed(tmp_path, name):
+    marker = tmp_path / f"{MARKER}_{name}"
+    evil = mc.pk(mc.call(mc.G("os", "system"), mc.U(f"touch '{marker}'")))  # the count pickle runs it
+    path = _write(tmp_path, f"{name}.pt", TAR_EXTRACTION_SHAPES[name](tmp_path, evil))
+    ran, out = _torch_load_runs(tmp_path, path, marker)
+    assert ran, out  # the shape is real: torch.load extracts the member and runs the payload
+    report = scan(path)
+    assert report.verdict == "dangerous" and "tar-not-plain" in {f.rule for f in report.dangerous}, report.findings
+    assert all("extraction" in f.why for f in report.dangerous if f.rule == "tar-not-plain")
+
+
+def test_only_plain_tars_holding_torchs_members_are_judged(tmp_path):
+    plain = torch_legacy_tar()
+    variants = {
+        "duplicate": _tar(lambda tf: (_add(tf, "pickle", BENIGN), _add(tf, "pickle", BENIGN))),
+        "directory": _tar(lambda tf: (_add(tf, "d", type=tarfile.DIRTYPE), _add(tf, "pickle", BENIGN))),
+        "fifo": _tar(lambda tf: (_add(tf, "pickle", BENIGN), _add(tf, "f", type=tarfile.FIFOTYPE))),
+        "path": _tar(lambda tf: (_add(tf, "pickle", BENIGN), _add(tf, "../x", b"x"))),
+        "long_name": _tar(lambda tf: (_add(tf, "pickle", BENIGN), _add(tf, "n" * 120, b"x"))),
+        "trailing": plain + b"PK\x03\x04 not an archive",
+    }
+    for what, data in variants.items():
+        report = scan(_write(tmp_path, f"{what}.pt", data))
+        assert "tar-not-plain" in {f.rule for f in report.dangerous}, (what, report.findings)
+    # a tar without torch's members is not read by torch.load (KeyError: 'storages'): not judged as one
+    other = _tar(lambda tf: (_add(tf, "data", type=tarfile.DIRTYPE), _add(tf, "data/notes.txt", b"hi\n")))
+    report = scan(_write(tmp_path, "other.tar", other))
+    assert report.verdict == "error" and report.unknown_format, report.findings
+
+
+@pytest.mark.parametrize("shape", [_tar_fallback_truncated, _tar_fallback_sparse], ids=["truncated", "sparse_past_end"])
+def test_tar_read_as_a_pickle_from_byte_0(tmp_path, shape):
+    marker = tmp_path / f"{MARKER}_fallback"
+    path = _write(tmp_path, "fallback.pt", shape(_fallback_name(f"touch {marker.name}")))
+    ran, out = _torch_load_runs(tmp_path, path, marker)
+    assert ran, out  # torch.load fell back to reading byte 0 as a pickle
+    report = scan(path)
+    assert report.verdict == "dangerous" and "os.system" in report.imports, report.findings
+    assert any(f.stream.endswith("(torch.load's fallback)") and f.offset is not None for f in report.dangerous)
+    # the same archive whose first name is a plain name: byte 0 is no pickle, nothing to report there
+    benign = scan(_write(tmp_path, "benign.pt", shape("sys_info")))
+    assert benign.verdict != "dangerous" or {f.rule for f in benign.dangerous} == {"tar-not-plain"}, benign.findings
+    assert not any("byte 0" in f.stream for f in benign.findings)
+
+
+def _zf(pkl: bytes, space: bool = False) -> bytes:
+    """joblib < 0.9.3's compressed format: b"ZF", the length in hex padded to 19 characters, a zlib stream
+    (joblib <= 0.8.4 wrote one more space)."""
+    return b"ZF" + f"{len(pkl):#x}".ljust(19 + space).encode() + zlib.compress(pkl)
+
+
+@pytest.mark.parametrize("space", [False, True], ids=["0.9", "0.8"])
+def test_joblib_zf_files_are_inflated_and_scanned(tmp_path, space):
+    import torchkeep
+
+    marker = tmp_path / f"{MARKER}_zf"
+    evil = _write(tmp_path, "evil.pkl", _zf(mc.pk(mc.call(mc.G("os", "system"), mc.U(f"touch '{marker}'"))), space))
+    code = f"import joblib, warnings\nwarnings.simplefilter('ignore')\njoblib.load({str(evil)!r})"
+    subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300)
+    assert marker.exists()  # joblib.load inflates and unpickles it
+    marker.unlink()
+    report = scan(evil)
+    assert report.verdict == "dangerous" and report.format == "joblib-zf-compressed", report.findings
+    assert [f.target for f in report.dangerous] == ["os.system"]
+    ok = _write(tmp_path, "ok.pkl", _zf(pickle.dumps({"a": [1, 2.5], "b": "x"}, protocol=2), space))
+    assert scan(ok).verdict == "safe"
+    # a ZF header over bytes that do not inflate is an error, listed (not skipped) in a directory scan
+    bad = tmp_path / "dir"
+    bad.mkdir()
+    _write(bad, "model.joblib", _zf(b"x")[:21 + space] + b"\x78\x9cnot deflate")
+    (rep,) = torchkeep.scan_paths([bad])
+    assert rep.verdict == "error" and not rep.unknown_format, rep.findings

@@ -101,6 +101,7 @@ RULES: dict[str, str] = {
     "zip-directory-data": "A member flagged as a directory, whose bytes torch serves from uninitialised memory",
     "zip-size-mismatch": "Recorded sizes that disagree: torch and zipfile serve different bytes",
     "tar-link": "A tar link whose target lies outside the archive",
+    "tar-not-plain": "A tar holding torch's members that is not plain regular members: extraction and the scan may see different bytes",
     "frame-differential": "An opcode that runs past its FRAME's end: loaders read the stream two ways",
     "parser-differential": "The C and pure-Python unpicklers (or two reading modes) read the stream to different ends",
     "unexpected-call": "A call that is neither an allow-listed rebuild nor model code constructing a class",
@@ -418,17 +419,35 @@ def _scan_file(path: str | os.PathLike[str]) -> ScanReport:
     return report
 
 
-#: first bytes -> codec of the compressed files joblib.load reads transparently
+#: first bytes -> codec of the compressed files joblib.load reads transparently ("ZF": joblib < 0.9.3's zlib
+#: files, which joblib.load still inflates and unpickles)
 _COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"), (b"\x5d\x00\x00", "lzma"),
-               (b"\x78\x01", "zlib"), (b"\x78\x5e", "zlib"), (b"\x78\x9c", "zlib"), (b"\x78\xda", "zlib"))
+               (b"\x78\x01", "zlib"), (b"\x78\x5e", "zlib"), (b"\x78\x9c", "zlib"), (b"\x78\xda", "zlib"),
+               (b"ZF", "joblib-zf"))
+#: a joblib "ZF" file: b"ZF", the inflated length in hex padded to 19 characters, (joblib <= 0.8.4) one space,
+#: then a zlib stream (joblib.numpy_pickle_compat.read_zfile)
+_ZF_HEADER = 2 + 19
 #: a compressed file is inflated for scanning up to this many bytes; beyond, it is not called safe
 MAX_DECOMPRESSED = 1 << 30
 
 
 def _compression(path: Path) -> str | None:
     with open(path, "rb") as fh:
-        head = fh.read(8)
-    return next((codec for magic, codec in _COMPRESSED if head.startswith(magic)), None)
+        head = fh.read(_ZF_HEADER + 1)
+    codec = next((codec for magic, codec in _COMPRESSED if head.startswith(magic)), None)
+    if codec == "joblib-zf" and _zf_data_start(head) is None:
+        return None  # joblib.load fails on the length before it inflates or unpickles anything
+    return codec
+
+
+def _zf_data_start(head: bytes) -> int | None:
+    """Where the zlib stream of a joblib "ZF" file starts (``head``: its first bytes), as read_zfile finds it;
+    ``None`` where read_zfile fails on the length field (``int(field, 16)``) before reading on."""
+    try:
+        int(head[2:_ZF_HEADER], 16)
+    except ValueError:
+        return None
+    return _ZF_HEADER + (head[_ZF_HEADER : _ZF_HEADER + 1] == b" ")
 
 
 def _scan_compressed(path: Path, codec: str, col: _Collector) -> None:
@@ -445,8 +464,10 @@ def _scan_compressed(path: Path, codec: str, col: _Collector) -> None:
             with opener(path, "rb") as fh:
                 data = fh.read(MAX_DECOMPRESSED + 1)
         else:
+            raw = path.read_bytes()
+            start = (_zf_data_start(raw) or 0) if codec == "joblib-zf" else 0
             d = zlib.decompressobj()
-            data = d.decompress(path.read_bytes(), MAX_DECOMPRESSED + 1)
+            data = d.decompress(raw[start:], MAX_DECOMPRESSED + 1)
     except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError) as exc:
         col.add(Finding("error", "", "", place, None, f"the {codec} stream cannot be decompressed ({exc})", "unreadable"))
         return

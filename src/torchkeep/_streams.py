@@ -13,7 +13,10 @@ Containers are read the way their loaders read them, and every member is scanned
   then the storage table is walked record by record (its raw bytes are not pickles).
 - the oldest torch format (a tar read by ``torch.load`` through :mod:`tarfile`): every member as
   ``TarFile.extractfile`` serves it: members of unknown types as regular files, hard and symbolic links
-  as their targets; a link that leads out of the archive is a finding.
+  as their targets; a link that leads out of the archive is a finding. torch.load *extracts* members, so
+  an archive holding torch's members is judged only when it is plain (regular members, unique plain
+  names, no sparse or extension headers, data inside the file); and since torch.load reads the file as a
+  pickle from byte 0 when tarfile fails, byte 0 is scanned as a pickle too.
 - bare pickles: stacked pickles one after another; bytes after the last ``STOP`` that are not a pickle.
 - ``.npy`` (alone or in an ``.npz``): the header is parsed by numpy itself, and the data is scanned as a
   pickle whenever numpy's dtype unpickles (``dtype.hasobject``, numpy 2's ``StringDType``).
@@ -33,6 +36,8 @@ import importlib
 import io
 import os
 import pickletools
+import posixpath
+import re
 import struct
 import tarfile
 import time
@@ -261,15 +266,15 @@ def _looks_like_pickle_start(head: bytes) -> bool:
     return head[:1] in _PICKLE_FIRST
 
 
-def _only_padding(fh: IO[bytes], start: int, end: int) -> bool:
-    """True if ``[start, end)`` is empty or only whitespace/NUL bytes (harmless padding)."""
+def _only_padding(fh: IO[bytes], start: int, end: int, pad: bytes = b" \t\r\n\x00") -> bool:
+    """True if ``[start, end)`` is empty or only ``pad`` bytes (whitespace/NUL: harmless padding)."""
     fh.seek(start)
     left = end - start
     while left > 0:
         chunk = fh.read(min(left, 1 << 16))
         if not chunk:
             break
-        if chunk.strip(b" \t\r\n\x00"):
+        if chunk.strip(pad):
             return False
         left -= len(chunk)
     return True
@@ -1002,10 +1007,27 @@ def _npy_unpickles(dtype: Any) -> bool:
 
 
 # -- tar (the oldest torch format) ----------------------------------------------------------------------
-def _walk_tar(walker: Walker, fh: IO[bytes], place: str) -> None:
+#: the members torch's tar writer (torch < 0.1.10) wrote; legacy_load extracts ``storages`` and ``tensors`` to a
+#: temporary folder with ``tar.extract`` and reads ``pickle`` with ``tar.extractfile``
+_TORCH_TAR_MEMBERS = ("sys_info", "pickle", "tensors", "storages")
+_TAR_KINDS = {
+    tarfile.LNKTYPE: "hard link", tarfile.SYMTYPE: "symbolic link", tarfile.DIRTYPE: "directory", tarfile.FIFOTYPE: "FIFO",
+    tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device", tarfile.CONTTYPE: "contiguous file",
+    tarfile.GNUTYPE_SPARSE: "GNU sparse file",
+}  # fmt: skip
+
+
+def _walk_tar(walker: Walker, fh: IO[bytes], place: str, *, pickle_at_start: bool = True) -> None:
     """The oldest torch format (tar with sys_info, pickle, storages, tensors members), still read by torch.load
     through tarfile: every member is scanned as ``TarFile.extractfile`` serves it (a member of an unknown type
-    as a regular file, a hard or symbolic link as the member it leads to)."""
+    as a regular file, a hard or symbolic link as the member it leads to). torch.load *extracts* ``storages``
+    and ``tensors``, which writes other bytes than extractfile serves unless the archive is plain
+    (:func:`_tar_not_plain`): an archive holding torch's members that is not plain is a finding. Where reading
+    the archive fails with a ``TarError``, torch.load reads the file as a pickle from byte 0
+    (:func:`_tar_start_pickle`; skipped with ``pickle_at_start=False`` where the caller scanned byte 0)."""
+    size = fh.seek(0, 2)
+    if pickle_at_start:
+        _tar_start_pickle(walker, fh, size, place)
     fh.seek(0)
     try:
         tf = tarfile.open(fileobj=fh, mode="r:")  # noqa: SIM115 (closed below, after the members are walked)
@@ -1014,6 +1036,14 @@ def _walk_tar(walker: Walker, fh: IO[bytes], place: str) -> None:
         walker.sink.on_finding("error", "tar-unreadable", place, None, f"tar directory unreadable: {exc}")
         return
     with tf:
+        if any(posixpath.basename(posixpath.normpath(m.name)) in _TORCH_TAR_MEMBERS for m in members):
+            for member, why in _tar_not_plain(tf, members, fh, size):
+                walker.sink.on_finding(
+                    "dangerous", "tar-not-plain", member if member.isprintable() else ascii(member), None,
+                    f"{why}: torch.load extracts 'storages' and 'tensors' with tar.extract and reads the files it "
+                    "wrote, and extraction and this scan (tarfile's extractfile) could see different bytes; torch's "
+                    "tar writer only wrote plain regular members (fail closed)",
+                )  # fmt: skip
         for m in members:
             if m.isdir() or m.isfifo() or m.ischr() or m.isblk():
                 continue  # no content: extractfile serves nothing
@@ -1034,10 +1064,59 @@ def _walk_tar(walker: Walker, fh: IO[bytes], place: str) -> None:
                 size = served.seek(0, 2)
                 served.seek(0)
                 base = getattr(getattr(served, "raw", None), "offset", 0)  # report file offsets
-                if m.name in ("storages", "tensors"):
-                    _tar_records(walker, served, label, m.name, size, base)
-                else:
-                    walker.stacked(served, 0, size, label, required=m.name in ("pickle", "sys_info"), base=base)
+                try:
+                    if m.name in ("storages", "tensors"):
+                        _tar_records(walker, served, label, m.name, size, base)
+                    else:
+                        walker.stacked(served, 0, size, label, required=m.name in ("pickle", "sys_info"), base=base)
+                except tarfile.TarError as exc:  # tar.extract fails there too: torch.load then reads byte 0
+                    walker.sink.on_finding("error", "tar-unreadable", label, m.offset, f"member data unreadable: {exc}")
+
+
+def _tar_not_plain(tf: tarfile.TarFile, members: list[tarfile.TarInfo], fh: IO[bytes], size: int) -> list[tuple[str, str]]:
+    """(member, why) for everything in the archive that torch's tar writer did not write: only then does
+    ``tar.extract`` write the bytes ``extractfile`` serves. Plain is: one 512-byte header per member (no pax,
+    GNU long-name or sparse headers, which tarfile versions parse differently), regular files only (no links,
+    directories, devices, FIFOs or unknown types, served and extracted differently), unique names of one
+    path component (``getmember`` takes the last of duplicates, links resolve by name), data inside the
+    file, and only NUL bytes after the end of the archive."""
+    out: list[tuple[str, str]] = []
+    if tf.pax_headers:
+        out.append(("archive", f"a global pax header ({', '.join(sorted(tf.pax_headers))[:80]})"))
+    counts = Counter(m.name for m in members)
+    for m in members:
+        if m.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+            out.append((m.name, f"a {_TAR_KINDS.get(m.type, f'member of type {m.type!r}')}" + (f" to {m.linkname!r}" if m.linkname else "")))
+        if m.sparse is not None or any(k.startswith("GNU.sparse") for k in m.pax_headers):
+            out.append((m.name, "a sparse member (extraction writes its chunks at their offsets, extractfile serves them in order)"))
+        elif m.pax_headers or m.offset_data != m.offset + tarfile.BLOCKSIZE:
+            out.append((m.name, "a member with extension headers (pax or GNU long names)"))
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", m.name):
+            out.append((m.name, f"the member name {m.name!r} is not one plain file name"))
+        if counts[m.name] > 1:
+            out.append((m.name, f"{counts[m.name]} members named {m.name!r} (tar.extract takes the last one)"))
+        if m.isreg() and m.offset_data + m.size > size:
+            out.append((m.name, f"its data runs {m.offset_data + m.size - size} bytes past the end of the file"))
+    end = min(tf.offset, size)
+    if not _only_padding(fh, end, size, pad=b"\x00"):
+        out.append(("archive", f"bytes other than NUL after the end of the archive (offset {end}), which tarfile versions read differently"))
+    return list(dict.fromkeys(out))
+
+
+def _tar_start_pickle(walker: Walker, fh: IO[bytes], size: int, place: str) -> None:
+    """torch.load reads a file it opened as a tar as a legacy torch file (pickles from byte 0) when reading the
+    archive raises a ``TarError`` (data past the end of the file, a sparse map, a bad later header, a filter
+    refusing a member): there the first header's name field is a pickle. It is scanned, every finding kept,
+    when it can run anything: it names a global an import can find, or it parses to a ``STOP`` (torch reads on
+    only after the magic number: then the whole file is read as a legacy file). A plain name such as
+    ``sys_info`` is no pickle that names anything (a ``GLOBAL`` argument runs into the header's NUL bytes)."""
+    label = f"{place} read as a pickle from byte 0 (torch.load's fallback)"
+    head = analyze_start(fh, size)
+    names = any(_importable(m) for m, _ in head.imports) or any(f.module and _importable(f.module) for f in head.findings)
+    if head.end is not None and concrete(head.value) == _LEGACY_MAGIC:
+        walker.legacy(fh, size, label)
+    elif names or head.end is not None or head.ends_somewhere:
+        walker._emit(label, _analyze_region(fh, 0, size), 0)
 
 
 def _tar_records(walker: Walker, fh: IO[bytes], label: str, name: str, end: int, base: int) -> None:
@@ -1165,7 +1244,8 @@ def walk_file(path: os.PathLike[str] | str, fmt: str, sink: Sink) -> None:
                 0,
                 f"the file is both {fmt} and a tar archive: torch.load opens any non-zip file as the old tar format first",
             )
-            _walk_tar(walker, fh, "tar part")
+            # (byte 0 of a pickle or legacy file was scanned above, as torch.load's fallback reads it)
+            _walk_tar(walker, fh, "tar part", pickle_at_start=fmt not in ("pickle", "torch-legacy"))
         if fmt in ("safetensors", "onnx"):
             # They hold no pickles, but torch.load reads any file that is not a zip as a legacy pickle: a
             # file whose first bytes are also a pickle that imports code is a polyglot.
