@@ -856,3 +856,23 @@ def test_joblib_zf_files_are_inflated_and_scanned(tmp_path, space):
     _write(bad, "model.joblib", _zf(b"x")[:21 + space] + b"\x78\x9cnot deflate")
     (rep,) = torchkeep.scan_paths([bad])
     assert rep.verdict == "error" and not rep.unknown_format, rep.findings
+
+
+def test_a_compressed_file_that_is_also_a_tar(tmp_path):
+    """The first tar header's name field holds a zlib stream of a benign pickle (what joblib.load inflates);
+    torch.load reads the same file as a tar and extracts its 'storages' member."""
+    marker = tmp_path / f"{MARKER}_ztar"
+    evil = mc.pk(mc.call(mc.G("os", "system"), mc.U(f"touch '{marker}'")))
+    data = bytearray(_tar(lambda tf: (_add(tf, "n" * 99, b"x"), _add(tf, "storages", evil), _add(tf, "tensors", pickle.dumps(0, protocol=2)),
+                                      _add(tf, "pickle", BENIGN))))  # fmt: skip
+    stream = zlib.compress(pickle.dumps({"a": 1}, protocol=2), 9)
+    assert len(stream) < 99
+    data[: len(stream)] = stream
+    data[148:156] = b" " * 8
+    data[148:156] = b"%06o\0 " % sum(data[:512])
+    path = _write(tmp_path, "ztar.pkl", bytes(data))
+    ran, out = _torch_load_runs(tmp_path, path, marker)
+    assert ran, out
+    report = scan(path)
+    assert report.format == "zlib-compressed" and report.verdict == "dangerous", report.findings
+    assert {"polyglot", "dangerous-import"} <= {f.rule for f in report.dangerous}, report.findings

@@ -359,6 +359,10 @@ def _scan_file(path: str | os.PathLike[str]) -> ScanReport:
     if codec is not None and not _parses_as_pickle(p, to_stop=True):
         # joblib.load (and others) decompress zlib/gzip/bz2/xz/lzma files before unpickling them
         _scan_compressed(p, codec, col)
+        try:  # torch.load reads the same file as a tar first: one that also opens as a tar is a polyglot
+            walk_file(p, f"{codec}-compressed", col.sink)
+        except Exception as exc:  # fail closed
+            col.add(_not_followed("the container", exc))
         return col.report(str(path), f"{codec}-compressed")
     not_a_model: str | None = None  # what inspect says of a file that is no model format
     try:
@@ -400,6 +404,8 @@ def _scan_file(path: str | os.PathLike[str]) -> ScanReport:
         return col.report(str(path), fmt, error=f"{path}: cannot read the file ({exc})")
     except Exception as exc:  # fail closed: what the walker could not follow is not safe
         col.add(_not_followed("the container", exc))
+    if codec is not None:  # a pickle that also starts like a compressed stream: joblib.load inflates it
+        _scan_compressed(p, codec, col)
     # -- the code the file carries: TorchScript methods and their ops, ONNX custom ops and external data
     try:
         code = analyse_code(p, fmt, col.imports)
