@@ -96,3 +96,66 @@ def test_eval_cli_table_json_and_png(cli, run, tmp_path):
     assert (tmp_path / "c.png").is_file()
     code, _, err = cli("eval", tmp_path / "missing.safetensors")
     assert code == 3 and "missing.safetensors" in err and "Traceback" not in err
+
+
+def test_a_run_directory_or_its_checkpoint_stands_for_its_best_model_file(cli, run, tmp_path):
+    """Issue 10: predict/eval given a run directory or its checkpoint.pt used to say "adapt --arch NAME"."""
+    import numpy as np
+
+    from torchkeep.data import digits_images
+    from torchkeep.errors import InputError, TorchkeepWarning
+
+    run_dir = run.best_path.parent
+    with pytest.warns(TorchkeepWarning, match=r"is a training run: using its best model file .*best\.safetensors"):
+        report = torchkeep.evaluate(run_dir)
+    assert report.accuracy == pytest.approx(run.best_value, abs=1e-12)
+    images, _ = digits_images()
+    png = tmp_path / "digit.png"
+    Image.fromarray(np.asarray(images[0])).save(png)
+    want = torchkeep.predict(run.best_path, [png])[0]
+    for target in (run_dir, run_dir / "checkpoint.pt"):
+        code, out, err = cli("eval", target, "--json")
+        assert code == 0, err
+        assert json.loads(out)["accuracy"] == pytest.approx(run.best_value, abs=1e-12)
+        assert "using its best model file" in err and "adapt" not in err
+        code, out, err = cli("predict", target, png, "--json")
+        assert code == 0, err
+        got = json.loads(out)[0]
+        assert (got["label"], got["probability"]) == (want.label, pytest.approx(want.probability, abs=1e-6))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="is a directory, not a model file or a training run"):
+        torchkeep.predict(tmp_path / "empty", [png])
+
+
+def test_a_digit_drawn_only_in_alpha_is_composited_onto_the_training_background(run, tmp_path):
+    """Issue 10: a transparent-background PNG of a digit (black strokes, the drawing in alpha) became a blank
+    input and still got a confident class. It is composited onto the training images' background (digits:
+    black), in ink that stands out (white): exactly the digit the model was trained on."""
+    import warnings
+
+    import numpy as np
+
+    from torchkeep.data import digits_images
+    from torchkeep.errors import TorchkeepWarning
+
+    images, _ = digits_images()
+    plain, drawn, blank = tmp_path / "plain.png", tmp_path / "drawn.png", tmp_path / "blank.png"
+    digit = np.asarray(images[-1])
+    Image.fromarray(digit).save(plain)
+    rgba = np.zeros((*digit.shape, 4), dtype=np.uint8)  # black everywhere; the strokes only in alpha
+    rgba[..., 3] = digit
+    Image.fromarray(rgba, "RGBA").save(drawn)
+    Image.fromarray(rgba[..., :3]).save(blank)  # what dropping alpha used to give: nothing at all
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TorchkeepWarning)  # the background is known: no warning
+        want, got, empty = torchkeep.predict(run.best_path, [plain, drawn, blank])
+    assert (got.label, got.probability) == (want.label, pytest.approx(want.probability, abs=1e-6))
+    assert empty.topk != got.topk
+    # a model whose training data is unknown here: composited onto white (the strokes are dark), with a warning
+    model = torchkeep.load(run.best_path)
+    model.torchkeep_spec.extra.pop("training", None)
+    model.torchkeep_spec.provenance.dataset = None
+    with pytest.warns(TorchkeepWarning, match="drawing is only in its alpha channel.*dark strokes on white"):
+        torchkeep.predict(model, [drawn, drawn])
+    x = torchkeep.load_image(drawn, model.torchkeep_spec)
+    assert float(x.max()) > float(x.min())  # not blank

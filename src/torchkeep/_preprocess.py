@@ -11,7 +11,9 @@ from __future__ import annotations
 import io
 import os
 import struct
+import warnings
 from collections.abc import Callable
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,10 @@ from PIL import Image, ImageOps
 
 from torchkeep._spec import _CHANNELS as _spec_channels
 from torchkeep._spec import ModelSpec
-from torchkeep.errors import InputError, UsageError
+from torchkeep.data import open_dataset
+from torchkeep.errors import InputError, TorchkeepWarning, UsageError
 
-__all__ = ["ToModelImage", "load_image", "transform_for"]
+__all__ = ["ToModelImage", "load_image", "training_background", "transform_for"]
 
 _CHANNELS = {mode: n for n, mode in _spec_channels.items()}  # "L" -> 1, "RGB" -> 3, "RGBA" -> 4
 
@@ -66,21 +69,104 @@ def _adapt_channels(t: torch.Tensor, channels: int) -> torch.Tensor:
     raise InputError(f"cannot turn a {c}-channel image into {channels} channels")
 
 
+# ------------------------------------------------------------------------- drawings made of transparency
+
+# A drawing saved with a transparent background (a digit drawn in a paint program) often has the same colour
+# in every pixel, the strokes only in its alpha channel: dropping alpha leaves a blank image that still gets
+# a confident class. Such an image is composited onto the background of the model's training images, its
+# strokes in a colour that stands out from it.
+_MIN_CONTRAST = 64  # grey levels between ink and background for strokes to stand out
+
+
+def _alpha_drawing(img: Image.Image) -> tuple[np.ndarray, np.ndarray] | None:
+    """(alpha in [0, 1] as (H, W), the drawing's colour as (3,)) when the image's picture is only in its
+    alpha channel: transparency varies, colours do not. None for any other image."""
+    if "A" not in img.getbands():
+        return None
+    alpha = np.asarray(img.getchannel("A"), dtype=np.float32) / 255.0
+    if alpha.size == 0 or float(alpha.max() - alpha.min()) < 0.5:
+        return None  # (nearly) uniform transparency: the colours carry the picture
+    rgb = np.asarray(img.convert("RGB"), dtype=np.float32)
+    if float(rgb.mean(axis=2).std()) > 8.0:
+        return None  # the colours draw it too (e.g. black strokes, white transparent pixels)
+    return alpha, rgb[alpha >= 0.5].mean(axis=0)
+
+
+@lru_cache(maxsize=16)
+def _dataset_background(data: str) -> int | None:
+    """The grey level around the training images of ``data`` (median of their borders), when the dataset
+    opens here without a download; None otherwise."""
+    try:
+        src = open_dataset(data, split="train", download=False)
+        if not len(src):
+            return None
+        borders = []
+        for i in np.linspace(0, len(src) - 1, num=min(32, len(src))).astype(int):
+            g = np.asarray(src.image(int(i)).convert("L"), dtype=np.float32)
+            borders.append(float(np.median(np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]]))))
+        return round(float(np.median(borders)))
+    except Exception:  # not downloaded, moved, unreadable: unknown
+        return None
+
+
+def training_background(spec: Any) -> int | None:
+    """The background grey level (0-255) of the images the model was trained on, from the dataset its spec
+    records (``extra.training.data``) when that dataset can be read here; None when unknown."""
+    s = _spec_of(spec)
+    trained = dict((s.extra or {}).get("training") or {})
+    data = trained.get("data") or s.provenance.dataset
+    return _dataset_background(str(data)) if data else None
+
+
 class ToModelImage:
     """PIL image / numpy array / tensor -> ``tv_tensors.Image`` with the model's channels.
 
     8-bit images stay uint8 (so resizing matches torchvision's pretrained pipelines); 16-bit and float
-    images become float32 in [0, 1] (16-bit PNGs are scaled by 65535, never clipped to 255).
+    images become float32 in [0, 1] (16-bit PNGs are scaled by 65535, never clipped to 255). An image whose
+    drawing is only in its alpha channel is composited onto ``background`` (see :func:`training_background`),
+    its strokes in a colour that stands out from it; when the background is unknown, onto the colour
+    opposite the strokes, with a ``TorchkeepWarning``.
 
     Args:
         mode: "L", "RGB" or "RGBA".
+        background: the training images' background grey level, or a function returning it (or None when
+            unknown), called once, on the first such image.
     """
 
-    def __init__(self, mode: str):
+    def __init__(self, mode: str, background: int | Callable[[], int | None] | None = None):
         if mode not in _CHANNELS:
             raise UsageError(f"unknown channel mode {mode!r}", fix="use L, RGB or RGBA")
         self.mode = mode
         self.channels = _CHANNELS[mode]
+        self._background = background
+        self._warned = False
+
+    def _composite(self, img: Image.Image) -> Image.Image:
+        found = _alpha_drawing(img)
+        if found is None:
+            return img
+        alpha, ink = found
+        if callable(self._background):
+            self._background = self._background()
+        bg = self._background
+        lum = float(ink.mean())
+        if bg is None:
+            bg = 255 if lum < 128 else 0
+            if not self._warned:
+                self._warned = True
+                warnings.warn(
+                    f"an image's drawing is only in its alpha channel (transparent background): composited as "
+                    f"{'dark' if bg else 'light'} strokes on {'white' if bg else 'black'}; the background of the "
+                    "model's training images is not known here, so check they looked like that (digits and "
+                    "MNIST-style data are light on dark: invert such a drawing first)",
+                    TorchkeepWarning,
+                    stacklevel=2,
+                )
+        elif abs(lum - bg) < _MIN_CONTRAST:
+            ink = np.full(3, 255.0 - bg)  # ink the colour of the background would vanish: the opposite grey
+        a = alpha[..., None]
+        out = np.float32(bg) * (1.0 - a) + ink.astype(np.float32) * a
+        return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), "RGB")
 
     def __repr__(self) -> str:
         return f"ToModelImage(mode={self.mode!r})"
@@ -98,6 +184,8 @@ class ToModelImage:
         if img.mode == "P":
             # palette images may carry transparency; go through RGBA so PIL keeps it right
             img = img.convert("RGBA")
+        if self.mode != "RGBA":  # a 4-channel model takes alpha as it is
+            img = self._composite(img)
         if img.mode != self.mode:
             img = img.convert(self.mode)
         arr = np.array(img, dtype=np.uint8, copy=True)
@@ -161,7 +249,7 @@ def transform_for(spec: Any, *, train: bool = False, augment: bool = False) -> C
     pre = s.preprocessing
     channels = _CHANNELS.get(pre.channels, 3)
     interp = InterpolationMode(pre.interpolation)
-    steps: list[Any] = [ToModelImage(pre.channels)]
+    steps: list[Any] = [ToModelImage(pre.channels, background=partial(training_background, s))]
     resize, crop = pre.resize, pre.crop
     if resize is None and crop is None:
         resize = list(s.input_size)  # the model needs a fixed size even if the spec names no resize
@@ -214,8 +302,6 @@ def load_image(
     Raises:
         InputError: the file is missing, is not an image Pillow can read, or is a decompression bomb.
     """
-    import warnings
-
     if transform is None:
         transform = transform_for(spec)
     if isinstance(image, Image.Image):
