@@ -172,6 +172,22 @@ def test_ties_are_reported_never_broken_by_a_guess():
     assert tie == [] and cands[0].match == "none"  # nothing fits: no tie either
 
 
+def test_with_many_signatures_a_shortlist_by_name_sketch_still_finds_close_matches(monkeypatch):
+    import torchkeep._identify as identify_module
+    from torchkeep.models._signatures import similarity, sketch
+
+    names = list(_meta("resnet18"))
+    assert similarity(sketch(names), sketch(names)) == 1.0
+    assert similarity(sketch(names), sketch([f"other.{n}" for n in names])) < 0.2
+    # as with timm's ~1,400 signatures: only the SHORTLIST closest by sketch are compared in full
+    monkeypatch.setattr(identify_module, "FULL_SCAN", 10)
+    monkeypatch.setattr(identify_module, "SHORTLIST", 3)
+    m = meta_build(lambda: torchvision.models.resnet18())
+    m.fc = nn.Sequential(nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 5)).to("meta")
+    r = identify(m.state_dict())
+    assert (r.architecture, r.match, r.head, len(r.candidates)) == ("resnet18", "close", "custom", 3)
+
+
 def test_timm_architectures_when_timm_is_installed():
     timm = pytest.importorskip("timm")
     m = meta_build(lambda: timm.create_model("resnet18", pretrained=False, num_classes=10))

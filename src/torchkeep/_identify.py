@@ -27,13 +27,26 @@ from torchkeep._read import read_structure
 from torchkeep._spec import HeadRecipe
 from torchkeep._weights import find_weights
 from torchkeep.errors import InputError, UsageError
-from torchkeep.models._signatures import Dim, Signature, decode, encode, load_signatures, names_digest
+from torchkeep.models._signatures import (
+    Dim,
+    Signature,
+    decode,
+    encode,
+    load_signatures,
+    names_digest,
+    similarity,
+    sketch,
+)
 
 __all__ = ["Appended", "Candidate", "Identification", "Layer", "Reshaped", "head_moves", "identify", "layers_of", "rank",
            "skeleton_of"]
 
 #: a best candidate explaining less than this share of the tensors is not named ("not a known architecture")
 CLOSE_CONFIDENCE = 0.8
+#: up to this many signatures, a file no architecture has the very names of is compared with all of them;
+#: beyond (timm installed), with the SHORTLIST whose names it shares most (estimated from MinHash sketches)
+FULL_SCAN = 200
+SHORTLIST = 60
 #: names listed per difference kind in ``candidates`` (the best match lists all)
 CANDIDATE_LIST_LIMIT = 20
 
@@ -404,7 +417,12 @@ def _candidates(sigs: list[Signature], files: Mapping[str, Shape], top: int) -> 
             if s.digest in by_digest or s.digest_nbt in by_digest]
     cands = [_compare(s, v, e, p) for s, (p, v, e) in hits]
     if not any(c.match == "exact" for c in cands):
-        return _best_per_signature(sigs, files)
+        if len(sigs) <= FULL_SCAN:
+            return _best_per_signature(sigs, files)
+        # many signatures (timm's): compare in full those whose names the file shares most, by their sketches
+        sketches = [sketch(v) for _, v, _ in views]
+        scored = sorted(sigs, key=lambda s: -max(similarity(s.sketch, k) for k in sketches))
+        return _best_per_signature(scored[:SHORTLIST], files)
     seen = {id(s) for s, _ in hits}
     near = sorted((s for s in sigs if id(s) not in seen), key=lambda s: abs(s.n - len(files)))[: max(top, 5) * 4]
     return cands + _best_per_signature(near, files)

@@ -54,7 +54,7 @@ SENTINEL_CLASSES = 1009
 #: input channels the seeds are built with to find the dimensions that follow them
 SENTINEL_CHANNELS = 11
 #: bump when the stored form changes
-FORMAT = 2
+FORMAT = 3
 
 Dim = int | str
 
@@ -71,6 +71,38 @@ def decode(text: str) -> tuple[Dim, ...]:
 def names_digest(names: Iterable[str]) -> str:
     """A digest of a set of tensor names: signatures with the very names of a file are found by it at once."""
     return hashlib.sha1("\n".join(sorted(names)).encode()).hexdigest()[:16]
+
+
+#: MinHash size: the share of names two sets have in common is estimated from this many minimums
+SKETCH = 32
+_MASK = 0xFFFFFFFF
+
+
+def _sketch_params() -> tuple[Any, Any]:
+    import numpy as np
+
+    rng = np.random.default_rng(20261129)  # fixed: sketches in a cache stay comparable
+    return (rng.integers(1, 1 << 32, SKETCH, dtype=np.uint64) | np.uint64(1),
+            rng.integers(0, 1 << 32, SKETCH, dtype=np.uint64))
+
+
+def sketch(names: Iterable[str]) -> list[int]:
+    """A MinHash of a set of tensor names (BatchNorm counters left out): :func:`similarity` of two sketches
+    estimates the share of names the sets have in common, without the names."""
+    import numpy as np
+
+    hashes = [int.from_bytes(hashlib.blake2b(n.encode(), digest_size=4).digest(), "little")
+              for n in names if not n.endswith(".num_batches_tracked")]
+    if not hashes:
+        return [_MASK] * SKETCH
+    a, b = _sketch_params()
+    h = np.asarray(hashes, dtype=np.uint64)[:, None]
+    return [int(v) for v in ((h * a + b) & np.uint64(_MASK)).min(axis=0)]
+
+
+def similarity(x: list[int], y: list[int]) -> float:
+    """Estimated Jaccard similarity of the name sets two sketches describe."""
+    return sum(1 for a, b in zip(x, y) if a == b) / SKETCH
 
 
 def _without_counters(names: Iterable[str]) -> list[str]:
@@ -99,7 +131,8 @@ class Signature:
     def __init__(self, key: str, arch: str, source: str, kwargs: dict[str, Any], num_classes: int, in_channels: int,
                  head: str | None, names: list[str] | None = None, shapes: list[str] | None = None,
                  size: dict[str, Any] | None = None, *, n: int | None = None, digest: str | None = None,
-                 digest_nbt: str | None = None, loader: Callable[[], tuple[list[str], list[str]]] | None = None):
+                 digest_nbt: str | None = None, loader: Callable[[], tuple[list[str], list[str]]] | None = None,
+                 sketch: list[int] | None = None):
         self.key, self.arch, self.source, self.kwargs = key, arch, source, kwargs
         self.num_classes, self.in_channels, self.head, self.size = num_classes, in_channels, head, size
         self._names, self._shapes, self._loader = names, shapes, loader
@@ -107,6 +140,14 @@ class Signature:
         if names is not None:
             n, digest, digest_nbt = len(names), names_digest(names), names_digest(_without_counters(names))
         self.n, self.digest, self.digest_nbt = n or 0, digest or "", digest_nbt or ""
+        self._sketch = sketch
+
+    @property
+    def sketch(self) -> list[int]:
+        """:func:`sketch` of the names (stored in the cache's index)."""
+        if self._sketch is None:
+            self._sketch = sketch(self.names)
+        return self._sketch
 
     def _load(self) -> None:
         if self._names is None or self._shapes is None:
@@ -136,7 +177,8 @@ class Signature:
     def meta(self) -> dict[str, Any]:
         return {"key": self.key, "arch": self.arch, "source": self.source, "kwargs": self.kwargs,
                 "num_classes": self.num_classes, "in_channels": self.in_channels, "head": self.head,
-                "size": self.size, "n": self.n, "digest": self.digest, "digest_nbt": self.digest_nbt}
+                "size": self.size, "n": self.n, "digest": self.digest, "digest_nbt": self.digest_nbt,
+                "sketch": self.sketch}
 
 
 # ------------------------------------------------------------------------------------- meta building
@@ -405,7 +447,7 @@ def _read_cache(path: Path, source: str) -> tuple[dict[str, Signature], bool]:
             sigs[d["key"]] = Signature(
                 d["key"], d["arch"], d["source"], dict(d["kwargs"]), int(d["num_classes"]), int(d["in_channels"]),
                 d["head"], size=d.get("size"), n=int(d["n"]), digest=d["digest"], digest_nbt=d["digest_nbt"],
-                loader=_blob_loader(blob, int(d["offset"]), int(d["length"])))
+                loader=_blob_loader(blob, int(d["offset"]), int(d["length"])), sketch=list(d["sketch"]))
         complete = bool(data.get("complete"))
         _MEMO[path] = (st.st_mtime_ns, st.st_size, sigs, complete)
         return dict(sigs), complete
