@@ -206,6 +206,8 @@ class OnnxRunner(Runner):
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3  # errors only: ORT warns about unused initializers on every load
+        # idle threads sleep instead of spinning: spinning ones take the cores a server decodes images with
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # as many threads as torch uses, so backends compare fairly and respect torch.set_num_threads
         opts.intra_op_num_threads = _torch_threads()
         src = model if isinstance(model, bytes) else os.fspath(model)

@@ -471,7 +471,7 @@ def _routes(app: FastAPI, state: ServingState) -> None:
     @app.post("/v1/models/{name}/predict", summary="Classify images (multipart 'file' fields or JSON base64)",
               openapi_extra=predict_body)
     async def predict(request: Request, name: str,
-                      topk: int = Query(5, ge=1, le=1000, description="classes per image")) -> dict[str, Any]:
+                      topk: int = Query(5, ge=1, le=1000, description="classes per image")) -> JSONResponse:
         model = state.model(name)
         batcher = state.batchers[name]
         with batcher.expect() as ticket:
@@ -486,7 +486,7 @@ def _routes(app: FastAPI, state: ServingState) -> None:
                 "filename": filename, "label": best.label, "index": best.index, "probability": best.probability,
                 "topk": [{"label": s.label, "index": s.index, "probability": s.probability} for s in scores],
             })
-        return {"model": name, "backend": model.backend, "predictions": predictions}
+        return JSONResponse({"model": name, "backend": model.backend, "predictions": predictions})
 
     # ------------------------------------------------------------------------ Open Inference Protocol v2
     @app.get("/v2", summary="OIP v2 server metadata")

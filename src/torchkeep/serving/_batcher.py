@@ -2,8 +2,9 @@
 
 Each image waits in the model's queue; one task per model takes up to ``max_batch`` of them and runs the
 forward pass in a thread of its own, off the event loop. It waits for more images (at most ``max_wait``
-after the oldest one arrived) only while requests that have started are still being read and decoded:
-a lone request never waits, and under load batches fill up.
+after the oldest one arrived, and no longer than a forward pass takes) only while requests that
+have started are still being read and decoded: a lone request never waits, and under load batches fill up
+while the previous batch runs.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Batcher:
         self._arriving = 0
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"torchkeep-{name}")
+        self._forward_seconds = self.max_wait  # a running estimate of a forward pass
 
     @property
     def depth(self) -> int:
@@ -124,7 +126,8 @@ class Batcher:
             while not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
-            deadline = self._queue[0].arrived + self.max_wait
+            # waiting longer than a forward pass takes cannot pay off (a small CNN: no wait; resnet18: max_wait)
+            deadline = self._queue[0].arrived + min(self.max_wait, self._forward_seconds)
             # wait for more only while started requests may still add images, and not past the deadline
             while len(self._queue) < self.max_batch and self._arriving > 0:
                 remaining = deadline - time.perf_counter()
@@ -149,7 +152,9 @@ class Batcher:
             x = torch.stack([it.x for it in group])
             if self.on_batch is not None:
                 self.on_batch(len(group))
+            start = time.perf_counter()
             out = await loop.run_in_executor(self._executor, self.run, x)
+            self._forward_seconds = 0.8 * self._forward_seconds + 0.2 * (time.perf_counter() - start)
         except Exception as exc:
             for it in group:
                 if not it.future.done():
