@@ -382,3 +382,34 @@ def test_adapt_arch_auto_and_inspect_say_what_the_weights_are(tmp_path, cli):
          "print(r.looks_like, 'torch' in sys.modules)", os.fspath(src)],
         capture_output=True, text=True, timeout=120, env={**os.environ})
     assert probe.stdout.strip() == "squeezenet1_1, 10 classes, head appended (classifier.extra: 1000→10) False", probe.stderr
+
+
+def test_files_in_old_layouts_and_half_changed_models(tmp_path):
+    import re
+
+    # torchvision's own DenseNet files keep old PyTorch's names (denselayer1.norm.1.weight), no counters
+    torch.manual_seed(0)
+    model = torchvision.models.densenet121(num_classes=4).eval()
+    old = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))([12]\.(?:weight|bias|running_mean|running_var))$")
+    sd = {(f"{m.group(1)}.{m.group(2)}" if (m := old.match(k)) else k): v for k, v in model.state_dict().items()
+          if not k.endswith("num_batches_tracked")}
+    assert "features.denseblock1.denselayer1.norm.1.weight" in sd
+    torch.save(sd, tmp_path / "densenet121-old.pth")
+    r = identify(tmp_path / "densenet121-old.pth")
+    assert (r.architecture, r.num_classes, r.match, len(r.renamed)) == ("densenet121", 4, "exact", 580)
+    with pytest.warns(TorchkeepWarning, match="densenet121, 4 classes"):
+        loaded = torchkeep.load(tmp_path / "densenet121-old.pth", device="cpu")
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-5)
+
+    # Inception with fc replaced but not AuxLogits.fc: the head decides the classes, the aux head differs
+    inc = _meta("inception_v3", init_weights=False)
+    inc = {**inc, "fc.weight": torch.empty(10, 2048, device="meta"), "fc.bias": torch.empty(10, device="meta")}
+    r = identify(inc)
+    assert (r.architecture, r.num_classes, r.match) == ("inception_v3", 10, "close")
+    assert [m.name for m in r.reshaped] == ["AuxLogits.fc.weight", "AuxLogits.fc.bias"]
+    # a ResNet whose stem takes grayscale: close, and said
+    gray = {**_meta("resnet18"), "conv1.weight": torch.empty(64, 1, 7, 7, device="meta")}
+    r = identify(gray)
+    assert r.match == "close" and any("conv1.weight takes 1 input channel(s) instead of 3" in n for n in r.notes)

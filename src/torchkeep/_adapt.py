@@ -317,11 +317,13 @@ def adapt(
     if ident is not None:
         notes.append(f"--arch auto: {ident.summary()} (`torchkeep identify`, {ident.match} match)")
         moves = head_moves(ident, getattr(getattr(model, "torchkeep_spec", None), "head", None))
-        if moves and not callable(renames) and not isinstance(renames, str):
-            # the file's appended layer (classifier.7, fc.1) goes where build() appends it (classifier.add_linear)
+        if (moves or ident.renamed) and not callable(renames) and not isinstance(renames, str):
+            # the file's appended layer (classifier.7, fc.1) goes where build() appends it (classifier.add_linear);
+            # keys in an old layout (DenseNet's norm.1) are read as the library names them
             given = list(renames.items()) if isinstance(renames, Mapping) else list(renames or ())
-            renames = [*given, *((f"^({re.escape(ident.prefix)}){re.escape(a)}\\.(weight|bias)$", f"\\g<1>{b}.\\2")
-                                 for a, b in moves.items())]
+            renames = [*given, *((f"^{re.escape(a)}$", b) for a, b in ident.renamed.items()),
+                       *((f"^({re.escape(ident.prefix)}){re.escape(a)}\\.(weight|bias)$", f"\\g<1>{b}.\\2")
+                         for a, b in moves.items())]
     if num_classes is None:
         # A fine-tuned 10-class file adapted to "resnet18" must keep its trained head, not get a random
         # 1000-class one: take the number of classes from the source when only the head disagrees.

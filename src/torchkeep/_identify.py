@@ -145,6 +145,7 @@ class Identification:
     layers: list[Layer] = field(default_factory=list)
     skeleton: str | None = None
     notes: list[str] = field(default_factory=list)
+    renamed: dict[str, str] = field(default_factory=dict)
 
     @property
     def differences(self) -> int:
@@ -213,6 +214,21 @@ def _shape_of(v: Any) -> Shape | None:
     if shape is not None and all(isinstance(d, int) for d in shape):
         return tuple(int(d) for d in shape)
     return None
+
+
+# torchvision's DenseNet weights files keep the layout of old PyTorch ("denselayer1.norm.1.weight"), which
+# torchvision renames when it loads them ("denselayer1.norm1.weight"): the same rule as torchvision's densenet.py
+_DENSENET_OLD = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def _legacy_names(files: Mapping[str, Shape]) -> dict[str, str]:
+    """Old name -> current name for keys written in a layout the library renames when it loads them."""
+    out = {}
+    for n in files:
+        m = _DENSENET_OLD.match(n)
+        if m:
+            out[n] = m.group(1) + m.group(2)
+    return out
 
 
 def _read(src: Any, key: str | None) -> tuple[dict[str, Shape], Counter[str], str, str | None, bool]:
@@ -315,10 +331,12 @@ def _compare(sig: Signature, files: Mapping[str, Shape], encoded: Mapping[str, s
     votes: dict[str, Counter[int]] = {"N": Counter(), "C": Counter()}
     for n, exp in symbolic.items():
         shape = files[n]
+        # the head decides the class count (an Inception whose fc was replaced but not its AuxLogits.fc)
+        weight = 1000 if sig.head and n.startswith(sig.head + ".") else 1
         if len(shape) == len(exp):
             for d, e in zip(shape, exp):
                 if e in votes:
-                    votes[e][d] += 1  # type: ignore[index]
+                    votes[e][d] += weight  # type: ignore[index]
     bind = {s: v.most_common(1)[0][0] for s, v in votes.items() if v}
     reshaped = [Reshaped(n, list(files[n]), list(symbolic.get(n) or decode(table[n]))) for n in differ
                 if n not in symbolic or not _fits(files[n], symbolic[n], bind)]
@@ -621,6 +639,9 @@ def identify(
         UsageError: an unknown name in ``architectures``.
     """
     files, dtypes, location, path, ordered = _read(source, key)
+    renamed = _legacy_names(files)
+    if renamed:
+        files = {renamed.get(n, n): s for n, s in files.items()}
     sigs = load_signatures(architectures)
     cands, tie = rank(_candidates(sigs, files, top))
     best = cands[0] if cands else None
@@ -667,6 +688,15 @@ def identify(
         if not named and not tie:
             label = os.path.basename(path) if path else "the weights"
             ident.skeleton = skeleton_of(files, ident.layers, label)
+    if renamed and ident.architecture:
+        ident.renamed = renamed
+        notes.append(f"{len(renamed)} keys in the layout of old PyTorch DenseNet files (denselayer1.norm.1.weight) "
+                     "read as torchvision names them (denselayer1.norm1.weight), as torchvision does when loading")
+    for r in ident.reshaped:
+        if len(r.shape) == 4 and r.expected[1] == 3 and r.shape[:1] + r.shape[2:] == r.expected[:1] + r.expected[2:]:
+            notes.append(f"{r.name} takes {r.shape[1]} input channel(s) instead of 3: the first layer was changed "
+                         "(for grayscale or multispectral input); torchkeep builds torchvision models for RGB, "
+                         "so load the weights into your own model (torchkeep.load_into)")
     ident.notes = notes + ident.notes
     return ident
 

@@ -241,7 +241,8 @@ def _from_identification(p: Path) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
         head="append" if ident.head == "appended" else "replace", **kwargs))
     spec: ModelSpec = model.torchkeep_spec  # type: ignore[assignment]
     expected = model.state_dict()
-    tensors = {k[len(ident.prefix):]: v for k, v in load_state_dict(p).items() if k.startswith(ident.prefix)}
+    named = {ident.renamed.get(k, k): v for k, v in load_state_dict(p).items()}  # old layouts read as today's
+    tensors = {k[len(ident.prefix):]: v for k, v in named.items() if k.startswith(ident.prefix)}
     # the file's names for the original head and an appended layer -> where build() puts them
     moves = head_moves(ident, spec.head)
     tensors = {next((f"{moves[m]}{k[len(m):]}" for m in moves if k.startswith(m + ".")), k): v
