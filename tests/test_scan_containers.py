@@ -631,10 +631,18 @@ def _storages(*records: tuple[int, bytes, bytes]) -> bytes:
 
 def torch_legacy_tar(values: tuple[float, ...] = (1.0, 2.0, 3.0)) -> bytes:
     """What torch < 0.1.10's torch.save wrote: a PAX-format tar of sys_info, pickle, tensors and storages (one
-    FloatStorage, one FloatTensor on it, integer keys). The object pickle holds no tensor: torch's writer named
-    tensors there by a string persistent id (``"2"``), which the scanner's persistent-id rule does not know yet."""
+    FloatStorage, one FloatTensor on it, integer keys). The object pickle names the tensor by a string
+    persistent id (``"2"``), as torch's writer did."""
     sys_info = pickle.dumps({"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 8}}, protocol=2)
-    obj = pickle.dumps({"epoch": 3, "n": len(values)}, protocol=2)
+    tensor = object()
+
+    class _Pickler(pickle.Pickler):
+        def persistent_id(self, obj: object) -> str | None:
+            return "2" if obj is tensor else None
+
+    out = io.BytesIO()
+    _Pickler(out, protocol=2).dump({"epoch": 3, "n": len(values), "w": tensor})
+    obj = out.getvalue()
     n = len(values)
     tensors = (pickle.dumps(1, protocol=2) + mc.pk(mc.MARK + mc.I1(2) + mc.I1(1) + mc.G("torch", "FloatTensor") + mc.TUPLE)
                + struct.pack("<i", 1) + bytes(4) + struct.pack("<qqq", n, 1, 0))  # fmt: skip
@@ -777,7 +785,7 @@ def test_a_legacy_tar_as_torch_wrote_it_loads_and_scans_safe(tmp_path):
     path = _write(tmp_path, "old.pt", torch_legacy_tar())
     code = f"import torch\nprint(torch.load({str(path)!r}, weights_only=False))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.stdout.strip() == "{'epoch': 3, 'n': 3}", proc.stderr[-500:]  # torch read every record
+    assert proc.stdout.strip() == "{'epoch': 3, 'n': 3, 'w': tensor([1., 2., 3.])}", proc.stderr[-500:]  # every record
     report = scan(path)
     assert report.verdict == "safe" and report.format == "tar", report.findings
     assert not any("byte 0" in s for s in report.streams)  # 'sys_info' at byte 0 names nothing: not a pickle

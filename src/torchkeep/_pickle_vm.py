@@ -362,6 +362,9 @@ class _Run:
             return Value(self, None, "storage")
         if _is_module_source_pid(pid):
             return pid[1]  # legacy torch.save(model): the loader returns the class it already imported
+        if type(pid) in (int, str) and str(pid).isdigit() and len(str(pid)) <= 20:
+            # torch < 0.1.10's tar format names a tensor by its key ("2"): legacy_load looks it up with int()
+            return Value(self, None, "tensor")
         self.find(
             "dangerous",
             "persistent-id",
