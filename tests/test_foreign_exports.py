@@ -117,6 +117,10 @@ def test_foreign_onnx_takes_its_input_size_from_the_file(net, files, cli):
     # class names are checked against the outputs the file declares, before anything runs
     code, _, err = cli("predict", files["onnx"], files["image"], "--mean", "0.5", "--std", "0.25", "--classes", "a,b")
     assert code == 64 and "2 class names for a model with 3 outputs" in err
+    # what the file fixes cannot be overridden into something it cannot run
+    code, _, err = cli("predict", files["onnx"], files["image"], "--mean", "0.5", "--std", "0.25",
+                       "--input-size", "64")
+    assert code == 64 and "input size is fixed at 32x32; 64x64 cannot run" in err
 
 
 def test_export_embeds_the_contract_so_predict_runs_the_file_alone(net, files, tmp_path, cli):

@@ -153,7 +153,17 @@ class InputContract:
             InputError: naming every fact that is still missing and the flag that gives it.
         """
         facts = _file_facts(det)
-        channels = self.channels or facts.get("channels")
+        given_channels = (self.channels,) if self.channels is not None else None
+        for what, given, told in (("input size", self.input_size, facts.get("input_size")),
+                                  ("input channels", given_channels, facts.get("channels"))):
+            if det.format == "onnx" and given is not None and told is not None and tuple(given) != tuple(told):
+                raise UsageError(
+                    f"the ONNX model's {what} is fixed at {'x'.join(map(str, told))}; "
+                    f"{'x'.join(map(str, given))} cannot run",
+                    path=det.path,
+                    fix=f"drop the flag: the {what} comes from the file",
+                )
+        channels = self.channels or (facts["channels"][0] if "channels" in facts else None)
         size = self.input_size or facts.get("input_size")
         missing, flags = [], []
         if size is None:
@@ -166,7 +176,7 @@ class InputContract:
             )
             flags.append(f"--mean {IMAGENET_MEAN} --std {IMAGENET_STD}")
         if missing:
-            told = [f"{facts['channels']} input channels"] if "channels" in facts else []
+            told = [f"{facts['channels'][0]} input channels"] if "channels" in facts else []
             if "input_size" in facts:
                 told.append("input size {}x{}".format(*facts["input_size"]))
             if "outputs" in facts:
@@ -216,7 +226,7 @@ def _file_facts(det: Detected) -> dict[str, Any]:
             info = read_onnx(det.path)
             shape = info.inputs[0].shape if info.inputs else []
             if len(shape) == 4 and isinstance(shape[1], int):
-                facts["channels"] = shape[1]
+                facts["channels"] = (shape[1],)
             if len(shape) == 4 and isinstance(shape[2], int) and isinstance(shape[3], int):
                 facts["input_size"] = (shape[2], shape[3])
             out = info.outputs[0].shape if info.outputs else []
@@ -226,7 +236,7 @@ def _file_facts(det: Detected) -> dict[str, Any]:
             view = find_weights(read_structure(det))
             first = next((t for t in view.tensors.values() if len(getattr(t, "shape", ())) == 4), None)
             if first is not None and first.shape[1] in (1, 3, 4):
-                facts["channels"] = int(first.shape[1])
+                facts["channels"] = (int(first.shape[1]),)
     except TorchkeepError:  # facts are a convenience: without them the user gives the flags
         pass
     return facts
