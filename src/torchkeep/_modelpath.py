@@ -155,7 +155,7 @@ class InputContract:
         facts = _file_facts(det)
         given_channels = (self.channels,) if self.channels is not None else None
         for what, given, told in (("input size", self.input_size, facts.get("input_size")),
-                                  ("input channels", given_channels, facts.get("channels"))):
+                                  ("number of input channels", given_channels, facts.get("channels"))):
             if det.format == "onnx" and given is not None and told is not None and tuple(given) != tuple(told):
                 raise UsageError(
                     f"the ONNX model's {what} is fixed at {'x'.join(map(str, told))}; "
