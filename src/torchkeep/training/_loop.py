@@ -14,6 +14,7 @@ RNG and the data order are restored, produces the very same numbers.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -74,6 +75,7 @@ from torchkeep.training._distributed import (
     shutdown,
 )
 from torchkeep.training._schedule import Segment, extend, from_checkpoint, lr_at, to_checkpoint
+from torchkeep.training._writer import FileWriter
 
 __all__ = ["TrainingInterrupted", "train"]
 
@@ -153,6 +155,8 @@ class _Run:
         self.notes: list[str] = []
         self.ddp: Any = None
         self.sample_log: Any = None
+        # alone with checkpoint.pt, files are written off the training thread (in order, from snapshots)
+        self.files = FileWriter(background=d.world == 1 and cfg.checkpoint_format != "dcp")
 
     # ---- setup
     def setup(self) -> None:
@@ -359,13 +363,17 @@ class _Run:
         return value < self.best_value if self.cfg.metric.endswith("loss") else value > self.best_value  # type: ignore[union-attr]
 
     def _payload(self, tensors: bool = True) -> dict[str, Any]:
-        """The checkpoint's content; without ``tensors`` the training state alone (model and optimizer go to DCP)."""
+        """The checkpoint's content; without ``tensors`` the training state alone (model and optimizer go to DCP).
+
+        Written in the background, it is a snapshot: copies of the weights and optimizer state of this moment.
+        """
         cfg = self.cfg
         weights: dict[str, Any] = {}
+        snap = self.files.background
         if tensors:
             weights = {
-                "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-                "optimizer": self.opt.state_dict(),
+                "model": {k: v.detach().clone() if snap else v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "optimizer": copy.deepcopy(self.opt.state_dict()) if snap else self.opt.state_dict(),
             }
         return {
             **weights,
@@ -377,11 +385,11 @@ class _Run:
             "world": self.d.world,
             "step": self.step,
             "partial": dict(self.partial),
-            "history": self.history,
+            "history": [dict(h) for h in self.history],
             "best_value": self.best_value,
             "best_epoch": self.best_epoch,
             "best_confusion": torch.tensor(self.best_cm or [], dtype=torch.int64),
-            "top_k": self.top_k,
+            "top_k": [dict(t) for t in self.top_k],
             "rng": capture_rng(),
             "config": {k: v for k, v in cfg.to_dict().items() if isinstance(v, (str, int, float, bool, list)) or v is None},
             "classes": list(self.classes),
@@ -389,11 +397,11 @@ class _Run:
             "spec": self.spec.to_json(),
         }
 
-    def _save_model(self, path: Path) -> None:
+    def _save_model(self, path: Path, model: nn.Module | None = None) -> None:
         if not self.d.main:  # rank 0 alone writes files
             return
         try:
-            save(self.model, path, spec=self.spec)
+            save(model if model is not None else self.model, path, spec=self.spec)
         except TorchkeepError:
             raise
         except Exception as exc:
@@ -403,21 +411,28 @@ class _Run:
             raise
 
     def save_checkpoint(self) -> None:
-        """Rank 0 writes the checkpoint (a DCP directory: every rank its part); nobody goes on before it is whole."""
+        """Rank 0 writes the checkpoint (a DCP directory: every rank its part); nobody goes on before it is whole.
+
+        Alone, ``checkpoint.pt`` is written in the background (a snapshot of this moment, after the files
+        queued before it); in a process group the write is done before the barrier.
+        """
         if self.cfg.checkpoint_format == "dcp":
             write_dcp(self.dir / DCP_DIR, self.model, self.opt, self._payload(tensors=False), main=self.d.main)
         elif self.d.main:
-            write_checkpoint(self.dir / CHECKPOINT, self._payload())
+            payload = self._payload()
+            self.files.submit(lambda: write_checkpoint(self.dir / CHECKPOINT, payload))
         barrier(self.d)
 
     def save_interrupted(self) -> None:
         """The Ctrl-C checkpoint; finishes the epoch's model files first if the interrupt cut them short."""
+        self.files.wait()  # what was queued (a finished epoch's files) is on disk first
         if self.files_pending:
             if self.best_epoch == self.epoch:
                 self._save_model(self.dir / BEST)
             self._save_model(self.dir / LAST)
             self.files_pending = False
         self.save_checkpoint()
+        self.files.wait()
         self.write_metrics()
 
     # ---- one epoch
@@ -588,21 +603,35 @@ class _Run:
         improved = self._improved(value)
         if improved:
             self.best_value, self.best_epoch, self.best_cm = value, self.epoch, cm
-        # models and TensorBoard first, the checkpoint last (it is what resume trusts): a kill in between
+        # TensorBoard and models first, the checkpoint last (it is what resume trusts): a kill in between
         # replays this epoch, and TensorBoard's purge_step drops the events it logged the first time
-        self.files_pending = True
-        if improved:
-            self._save_model(self.dir / BEST)
-        self._update_top_k(value)
-        self._save_model(self.dir / LAST)
         if writer is not None:  # rank 0's alone
             writer.epoch(row)
+        self.files_pending = True
+        # the files of this epoch, from a snapshot when they are written in the background
+        model = copy.deepcopy(self.model) if self.files.background else self.model
+        top_new, top_gone = self._update_top_k(value)
+        history = [dict(h) for h in self.history]
+
+        def write_models() -> None:
+            if improved:
+                self._save_model(self.dir / BEST, model)
+            for path in top_new:
+                self._save_model(path, model)
+            for path in top_gone:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            self._save_model(self.dir / LAST, model)
+
+        if self.d.main:
+            self.files.submit(write_models)
         self.save_checkpoint()
         self.files_pending = False
-        self.write_metrics()
+        if self.d.main:
+            self.files.submit(lambda: self.write_metrics(history))
         return row
 
-    def write_metrics(self) -> None:
+    def write_metrics(self, history: list[dict[str, Any]] | None = None) -> None:
         """metrics.csv from the history (rebuilt whole, so it always matches the checkpoint)."""
         from torchkeep.training._plots import write_metrics_csv
 
@@ -610,25 +639,24 @@ class _Run:
             return
 
         with contextlib.suppress(OSError):  # a convenience copy: the checkpoint holds the history
-            write_metrics_csv(self.history, self.dir / "metrics.csv")
+            write_metrics_csv(self.history if history is None else history, self.dir / "metrics.csv")
 
-    def _update_top_k(self, value: float) -> None:
+    def _update_top_k(self, value: float) -> tuple[list[Path], list[Path]]:
+        """The kept top-k after this epoch; returns the files to write and the files to delete."""
         keep = int(self.cfg.keep or 1)
         if keep <= 1:
-            return
+            return [], []
         entries = [*self.top_k, {"value": value, "epoch": self.epoch, "file": ""}]
         lower_better = (self.cfg.metric or "").endswith("loss")
         entries.sort(key=lambda e: (e["value"] if lower_better else -e["value"], e["epoch"]))
         kept, dropped = entries[:keep], entries[keep:]
+        new: list[Path] = []
         for e in kept:
             if e["epoch"] == self.epoch:
                 e["file"] = f"top/epoch{self.epoch:03d}-{self.cfg.metric}={value:.4f}.safetensors"
-                self._save_model(self.dir / e["file"])
-        for e in dropped:
-            if e["file"] and self.d.main:
-                with contextlib.suppress(OSError):
-                    (self.dir / e["file"]).unlink()
+                new.append(self.dir / e["file"])
         self.top_k = kept
+        return new, [self.dir / e["file"] for e in dropped if e["file"]]
 
 
 def _kill_hook(d: Dist) -> tuple[int | None, int]:
@@ -796,7 +824,7 @@ def _train_loop(cfg: TrainConfig, ckpt: dict[str, Any] | None, run: _Run, run_di
 
         writer = TensorBoard(run_dir / "tensorboard", purge_step=run.epoch + 1 if ckpt is not None else None)
         if ckpt is None:
-            writer.first_batch(run.model, run.train_ds, run.device)
+            writer.first_batch(run.model, run.train_ds, run.device, submit=run.files.submit if run.files.background else None)
 
     from torchkeep.training._progress import Bar
 
@@ -832,9 +860,11 @@ def _train_loop(cfg: TrainConfig, ckpt: dict[str, Any] | None, run: _Run, run_di
             f"checkpoint saved to {run_dir / CHECKPOINT}. Resume with: torchkeep train --resume {run_dir}"
         )
         raise TrainingInterrupted(msg, run_dir) from None
-    finally:  # whatever ended the loop, the event file is flushed and closed
+    finally:  # whatever ended the loop, the queued files are written, the event file flushed and closed
+        run.files.close()
         if writer is not None:
             writer.close()
+    run.files.raise_error()  # a write of the last epoch failed (disk full): the run did not end well
 
     curves = confusion = None
     if cfg.plots and run.history and run.d.main:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +30,14 @@ class TensorBoard:
 
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
-    def first_batch(self, model: torch.nn.Module, dataset: Any, device: torch.device, n: int = 32) -> None:
-        """Log a grid of the first ``n`` training inputs (as the model sees them) and the model graph."""
+    def first_batch(
+        self, model: torch.nn.Module, dataset: Any, device: torch.device, n: int = 32,
+        submit: Callable[[Callable[[], None]], None] | None = None,
+    ) -> None:
+        """Log a grid of the first ``n`` training inputs (as the model sees them) and the model graph.
+
+        With ``submit`` (the run's background writer) the graph is traced there, from a copy of the model,
+        while training goes on."""
         from torchvision.utils import make_grid
 
         # fork_rng: an augmenting transform must not advance the RNG the training run depends on
@@ -40,12 +48,21 @@ class TensorBoard:
         batch = torch.stack(xs)
         grid = make_grid(batch, nrow=8, normalize=True, scale_each=True)
         self.writer.add_image("inputs", grid, 0)
+        if submit is not None:
+            snapshot = copy.deepcopy(model).eval()
+            example = batch[:1].to(device)
+            submit(lambda: self._graph(snapshot, example))
+            return
+        with torch.random.fork_rng(devices=[]):  # tracing must not advance the RNG the run depends on
+            self._graph(model, batch[:1].to(device))
+
+    def _graph(self, model: torch.nn.Module, example: torch.Tensor) -> None:
         was_training = model.training
         model.eval()
         try:
-            with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self.writer.add_graph(model, batch[:1].to(device))
+                self.writer.add_graph(model, example)
         except Exception:
             # some architectures cannot be traced; the graph is a nice-to-have, the run goes on
             pass
