@@ -159,7 +159,11 @@ class Family:
         def numpy_state(p: Path) -> None:
             torch.save({"np_generator": np.random.default_rng(0), "seed_seq": np.random.SeedSequence(1),
                         "legacy": np.random.RandomState(0), "mt_state": np.random.get_state(),
-                        "array": np.arange(3), "scalar": np.float32(1.5), "obj": np.array(["a", {"k": 1}], dtype=object)}, p)
+                        "array": np.arange(3), "scalar": np.float32(1.5), "obj": np.array(["a", {"k": 1}], dtype=object),
+                        "record": np.zeros(2, dtype=[("a", ">f4"), ("b", "U3"), ("c", "i8", (2,))]),
+                        "aligned": np.zeros(1, dtype=np.dtype([("a", "u1"), ("b", "f8")], align=True)),
+                        "dates": np.array(["2020-01-01"], dtype="M8[D]"), "text": np.array([b"ab"]),
+                        "pcg_state": np.random.default_rng(0).bit_generator.state}, p)
 
         def dcp_metadata(p: Path) -> None:
             import tempfile
