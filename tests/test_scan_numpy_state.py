@@ -287,3 +287,20 @@ def test_only_the_flags_numpy_computes_pass(tmp_path: Path, flags: int) -> None:
             read_pickle(p.read_bytes())
     elif flags == 0x10:
         assert read_pickle(p.read_bytes()).obj.dtype == np.dtype([("a", "f4"), ("b", "i8")])
+
+
+@pytest.mark.parametrize(("flags", "verdict"), [(-112, "safe"), (144, "safe"), (16, "dangerous"), (-128, "dangerous")])
+def test_numpy1_wrote_flags_as_a_signed_char(tmp_path: Path, flags: int, verdict: str) -> None:
+    """numpy 1.x pickled an aligned record's flags (144) as -112; numpy 2 reads that (as 16): still safe."""
+    fields = {"a": (np.dtype("f4"), 0), "b": (np.dtype("i8"), 8)}
+    obj = array(dtype("V16", (3, "|", None, ("a", "b"), fields, 16, 8, flags)), (1,), b"\0" * 16)
+    p = tmp_path / "rec.pkl"
+    p.write_bytes(pickle.dumps(obj, protocol=2))
+    assert scan(p).verdict == verdict
+    if verdict == "safe":
+        want = pickle.loads(p.read_bytes())
+        got = read_pickle(p.read_bytes()).obj
+        assert got.dtype == want.dtype and got.dtype.flags == want.dtype.flags
+    else:
+        with pytest.raises(PickleReadError, match="numpy"):
+            read_pickle(p.read_bytes())

@@ -130,6 +130,8 @@ def dtype_spec(name: str, state: Any, resolve: Resolve) -> NpDtype:
         raise NumpyStateError(f"{where}: byte order {byteorder!r}")
     if not all(_int(v) for v in (elsize, alignment, flags)):
         raise NumpyStateError(f"{where}: size, alignment and flags must be integers")
+    # numpy 1.x wrote the flags as a signed char (144 as -112); numpy then sets them to that plus 128 (sic)
+    written, flags = (flags & 0xFF, flags + 128) if -128 <= flags < 0 else (flags, flags)
     if base.kind in "Mm":
         if not _time_meta(extra):
             raise NumpyStateError(f"{where}: datetime unit is not numpy's")
@@ -139,7 +141,7 @@ def dtype_spec(name: str, state: Any, resolve: Resolve) -> NpDtype:
         sized = base.kind in "SUV"
         want = (base.itemsize, base.alignment) if sized else (-1, -1)
         ok_flags = (0, _NEEDS_INIT) if base.kind == "U" else (base.flags,)  # numpy 1.x wrote 0 for text
-        if (elsize, alignment) != want or flags not in ok_flags:
+        if (elsize, alignment) != want or written not in ok_flags:
             raise NumpyStateError(f"{where}: size {elsize}, alignment {alignment}, flags {flags}; numpy writes "
                                   f"{want[0]}, {want[1]}, {base.flags}")
         return NpDtype(base.kind, base.itemsize, base.alignment, flags)
@@ -147,7 +149,8 @@ def dtype_spec(name: str, state: Any, resolve: Resolve) -> NpDtype:
         raise NumpyStateError(f"{where}: fields or a sub-array on a dtype that is not a record")
     if sub is not None:
         return _subarray(where, base, sub, names, fields, elsize, alignment, flags, resolve)
-    return _record(where, base, names, fields, elsize, alignment, flags, resolve)
+    spec = _record(where, base, names, fields, elsize, alignment, written, resolve)
+    return NpDtype("V", spec.itemsize, spec.alignment, flags)
 
 
 def _subarray(where: str, base: NpDtype, sub: Any, names: Any, fields: Any, elsize: int, alignment: int, flags: int,
@@ -171,6 +174,7 @@ def _record(where: str, base: NpDtype, names: Any, fields: Any, elsize: int, ali
         raise NumpyStateError(f"{where}: record field names do not match its fields (titles are not read)")
     want = _NEEDS_PYAPI | (flags & _ALIGNED_STRUCT)
     spans: list[tuple[int, int, bool]] = []
+    aligned, most = bool(flags & _ALIGNED_STRUCT), 1
     for n in names:
         entry = fields[n]
         if type(entry) is not tuple or len(entry) != 2 or not _int(entry[1]):
@@ -179,7 +183,10 @@ def _record(where: str, base: NpDtype, names: Any, fields: Any, elsize: int, ali
         start = entry[1]
         if start < 0 or start + item.itemsize > elsize:
             raise NumpyStateError(f"{where}: field {n!r} lies outside the record's {elsize} bytes")
+        if aligned and start % item.alignment:
+            raise NumpyStateError(f"{where}: field {n!r} at offset {start} in an aligned record")
         want |= item.flags & _FROM_FIELDS
+        most = max(most, item.alignment)
         spans.append((start, start + item.itemsize, item.has_object))
     if any(obj for _, _, obj in spans):  # an object pointer must not share bytes with any other field
         spans.sort()
@@ -189,9 +196,8 @@ def _record(where: str, base: NpDtype, names: Any, fields: Any, elsize: int, ali
         raise NumpyStateError(f"{where}: flags {flags}; numpy computes {want} for these fields")
     if elsize != base.itemsize:
         raise NumpyStateError(f"{where}: size {elsize} for a {base.itemsize}-byte record")
-    ok_align = (alignment in (1, 2, 4, 8, 16) and elsize % alignment == 0) if flags & _ALIGNED_STRUCT else alignment == 1
-    if not ok_align:
-        raise NumpyStateError(f"{where}: alignment {alignment}")
+    if alignment != (most if aligned else 1) or elsize % alignment:  # numpy: the largest field alignment, or 1
+        raise NumpyStateError(f"{where}: alignment {alignment} for a {'n aligned' if aligned else ' packed'} record")
     return NpDtype("V", elsize, alignment, flags)
 
 
