@@ -56,9 +56,12 @@ def _human(r) -> None:
         con.print(f"  reshaped    {escape(m.name)} {m.shape} (expected {escape(str(m.expected))})")
     for note in r.notes:
         con.print(f"  note        {escape(note)}")
-    if r.architecture and r.match == "exact" and r.source in ("seed", "torchvision") and r.path:
-        con.print(f"  next        torchkeep predict {escape(r.path)} IMAGES   |   torchkeep adapt {escape(r.path)} "
-                  "--arch auto -o model.safetensors")
+    if r.architecture and r.source in ("seed", "torchvision") and r.path:
+        adapt = f"torchkeep adapt {escape(r.path)} --arch auto -o model.safetensors"
+        if r.match == "exact":
+            con.print(f"  next        torchkeep predict {escape(r.path)} IMAGES   |   {adapt}")
+        else:
+            con.print(f"  next        {adapt}  (loads what fits; the report lists the rest)")
     if r.candidates:
         table = Table(title="candidates", title_justify="left")
         for col in ("architecture", "classes", "match", "differences", "confidence"):
@@ -79,7 +82,7 @@ def _human(r) -> None:
 
 
 @click.command(help="Name the architecture of a weights file (state_dict, checkpoint) from its names and shapes.")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=str))
+@click.argument("file", type=click.Path(dir_okay=True, path_type=str))
 @json_option
 @click.option("--top", type=click.IntRange(1, 100), default=5, show_default=True, help="Candidates to list.")
 @click.option("--key", metavar="ENTRY", help="The checkpoint entry holding the weights (dotted), if not the automatic choice.")
