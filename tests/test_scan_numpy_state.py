@@ -71,6 +71,7 @@ ATTACKS: dict[str, Any] = {
     "field_past_the_record": array(dtype("V8", (3, "|", None, ("f",), {"f": (np.dtype("f8"), 64)}, 8, 1, 16)), (1,), b"A" * 8),
     "record_size_not_its_name": array(dtype("V8", (3, "|", None, ("f",), {"f": (np.dtype("f8"), 0)}, 4096, 1, 16)), (1,), b"A" * 8),
     "bytes_negative_size": array(dtype("S4", (3, "|", None, None, None, -1, 1, 0)), (1,), b"A" * 4),
+    "object_dtype_byte_swapped": array(dtype("O8", (3, ">", None, None, None, -1, -1, 63)), (1,), [1]),
     "float_flags_pointer": array(dtype("f8", (3, "<", None, None, None, -1, -1, 0x04)), (1,), b"A" * 8),
     "data_shorter_than_array": array(np.dtype("f8"), (1000,), b"A" * 8),
     "reconstruct_huge_shape": Forged(_RECONSTRUCT, (np.ndarray, (10**12,), b"b")),

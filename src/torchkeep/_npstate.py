@@ -126,7 +126,9 @@ def dtype_spec(name: str, state: Any, resolve: Resolve) -> NpDtype:
     byteorder, sub, names, fields, elsize, alignment, flags = state[1:8]
     extra = state[8] if len(state) == 9 else None
     where = f"numpy dtype {name!r}"
-    if type(byteorder) is not str or byteorder not in ("<", ">", "|", "="):
+    # numpy writes '|' where bytes have no order (and so an object pointer is never byte-swapped), else '<' or '>'
+    orders = ("|",) if base.kind in "OSVb" or base.itemsize == 1 else ("<", ">", "=")
+    if type(byteorder) is not str or byteorder not in orders:
         raise NumpyStateError(f"{where}: byte order {byteorder!r}")
     if not all(_int(v) for v in (elsize, alignment, flags)):
         raise NumpyStateError(f"{where}: size, alignment and flags must be integers")
