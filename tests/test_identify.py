@@ -99,6 +99,9 @@ def test_files_of_every_kind_are_identified(mnv3):
         "bf16.safetensors": lambda p: save_file(
             {k: (v.bfloat16() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}, p),
         "full_model.pt": lambda p: torch.save(model, p),
+        # a Lightning module: the model under "model.", its loss's class weights beside it
+        "lightning.ckpt": lambda p: torch.save(
+            {"state_dict": {**{f"model.{k}": v for k, v in sd.items()}, "criterion.weight": torch.ones(10)}}, p),
     }
     where = {}
     for fname, write in files.items():
@@ -109,6 +112,8 @@ def test_files_of_every_kind_are_identified(mnv3):
     assert where["ddp.pt"] == ("", "module.")
     assert where["compiled_lightning.ckpt"] == ("state_dict", "model._orig_mod.")
     assert where["nested.pth"][0] == "model.state_dict"
+    assert where["lightning.ckpt"] == ("state_dict", "model.")
+    assert identify(d / "lightning.ckpt").ignored == ["criterion.weight"]
     assert identify(d / "half.pth").dtypes == ["float16", "int64"]
     assert "bfloat16" in identify(d / "bf16.safetensors").dtypes
 

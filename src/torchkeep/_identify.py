@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from torchkeep._keys import prefix_candidates
+from torchkeep._keys import KNOWN_PREFIX_SEGMENTS, prefix_candidates
 from torchkeep._read import read_structure
 from torchkeep._spec import HeadRecipe
 from torchkeep._weights import find_weights
@@ -103,6 +103,7 @@ class Candidate:
     in_channels: int | None = None
     input_size: list[int] | None = None
     assumed: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
     _explained: int = 0
     _absent_counters: int = 0
 
@@ -146,6 +147,7 @@ class Identification:
     skeleton: str | None = None
     notes: list[str] = field(default_factory=list)
     renamed: dict[str, str] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
 
     @property
     def differences(self) -> int:
@@ -404,15 +406,30 @@ def _appended(cand: Candidate, head: str, files: Mapping[str, Shape], n: int | N
     cand.unexpected = []
 
 
-def _views(files: Mapping[str, Shape]) -> list[tuple[str, dict[str, Shape], dict[str, str]]]:
-    """The file's names with each wrapper prefix candidate stripped (and their shapes encoded)."""
-    out = []
+View = tuple[str, dict[str, Shape], dict[str, str], list[str]]
+
+
+def _views(files: Mapping[str, Shape]) -> list[View]:
+    """The file's names with each wrapper prefix candidate stripped (and their shapes encoded); for a wrapper's
+    own prefix (``model.`` of a Lightning module) also the names under it alone, the others set aside (a loss's
+    class weights beside the model)."""
+    out: list[View] = []
     for p in sorted(prefix_candidates(files, generic=True), key=len):
         view: dict[str, Shape] = {}
         for n, s in files.items():
             view.setdefault(n[len(p):] if p and n.startswith(p) else n, s)
-        out.append((p, view, {n: encode(s) for n, s in view.items()}))
+        out.append((p, view, {n: encode(s) for n, s in view.items()}, []))
+        outside = [n for n in files if not n.startswith(p)]
+        if p and outside and len(outside) < len(files) and all(seg in KNOWN_PREFIX_SEGMENTS for seg in p.split(".")[:-1]):
+            inside = {n[len(p):]: s for n, s in files.items() if n.startswith(p)}
+            out.append((p, inside, {n: encode(s) for n, s in inside.items()}, outside))
     return out
+
+
+def _compare_in(sig: Signature, view: View) -> Candidate:
+    cand = _compare(sig, view[1], view[2], view[0])
+    cand.ignored = view[3]
+    return cand
 
 
 def _best_per_signature(sigs: Iterable[Signature], files: Mapping[str, Shape]) -> list[Candidate]:
@@ -421,8 +438,8 @@ def _best_per_signature(sigs: Iterable[Signature], files: Mapping[str, Shape]) -
     out = []
     for sig in sigs:
         table = sig.table
-        p, view, enc = max(views, key=lambda pv: (sum(1 for n in pv[1] if n in table), -len(pv[0])))
-        out.append(_compare(sig, view, enc, p))
+        best = max(views, key=lambda v: (sum(1 for n in v[1] if n in table), -len(v[1]), -len(v[0])))
+        out.append(_compare_in(sig, best))
     return out
 
 
@@ -430,15 +447,15 @@ def _candidates(sigs: list[Signature], files: Mapping[str, Shape], top: int) -> 
     """The file compared with the signatures that have its very names (found by digest: most files), and with
     ``top`` neighbours by tensor count for the list of alternatives; with every signature when none has them."""
     views = _views(files)
-    by_digest = {names_digest(v): (p, v, e) for p, v, e in views}
+    by_digest = {names_digest(v[1]): v for v in views}
     hits = [(s, by_digest.get(s.digest) or by_digest[s.digest_nbt]) for s in sigs
             if s.digest in by_digest or s.digest_nbt in by_digest]
-    cands = [_compare(s, v, e, p) for s, (p, v, e) in hits]
+    cands = [_compare_in(s, v) for s, v in hits]
     if not any(c.match == "exact" for c in cands):
         if len(sigs) <= FULL_SCAN:
             return _best_per_signature(sigs, files)
         # many signatures (timm's): compare in full those whose names the file shares most, by their sketches
-        sketches = [sketch(v) for _, v, _ in views]
+        sketches = [sketch(v[1]) for v in views]
         scored = sorted(sigs, key=lambda s: -max(similarity(s.sketch, k) for k in sketches))
         return _best_per_signature(scored[:SHORTLIST], files)
     seen = {id(s) for s, _ in hits}
@@ -688,6 +705,10 @@ def identify(
         if not named and not tie:
             label = os.path.basename(path) if path else "the weights"
             ident.skeleton = skeleton_of(files, ident.layers, label)
+    if best is not None and best.ignored and best.match != "none":
+        ident.ignored = best.ignored
+        notes.append(f"{len(best.ignored)} tensor(s) outside the wrapper prefix {best.prefix!r} are not the model's and "
+                     f"are left aside: {', '.join(best.ignored[:5])}{' …' if len(best.ignored) > 5 else ''}")
     if renamed and ident.architecture:
         ident.renamed = renamed
         notes.append(f"{len(renamed)} keys in the layout of old PyTorch DenseNet files (denselayer1.norm.1.weight) "
@@ -744,4 +765,4 @@ def _short(c: Candidate) -> Candidate:
     lim = CANDIDATE_LIST_LIMIT
     return Candidate(c.architecture, c.arch_kwargs, c.source, c.num_classes, c.match, c.differences, c.confidence,
                      c.missing[:lim], c.unexpected[:lim], c.reshaped[:lim], c.head, c.head_path, c.appended, c.prefix,
-                     c.in_channels, c.input_size, c.assumed)
+                     c.in_channels, c.input_size, c.assumed, c.ignored[:lim])
