@@ -142,7 +142,7 @@ def dtype_spec(name: str, state: Any, resolve: Resolve) -> NpDtype:
     if sub is None and names is None and fields is None:
         sized = base.kind in "SUV"
         want = (base.itemsize, base.alignment) if sized else (-1, -1)
-        ok_flags = (0, _NEEDS_INIT) if base.kind == "U" else (base.flags,)  # numpy 1.x wrote 0 for text
+        ok_flags = (0, _NEEDS_INIT) if base.kind == "U" else (base.flags,)  # numpy < 1.10 wrote 0 for text
         if (elsize, alignment) != want or written not in ok_flags:
             raise NumpyStateError(f"{where}: size {elsize}, alignment {alignment}, flags {flags}; numpy writes "
                                   f"{want[0]}, {want[1]}, {base.flags}")
