@@ -135,8 +135,9 @@ __all__ = [
 
 
 # subpackages reachable as attributes (``torchkeep.models.build(...)``, like ``torchvision.models``), imported on
-# first use: ``torchkeep.models`` needs no torch to list, ``data`` and ``training`` import it
-_SUBPACKAGES = ("data", "models", "training")
+# first use: ``torchkeep.models`` needs no torch to list, ``data`` and ``training`` import it; ``serving`` needs the
+# ``serve`` extra
+_SUBPACKAGES = ("data", "models", "serving", "training")
 
 
 def __getattr__(name: str) -> Any:

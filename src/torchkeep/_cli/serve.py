@@ -67,8 +67,8 @@ def command(models: tuple[str, ...], host: str, port: int, backend: str, device:
         else:
             _ready_line(url, served)
 
-    click.echo(f"torchkeep: loading {len(models)} model(s); warming up, then serving at "
-               f"http://{host}:{port}/", err=True)
+    click.echo(f"torchkeep: scanning and loading {len(models)} model file(s), then serving at http://{host}:{port}/ "
+               "(ready once warmed up)", err=True)
     result = serve(list(models), host=host, port=port, on_ready=ready, log_level=log_level, backend=backend,
                    device=device, max_batch=max_batch, max_wait_ms=max_wait_ms, max_upload_mb=max_upload_mb,
                    max_images=max_images, token=token, trust=trust)
