@@ -299,7 +299,8 @@ def _solve_size(sig: Signature, files: Mapping[str, Shape], c: int | None
         a = _near_square(cells)
         cell = int(sig.size["cell"])
         hw = [cell * a, cell * (cells // a)]
-        note = [] if a * a == cells else [f"input size {hw[0]}x{hw[1]} (any H, W with (H//{cell})*(W//{cell}) = {cells} fits)"]
+        note = [f"input size {hw[0]}x{hw[1]} assumed: the weights fit any H, W with (H//{cell})*(W//{cell}) = {cells}"
+                f"{f' ({hw[0]}..{hw[0] + cell - 1} square)' if a * a == cells else ''}"]
         return {}, c, hw, note, None
     if kind == "pixels":  # Linear(C * H * W, ...): channels and size share one number
         for ch in ([c] if c is not None else [1, 3]):
