@@ -286,6 +286,8 @@ def _solve_size(sig: Signature, files: Mapping[str, Shape], c: int | None
     name, shape, expected = free[0]
     value = next(d for d, e in zip(shape, expected) if e == "S")
     kind = sig.size["kind"]
+    if value < 2 or (c is not None and c < 1):  # no input gives an empty layer
+        return {}, c, None, [], name
     if kind == "vit":  # pos_embedding [1, (size/patch)^2 + 1, D]
         side = math.isqrt(value - 1)
         if side * side != value - 1:
@@ -495,7 +497,8 @@ def layers_of(files: Mapping[str, Shape], ordered: bool = True) -> list[Layer]:
             prev_out = w[0]
         elif w is not None and len(w) in (3, 4, 5):
             per_group = w[1]
-            groups = prev_out // per_group if prev_out and prev_out != per_group and prev_out % per_group == 0 else 1
+            groups = (prev_out // per_group if prev_out and per_group and prev_out != per_group
+                      and prev_out % per_group == 0 else 1)
             kernel = "×".join(str(k) for k in w[2:])
             extra = f", groups {groups}" if groups > 1 else ""
             out.append(Layer(path, f"Conv{len(w) - 2}d", f"Conv{len(w) - 2}d {kernel} {per_group * groups}→{w[0]}"
@@ -521,7 +524,7 @@ def _ctor(layer: Layer, prev_kind: str | None) -> str | None:
     if layer.kind.startswith("Conv") and w:
         m = re.search(r"(\d+)→", layer.description)
         cin = int(m.group(1)) if m else w[1]
-        groups = cin // w[1]
+        groups = cin // w[1] if w[1] else 1
         k = w[2] if len(set(w[2:])) == 1 else tuple(w[2:])
         g = f", groups={groups}" if groups > 1 else ""
         return f"nn.{layer.kind}({cin}, {w[0]}, kernel_size={k}{g}{nobias})  # stride, padding: not in the weights"
