@@ -56,6 +56,7 @@ __all__ = ["ServeError", "ServingState", "create_app"]
 MB = 1024 * 1024
 _MODEL_PATH = re.compile(r"^/v[12]/models/([^/]+)")
 _PROTECTED = ("/v1/", "/v2/models")
+_BYTESIO = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 
 class ServeError(Exception):
@@ -335,6 +336,11 @@ def _errors(app: FastAPI) -> None:
         return _error(400, "invalid request", "; ".join(parts) or "the request does not fit this endpoint",
                       path=request.url.path)
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:  # a bug: still JSON, and logged
+        return _error(500, "internal error", f"{type(exc).__name__}: {str(exc)[:200]}; please report it",
+                      path=request.url.path)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
@@ -412,7 +418,8 @@ async def _decode(state: ServingState, model: ServedModel, images: list[tuple[st
         try:
             return model.preprocess(data)
         except InputError as exc:
-            raise ServeError(400, "unreadable image", f"{name}: {exc.what}; {exc.fix or 'send a PNG or JPEG'}") from None
+            what = _BYTESIO.sub("the upload", exc.what)  # Pillow names the in-memory file by its repr
+            raise ServeError(400, "unreadable image", f"{name}: {what}; {exc.fix or 'send a PNG or JPEG'}") from None
         except Exception as exc:  # any decoder failure is the upload's, never the server's
             raise ServeError(400, "unreadable image", f"{name}: cannot read the image ({type(exc).__name__}: "
                              f"{str(exc)[:200]}); send a PNG, JPEG, BMP, GIF, TIFF or WebP file") from None
