@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from functools import cache
@@ -471,9 +472,10 @@ def _write_cache(path: Path, source: str, sigs: dict[str, Signature], complete: 
     with contextlib.suppress(OSError):  # a read-only home: identify still works, only slower
         atomic_write_bytes(blob_path, blob)
         atomic_write_bytes(path, json.dumps(data, separators=(",", ":")).encode())
+        # blobs of earlier indexes go once no process can still be reading them through its index
         for old in path.parent.glob(f"{path.stem}-*.blob"):
-            if old != blob_path:
-                with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):
+                if old != blob_path and time.time() - old.stat().st_mtime > 600:
                     old.unlink()
         st = path.stat()
         _MEMO[path] = (st.st_mtime_ns, st.st_size, dict(sigs), complete)
@@ -483,7 +485,8 @@ def cache_size() -> int:
     """Bytes the signature cache of this environment takes on disk (indexes and blobs)."""
     total = 0
     for p in cache_files():
-        total += p.stat().st_size + sum(b.stat().st_size for b in p.parent.glob(f"{p.stem}-*.blob"))
+        blob = p.with_name(json.loads(p.read_text(encoding="utf-8"))["blob"])
+        total += p.stat().st_size + blob.stat().st_size
     return total
 
 
