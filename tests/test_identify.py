@@ -278,18 +278,24 @@ def test_signatures_are_cached_by_versions_and_rebuilt_when_stale(tmp_path, monk
     monkeypatch.setenv("TORCHKEEP_CACHE_DIR", os.fspath(tmp_path))
     sigs = load_signatures(["cifar10_cnn"])
     assert [s.arch for s in sigs] == ["cifar10_cnn"]
-    (path,) = cache_files()
-    data = json.loads(path.read_text())
-    assert data["versions"]["torch"] == torch.__version__.split("+")[0] or data["versions"]["torch"]
+    (index,) = cache_files()
+    data = json.loads(index.read_text())
+    assert data["versions"]["torchvision"] == torchvision.__version__.split("+")[0] or data["versions"]["torchvision"]
     assert data["complete"] is False  # only what was asked was built
-    data["versions"]["torchvision"] = "0.0.1"
-    data["signatures"][0]["names"] = "bogus.weight"
-    path.write_text(json.dumps(data))
-    os.utime(path, ns=(1, 1))
-    sig = load_signatures(["cifar10_cnn"])[0]
-    assert "bogus.weight" not in sig.names and "model.0.weight" in sig.names  # stale: rebuilt
-    path.write_text("{not json")
-    assert load_signatures(["fashion_mlp"])[0].arch == "fashion_mlp"  # corrupt: rebuilt
+    blob = tmp_path / data["blob"]
+    assert blob.is_file() and "model.0.weight" in blob.read_text()
+
+    def rebuilt(change) -> dict:
+        change()
+        os.utime(index, ns=(1, 1))  # the process reads the index again
+        sig = load_signatures(["cifar10_cnn"])[0]
+        assert "model.0.weight" in sig.names and sig.table["model.8.weight"] == "N,64"
+        return json.loads(index.read_text())
+
+    stale = {**data, "versions": {**data["versions"], "torchvision": "0.0.1"}}
+    assert rebuilt(lambda: index.write_text(json.dumps(stale)))["versions"] == data["versions"]
+    assert rebuilt(lambda: blob.unlink())["blob"]  # the blob gone: built again
+    assert rebuilt(lambda: index.write_text("{not json"))["versions"] == data["versions"]
 
 
 # ------------------------------------------------------------------------------------ everything else uses it
