@@ -266,7 +266,7 @@ def _from_identification(p: Path) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
     warnings.warn(
         f"{p.name} has no torchkeep spec: {done}; built with {kwargs or 'default arguments'}"
         f"{'; ' + what if what else ''}; input: {spec.preprocessing.describe()}; class names unknown (indices). "
-        f"`torchkeep adapt {p} --arch {arch} -o model.safetensors` records this in a model file",
+        f"`torchkeep adapt {p} --arch auto -o model.safetensors` records this in a model file",
         TorchkeepWarning,
         stacklevel=3,
     )
@@ -283,7 +283,10 @@ def load(
     """Rebuild a model from a self-describing model file: no pickle, no source code needed.
 
     Args:
-        path: a file written by ``torchkeep.save`` (or ``torchkeep adapt`` / ``train``).
+        path: a file written by ``torchkeep.save`` (or ``torchkeep adapt`` / ``train``); or weights without a spec
+            (a state_dict, a checkpoint, in any format) whose architecture ``torchkeep.identify`` names exactly:
+            built from the identification, with a :class:`~torchkeep.errors.TorchkeepWarning` saying what was
+            assumed.
         device: ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``. Files are
             device-independent: a model saved on a GPU loads on a CPU-only machine.
         dtype: cast floating-point weights (``"float16"``, ``torch.bfloat16``); None keeps the stored dtype.
