@@ -355,6 +355,18 @@ def test_load_half_precision_and_appended_head_files(tmp_path):
         assert torch.allclose(model(x), base.half().float()(x), atol=1e-3)
 
 
+def test_load_architectures_that_do_not_build_on_the_meta_device(tmp_path):
+    # RegNet computes with tensors in __init__ (FIELD-NOTES): built with its parameters moved to meta instead
+    torch.manual_seed(0)
+    model = torchvision.models.regnet_x_400mf(num_classes=7).eval()
+    torch.save(model.state_dict(), tmp_path / "regnet.pth")
+    with pytest.warns(TorchkeepWarning, match="regnet_x_400mf, 7 classes, head replaced"):
+        loaded = torchkeep.load(tmp_path / "regnet.pth", device="cpu")
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-5)
+
+
 def test_weights_of_no_known_architecture_still_explain_themselves(tmp_path):
     torch.save(LeNet().state_dict(), tmp_path / "lenet.pth")
     with pytest.raises(InputError, match=r"no architecture; not a known architecture; closest: .*torchkeep adapt"):

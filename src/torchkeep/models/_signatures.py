@@ -233,7 +233,7 @@ def meta_build(factory: Callable[[], nn.Module]) -> nn.Module:
         try:
             with torch.device("meta"), no_init():
                 return factory()
-        except (RuntimeError, NotImplementedError):
+        except Exception:  # RuntimeError, or build()'s UsageError around it: try the other way
             with _params_to_meta(), no_init():
                 return factory()
 
