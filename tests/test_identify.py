@@ -42,13 +42,21 @@ def _meta(name: str, **kw) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("num_classes", [1000, 7])
 def test_every_torchvision_classifier_is_named_with_its_classes_and_head(num_classes):
+    from torchkeep._modelfile import build_identified
+
     wrong = []
     for name in TV_NAMES:
-        r = identify(_meta(name, num_classes=num_classes))
+        sd = _meta(name, num_classes=num_classes)
+        r = identify(sd)
         got = (r.architecture, r.num_classes, r.head, r.match, r.tie, r.missing, r.unexpected, r.reshaped)
         want = (name, num_classes, "original" if num_classes == 1000 else "replaced", "exact", [], [], [], [])
         if got != want:
             wrong.append((name, got))
+        elif num_classes != 1000:
+            # and what load / predict / export build from it takes these very weights
+            built = build_identified(r)[0].state_dict()
+            if {k: v.shape for k, v in built.items()} != {k: v.shape for k, v in sd.items()}:
+                wrong.append((name, "built differently"))
     assert not wrong, wrong
     assert len(TV_NAMES) >= 80
 

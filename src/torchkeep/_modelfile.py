@@ -209,27 +209,14 @@ def _strict_load(model: nn.Module, tensors: dict[str, torch.Tensor], p: Path, *,
 _TRANSFORM_INPUT = ("googlenet", "inception_v3")
 
 
-def _from_identification(p: Path) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
-    """The spec and tensors of a file without a spec whose architecture ``identify`` names exactly.
-
-    Raises the "not a model file" InputError, with what ``identify`` found, otherwise.
-    """
-    import warnings
-
-    import torch
-
+def build_identified(ident: Identification) -> tuple[nn.Module, dict[str, Any], list[str]]:
+    """The model (on the meta device, with its spec) an identification of a seed or torchvision architecture
+    describes; with the constructor arguments used and what was assumed."""
     from torchkeep.models._build import build
     from torchkeep.models._signatures import meta_build
 
-    if detect(p).format in ("onnx", "torchscript"):  # they run by themselves: the explanation says how
-        raise _explain_not_model_file(p)
-    try:
-        ident = identify(p)
-    except InputError:  # no tensors to identify: what the file is, and what to do
-        raise _explain_not_model_file(p) from None
     arch = ident.architecture
-    if arch is None or ident.match != "exact" or ident.source not in ("seed", "torchvision"):
-        raise _explain_not_model_file(p, ident)
+    assert arch is not None
     kwargs = dict(ident.arch_kwargs)
     assumed = []
     if arch in _TRANSFORM_INPUT:
@@ -239,6 +226,27 @@ def _from_identification(p: Path) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
         arch, ident.num_classes, in_channels=ident.in_channels if ident.source == "seed" else None,
         input_size=tuple(ident.input_size) if ident.input_size else None,  # type: ignore[arg-type]
         head="append" if ident.head == "appended" else "replace", **kwargs))
+    return model, kwargs, assumed
+
+
+def _from_identification(p: Path) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
+    """The spec and tensors of a file without a spec whose architecture ``identify`` names exactly.
+
+    Raises the "not a model file" InputError, with what ``identify`` found, otherwise.
+    """
+    import warnings
+
+    import torch
+
+    if detect(p).format in ("onnx", "torchscript"):  # they run by themselves: the explanation says how
+        raise _explain_not_model_file(p)
+    try:
+        ident = identify(p)
+    except InputError:  # no tensors to identify: what the file is, and what to do
+        raise _explain_not_model_file(p) from None
+    if ident.architecture is None or ident.match != "exact" or ident.source not in ("seed", "torchvision"):
+        raise _explain_not_model_file(p, ident)
+    model, kwargs, assumed = build_identified(ident)
     spec: ModelSpec = model.torchkeep_spec  # type: ignore[assignment]
     expected = model.state_dict()
     named = {ident.renamed.get(k, k): v for k, v in load_state_dict(p).items()}  # old layouts read as today's
