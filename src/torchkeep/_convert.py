@@ -76,7 +76,7 @@ SUFFIXES = {".safetensors": "safetensors", ".pt": "pt", ".pth": "pt", ".bin": "p
 # suffixes of other formats: refused even with --format
 _OTHER_FORMATS = {".onnx", ".pt2", ".npz", ".npy", ".pkl", ".pickle", ".h5", ".keras", ".tflite", ".gguf", ".msgpack"}
 _WRITES = (
-    "convert writes safetensors (.safetensors), a PyTorch state_dict (.pt, .pth, .bin, .ckpt) "
+    "convert writes safetensors (.safetensors) or a PyTorch state_dict (.pt, .pth, .bin, .ckpt), "
     "or a torch.distributed.checkpoint directory (--to dcp)"
 )
 

@@ -104,6 +104,11 @@ def command(
     nnodes, rdzv_endpoint, rdzv_timeout, max_restarts, as_json,
 ) -> int:
     if nproc is not None:
+        if "TORCHELASTIC_RUN_ID" in os.environ:
+            from torchkeep.errors import UsageError
+
+            raise UsageError("--nproc starts torchrun; this process already runs under torchrun",
+                             fix="leave out --nproc (torchrun's --nproc-per-node sets the processes)")
         return _launch(ctx, nproc, nnodes, rdzv_endpoint, rdzv_timeout, max_restarts)
     from torchkeep.training import TrainConfig, TrainingInterrupted, train
 

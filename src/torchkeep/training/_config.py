@@ -234,7 +234,7 @@ class TrainResult:
         classes: class names (saved in the model files).
         train_size / val_size: images in each split; skipped_files: unreadable dataset files left out.
         device / amp: where and how it trained.
-        seconds: wall time of this call; images_per_second: training throughput (train images per second).
+        seconds: wall time of this call; images_per_second: training throughput (train images per second, all processes together).
         top_k: the kept top-k model files, best first.
         config_path, metrics_csv, tensorboard_dir, curves_png, confusion_png: the other run files
             (None when disabled).

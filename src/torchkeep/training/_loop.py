@@ -521,6 +521,7 @@ class _Run:
                 if every and self.step % every == 0 and i + 1 < len(global_sizes):
                     self.save_mid_epoch(totals(everyone=True))
                 if self.step == kill_step:
+                    self.files.wait()  # the hook kills right after a checkpoint is on disk, deterministically
                     _kill_self(kill_rank, d)
                 if stop.requested:  # Ctrl-C: between two steps, so the checkpoint is exact
                     raise KeyboardInterrupt
@@ -537,7 +538,7 @@ class _Run:
         return {
             "train_loss": self.partial["loss_sum"] / max(tot, 1),
             "train_acc": self.partial["correct"] / max(tot, 1),
-            "seen": sum(sizes),
+            "seen": int(tot - base["seen"]),  # images of all processes trained by this call
         }
 
     def save_mid_epoch(self, partial: dict[str, float]) -> None:
@@ -752,9 +753,12 @@ def train(config: TrainConfig) -> TrainResult:
 
 
 def _train(config: TrainConfig, d: Dist, t_start: float) -> TrainResult:
-    if d.restart > 0 and config.resume is None and config.out is not None and has_checkpoint(Path(os.fspath(config.out))):
-        # torchrun restarted the group after a failure (--max-restarts): continue from the last complete checkpoint
-        config = dataclasses.replace(config, resume=config.out, out=None)
+    if d.restart > 0 and config.resume is None:
+        out = Path(os.fspath(config.out if config.out is not None else config.resolved().out or "."))
+        if has_checkpoint(out):
+            # torchrun restarted the group after a failure (--max-restarts): continue from the last complete
+            # checkpoint
+            config = dataclasses.replace(config, resume=out, out=None)
     ckpt = None
     saved: dict[str, Any] | None = None
     if config.resume is not None:
@@ -805,6 +809,7 @@ def _train(config: TrainConfig, d: Dist, t_start: float) -> TrainResult:
         return _train_loop(cfg, ckpt, run, run_dir, t_start)
     finally:
         torch.set_num_threads(prev_threads)
+        run.files.close()  # also when setup failed: the writer thread ends
         if run.sample_log is not None:
             run.sample_log.close()
         run.ddp = None  # the wrapper goes before the process group (see shutdown)
