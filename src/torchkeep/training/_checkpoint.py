@@ -254,7 +254,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _load_dcp_train_state(p: Path) -> dict[str, Any]:
     """The training state of a DCP checkpoint (its model and optimizer load later, by :func:`load_dcp_into`)."""
-    check_file(p, runs_code=False)
+    # dcp.load (load_dcp_into) unpickles .metadata and torch.loads every non-tensor entry with
+    # weights_only=False: only a safe checkpoint is resumed from
+    check_file(p, runs_code=True)
     try:
         state = torch.load(io.BytesIO(read_entry_blob(p, DCP_TRAIN_KEY)), map_location="cpu", weights_only=True)
         ckpt = torch.load(io.BytesIO(state.numpy().tobytes()), map_location="cpu", weights_only=True)
