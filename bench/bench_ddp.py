@@ -49,7 +49,7 @@ def hand_worker(epochs: int, batch_size: int) -> None:
     model = build("cifar10_cnn", num_classes=10, in_channels=1, input_size=8)
     spec = _with_defaults_for_scratch(model.torchkeep_spec)
     src = open_dataset("digits")
-    train_idx, val_idx = split_indices(len(src), 0.2, 0)
+    train_idx, _ = split_indices(len(src), 0.2, 0)
     train_ds = TransformedSubset(src, train_idx, transform_for(spec, train=True), cache=True)
     sampler = torch.utils.data.DistributedSampler(train_ds, seed=0) if world > 1 else None
     loader = torch.utils.data.DataLoader(train_ds, batch_size=batch_size // world, sampler=sampler,

@@ -46,7 +46,8 @@ def _human(result) -> None:
     help="Train an image classifier. Every epoch writes best/last model files and a resume checkpoint "
     "atomically; --resume RUN_DIR continues exactly (model, optimizer, scheduler, RNG, data order).\n\n"
     "DATA: digits (embedded), cifar10, fashion-mnist, or folder:PATH (one sub-folder per class).\n\n"
-    "Example: torchkeep train --arch cifar10_cnn --data digits --out runs/digits"
+    "Example: torchkeep train --arch cifar10_cnn --data digits --out runs/digits\n\n"
+    "Several processes (DDP): torchkeep train --nproc 2 ... or torchrun --nproc-per-node 2 -m torchkeep train ..."
 )
 @click.option("--arch", shell_complete=complete_arch, help="Architecture (torchkeep models lists them). [default: cifar10_cnn]")
 @click.option("--data", help="Dataset: digits, cifar10, fashion-mnist or folder:PATH. [default: digits]")

@@ -224,7 +224,7 @@ class TrainResult:
         run_dir: the run directory.
         best_path: the best model file (by ``metric``), self-describing (``torchkeep.load``).
         last_path: the model after the last epoch.
-        checkpoint_path: the resume checkpoint (``--resume run_dir``).
+        checkpoint_path: the resume checkpoint, ``checkpoint.pt`` or ``checkpoint.dcp`` (``--resume run_dir``).
         metric: the metric that chose the best model; best_value / best_epoch: its best value and epoch.
         epochs: total epochs of the run; epochs_done: epochs completed; epochs_this_run: run by this call.
         resumed_from: the epoch the run resumed from (0 for a fresh run).

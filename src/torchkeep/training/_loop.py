@@ -730,8 +730,13 @@ def _check_identity(given: TrainConfig, saved: dict[str, Any], path: Path) -> No
 def train(config: TrainConfig) -> TrainResult:
     """Train an image classifier; every epoch writes model files and a resume checkpoint atomically.
 
+    Started by torchrun (``torchkeep train --nproc N``, ``torchrun -m torchkeep train``: ``RANK`` and
+    ``WORLD_SIZE`` are set), each process joins the process group and trains its share of every global
+    batch with DistributedDataParallel; rank 0 alone writes files (see ``training._distributed``).
+
     Args:
-        config: the run's settings; ``config.resume`` continues a run exactly where its checkpoint left it.
+        config: the run's settings; ``config.resume`` continues a run exactly where its checkpoint left it,
+            on any number of processes.
 
     Returns:
         A :class:`TrainResult` naming the run's files and metrics.
@@ -887,7 +892,7 @@ def _train_loop(cfg: TrainConfig, ckpt: dict[str, Any] | None, run: _Run, run_di
         run_dir=run_dir,
         best_path=run_dir / BEST,
         last_path=run_dir / LAST,
-        checkpoint_path=run_dir / CHECKPOINT,
+        checkpoint_path=run_dir / (DCP_DIR if cfg.checkpoint_format == "dcp" else CHECKPOINT),
         metric=str(cfg.metric),
         best_value=float(run.best_value) if run.best_value is not None else float("nan"),
         best_epoch=run.best_epoch,
