@@ -553,10 +553,12 @@ def _drop_version(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     """The same handler for ``/v2/models/{name}`` and ``/v2/models/{name}/versions/{version}`` (one version)."""
     import inspect
 
+    takes_request = "request" in inspect.signature(fn).parameters
+
     async def handler(request: Request, name: str, version: str = "1") -> Any:
         if version != "1":
             raise ServeError(404, "unknown version", f"{name!r} has one version, '1', not {version!r}")
-        if "request" in inspect.signature(fn).parameters:
+        if takes_request:
             return await fn(request, name)
         return fn(name)
 
