@@ -233,10 +233,17 @@ def test_bad_arguments(cnn_file, photos):
 
 
 def test_not_a_model_file(tmp_path, photos):
+    # weights of no architecture torchkeep knows: refused, naming the file and the adapt command
     weights = tmp_path / "weights.pt"
-    torch.save(_cnn().state_dict(), weights)
-    with pytest.raises(InputError, match=r"weights\.pt"):
+    torch.save({"w": torch.zeros(3, 3), "b": torch.zeros(3)}, weights)
+    with pytest.raises(InputError, match=r"weights\.pt.*not a torchkeep model file") as info:
         torchkeep.predict(weights, photos["china"])
+    assert "torchkeep adapt" in (info.value.fix or "")
+    # weights `torchkeep identify` names run as that architecture, with a warning that says so
+    known = tmp_path / "cnn_weights.pt"
+    torch.save(_cnn().state_dict(), known)
+    with pytest.warns(torchkeep.TorchkeepWarning, match="has no torchkeep spec: identified"):
+        assert torchkeep.predict(known, photos["china"])[0].ok
 
 
 def test_cli_table_json_csv_and_exit_codes(cnn_file, photos, cli, tmp_path):
