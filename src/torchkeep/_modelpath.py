@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torchkeep._detect import Detected
-from torchkeep._modelfile import resolve_model
 from torchkeep._onnx import read_onnx
 from torchkeep._read import read_structure
 from torchkeep._spec import ModelSpec, Preprocessing, Provenance, channels_mode
@@ -322,6 +321,9 @@ def open_model(
     """:func:`torchkeep._modelfile.resolve_model` for what a user points a verb at: a training run means its
     best model file, a file that is not a model file gets the precise error, and ``contract`` overrides the
     spec's facts."""
+    # imported here: a TorchScript / ONNX export runs without the model registry, which _modelfile brings in
+    from torchkeep._modelfile import resolve_model
+
     if isinstance(model, (str, os.PathLike)):
         model = run_model_file(model)
         try:
