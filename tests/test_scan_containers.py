@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import os
 import pickle
+import random
 import struct
 import subprocess
 import sys
@@ -24,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import torchkeep
 from torchkeep import _streams as streams
 from torchkeep import scan
 
@@ -884,3 +887,73 @@ def test_a_compressed_file_that_is_also_a_tar(tmp_path):
     report = scan(path)
     assert report.format == "zlib-compressed" and report.verdict == "dangerous", report.findings
     assert {"polyglot", "dangerous-import"} <= {f.rule for f in report.dangerous}, report.findings
+
+
+class _Touch:
+    """A harmless payload: creates ``marker`` when unpickled."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+def _joblib_runs(tmp_path: Path, path: Path, marker: Path) -> bool:
+    """Whether joblib.load really runs the payload of ``path`` (a fresh interpreter)."""
+    code = f"import joblib\ntry:\n    joblib.load({str(path)!r})\nexcept Exception:\n    pass\n"
+    subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120, cwd=tmp_path)
+    ran = marker.exists()
+    marker.unlink(missing_ok=True)
+    return ran
+
+
+@pytest.mark.skipif(importlib.util.find_spec("joblib") is None, reason="joblib is not installed")
+def test_compressed_files_are_found_by_joblibs_own_prefixes(tmp_path):
+    import lzma
+
+    marker = tmp_path / f"{MARKER}_lzma"
+    evil = pickle.dumps(_Touch(str(marker)), protocol=2)
+    # an .lzma header with a 256-byte dictionary: joblib's prefix is 5d 00, liblzma inflates it
+    comp = bytearray(lzma.compress(evil, format=lzma.FORMAT_ALONE, filters=[{"id": lzma.FILTER_LZMA1, "dict_size": 4096}]))
+    comp[1:5] = struct.pack("<I", 0x100)
+    lz = _write(tmp_path, "model.pkl", bytes(comp))
+    assert _joblib_runs(tmp_path, lz, marker)
+    assert scan(lz).verdict == "dangerous"
+    # a gzip stream corrupt at its end: pickle.load(gzip.open(f)) unpickles while it inflates, so the payload
+    # has run before the CRC fails; the scanner scans what came out before the error
+    import gzip
+
+    marker2 = tmp_path / f"{MARKER}_gzip"
+    padding = random.Random(0).randbytes(1 << 17)  # incompressible: inflated in several reads
+    stream = gzip.compress(pickle.dumps(_Touch(str(marker2)), protocol=2) + padding)
+    trunc = _write(tmp_path, "trunc.pkl", stream[:-8] + b"garbage!")
+    code = f"import gzip, pickle\ntry:\n    pickle.load(gzip.open({str(trunc)!r}))\nexcept Exception:\n    pass\n"
+    subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120, cwd=tmp_path)
+    assert marker2.exists()
+    marker2.unlink()
+    report = scan(trunc)
+    assert report.verdict == "dangerous" and "unreadable" in {f.rule for f in report.findings}, report.findings
+
+
+def test_lz4_without_the_package_is_not_called_safe_nor_skipped(tmp_path):
+    d = tmp_path / "models"
+    d.mkdir()
+    _write(d, "model.joblib", b"\x04\x22\x4d\x18" + bytes(range(40)))
+    (d / "xnotes.txt").write_text("x marks a zlib stream for joblib; this is just text\n")
+    reports = {Path(r.path).name: r for r in torchkeep.scan_paths([d], recursive=True)}
+    if importlib.util.find_spec("lz4") is None:
+        assert reports["model.joblib"].verdict == "error" and not reports["model.joblib"].unknown_format
+    else:
+        assert reports["model.joblib"].verdict != "safe"
+    assert reports["xnotes.txt"].unknown_format  # nothing inflates: not a model file, skipped
+
+
+def test_a_safetensors_file_that_starts_like_a_zlib_stream(tmp_path):
+    import json
+
+    raw = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    raw += b" " * (120 - len(raw))  # header length 120: the file's first byte is "x"
+    p = _write(tmp_path, "w.safetensors", struct.pack("<Q", len(raw)) + raw + np.array([1, 2], "<f4").tobytes())
+    report = scan(p)
+    assert report.verdict == "safe" and report.format == "safetensors", report.findings

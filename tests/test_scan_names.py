@@ -80,3 +80,10 @@ def test_a_re_exported_callable_runs_under_pickle_and_is_dangerous(fakepkg, tmp_
     report = scan(path)
     assert report.verdict == "dangerous"
     assert any("os.system" in f.why or "re-exported" in f.why for f in report.dangerous)
+
+
+def test_a_module_reached_through_its_package_importing_itself():
+    # torch.nn.modules.conv does `from torch.nn import functional as F`; torch/nn/__init__ binds `functional`
+    # by importing it from itself: F is the torch.nn.functional module, not model code
+    kind, why = category("torch.nn.modules.conv", "F")
+    assert kind == "dangerous" and "torch.nn.functional" in why

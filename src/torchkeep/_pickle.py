@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import math
 import pickle
+import sys
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -122,7 +123,9 @@ class Placeholder:
     """Stand-in for a class or function the pickle names; records what was done to it.
 
     Subclasses are made per (module, name) by :func:`_placeholder_class`; instances keep
-    ``_tk_args`` (constructor/call arguments), ``_tk_state`` (``__setstate__`` / BUILD state), and
+    ``_tk_args`` (constructor/call arguments), ``_tk_state`` (the last ``__setstate__`` / BUILD state, for
+    classes with a ``__setstate__`` of their own), ``_tk_dict`` (the instance ``__dict__`` every BUILD merged
+    into, as pickle does for a class without ``__setstate__``), ``_tk_builds`` (how many BUILDs) and
     ``_tk_items`` / ``_tk_list`` for SETITEMS / APPENDS on them.
     """
 
@@ -131,6 +134,8 @@ class Placeholder:
     _tk_args: tuple
     _tk_kwargs: dict
     _tk_state: Any
+    _tk_dict: dict
+    _tk_builds: int
     _tk_items: dict
     _tk_list: list
 
@@ -139,6 +144,8 @@ class Placeholder:
         object.__setattr__(obj, "_tk_args", args)
         object.__setattr__(obj, "_tk_kwargs", kwargs)
         object.__setattr__(obj, "_tk_state", None)
+        object.__setattr__(obj, "_tk_dict", {})
+        object.__setattr__(obj, "_tk_builds", 0)
         object.__setattr__(obj, "_tk_items", {})
         object.__setattr__(obj, "_tk_list", [])
         return obj
@@ -149,6 +156,15 @@ class Placeholder:
 
     def __setstate__(self, state: Any) -> None:
         object.__setattr__(self, "_tk_state", state)
+        object.__setattr__(self, "_tk_builds", self._tk_builds + 1)
+        # pickle's load_build on a class without __setstate__: a (state, slotstate) pair splits; the state
+        # dict is merged into __dict__ (str keys interned), then each slotstate item is set with setattr
+        slotstate = None
+        if isinstance(state, tuple) and len(state) == 2:
+            state, slotstate = state
+        for part in (state, slotstate):
+            if isinstance(part, dict):
+                self._tk_dict.update({sys.intern(k) if type(k) is str else k: v for k, v in part.items()})
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self._tk_items[key] = value
@@ -165,11 +181,8 @@ class Placeholder:
 
     @property
     def tk_state_dict(self) -> dict[str, Any]:
-        """The instance state as a dict (``__dict__``-style state; the dict part of a (dict, slots) pair)."""
-        st = self._tk_state
-        if isinstance(st, tuple) and len(st) == 2 and isinstance(st[0], dict | type(None)):
-            st = {**(st[0] or {}), **(st[1] or {})} if isinstance(st[1], dict) else st[0]
-        return st if isinstance(st, dict) else {}
+        """The instance ``__dict__`` every BUILD left (dict states and (dict, slots) pairs merged in order)."""
+        return self._tk_dict
 
     def __repr__(self) -> str:
         return f"<{self.tk_qualname}>"

@@ -557,6 +557,11 @@ class _Run:
                           f"BUILD on {what} sets {hook!r}: objects torch.save writes never carry it (the unpickler, "
                           "or the loader after it, would call or use what is stored there)", "", "")
                 return
+        if target.kind == "data":
+            bad = _data_build(target, op, arg)
+            if bad is not None:
+                self.find("dangerous", "unexpected-build", f"{op} on {what}: {bad}", "", "")
+                return
         if target.kind == "model" and not (target.call is not None and target.call.func._tk_kind == "stdlib-object"):
             return  # model code runs its own __setstate__/__setitem__: custom-code already
         # a standard-library state holder (partial, Namespace) keeps what BUILD gives it, and the loader's
@@ -575,6 +580,53 @@ class _Run:
 
 _NO_VALUE = object()
 _UNPICKLER_HOOKS = ("__setstate__", "append", "extend", "add")
+
+_DCP = "torch.distributed.checkpoint."
+#: torch.distributed.checkpoint's metadata classes -> the fields pickle writes: dataclasses without __slots__
+#: or __setstate__ (one BUILD of their __dict__, keys among these fields; none when the __dict__ is empty),
+#: and TensorProperties (None), whose own __getstate__ writes a 5-tuple
+_DCP_FIELDS: dict[str, frozenset[str] | None] = {
+    f"{_DCP}metadata.Metadata": frozenset({"state_dict_metadata", "planner_data", "storage_data", "storage_meta", "version"}),
+    f"{_DCP}metadata.TensorStorageMetadata": frozenset({"properties", "size", "chunks"}),
+    f"{_DCP}metadata.ChunkStorageMetadata": frozenset({"offsets", "sizes"}),
+    f"{_DCP}metadata.BytesStorageMetadata": frozenset(),
+    f"{_DCP}metadata.MetadataIndex": frozenset({"fqn", "offset", "index"}),
+    f"{_DCP}metadata.StorageMeta": frozenset({"checkpoint_id", "save_id", "load_id", "modules"}),
+    f"{_DCP}filesystem._StorageInfo": frozenset({"relative_path", "offset", "length", "transform_descriptors"}),
+    f"{_DCP}planner.WriteItem": frozenset({"index", "type", "bytes_io_data", "tensor_data"}),
+    f"{_DCP}planner.ReadItem": frozenset({"type", "dest_index", "dest_offsets", "storage_index", "storage_offsets", "lengths"}),
+    f"{_DCP}metadata.TensorProperties": None,
+}
+
+
+def _data_build(target: Value, op: str, arg: Any) -> str | None:
+    """What is wrong with ``op`` on a data object, else None. pickle writes at most one BUILD per object (a
+    second one is merged into ``__dict__`` by loaders, where a reader may keep only the last); a DCP metadata
+    class gets exactly the state its class writes (red-team round 6: two BUILDs on a Metadata, a
+    (None, slotstate) pair on the frozen MetadataIndex that pickle.load cannot set, so DCP reads another file)."""
+    if op == "BUILD" and sum(m[0] == "BUILD" for m in target.mutations) > 1:
+        return "a second BUILD on one object (pickle writes one)"
+    call = target.call
+    if call is None:
+        return None
+    cls = call.args[0] if repr(call.func) in RECONSTRUCTORS and call.args else call.func
+    qual = repr(cls) if isinstance(cls, _Meta) else ""
+    if qual not in _DCP_FIELDS:
+        return None
+    fields = _DCP_FIELDS[qual]
+    if op != "BUILD":
+        return f"{qual} takes no {op} (torch writes one BUILD of its state)"
+    if fields is None:
+        return None if type(arg) is tuple and len(arg) == 5 else "a state that is not the 5-tuple TensorProperties writes"
+    if type(arg) is tuple:
+        return (f"a (state, slotstate) pair on {qual}, a dataclass without __slots__: pickle.load fails on it "
+                "(loaders then read another file) while readers that merge the pair go on")
+    if type(arg) is not dict:
+        return f"a state that is not a dict of {qual}'s fields"
+    odd = [k for k in arg if type(k) is not str or k not in fields]
+    if odd:
+        return f"state keys that are not fields of {qual} ({_short(odd, 60)})"
+    return None
 
 
 def _sets_unpickler_hook(state: Any) -> str | None:

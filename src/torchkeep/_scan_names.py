@@ -233,7 +233,11 @@ def _follow(module: str, name: str, how: str, depth: int, found: list[Definition
             src, _, orig = detail.partition(":")
             step = f"{how}; from {src} import {orig}" if how else f"from {src} import {orig}"
             parent = _parse(src)
-            if (parent is None or orig not in parent.bindings) and _source(f"{src}.{orig}") is not None:
+            binds_there = parent.bindings.get(orig, ()) if parent is not None else ()
+            # `from pkg import sub` gives the submodule unless pkg binds the name otherwise (torch.nn's
+            # __init__ binds `functional` by importing it from itself: still the submodule)
+            self_import = all(k == "from" and d == f"{src}:{orig}" for k, d in binds_there)
+            if self_import and _source(f"{src}.{orig}") is not None:
                 _into_module(f"{src}.{orig}", rest, step, depth, found, seen)  # a submodule
             else:
                 _follow(src, f"{orig}.{rest}" if rest else orig, step, depth + 1, found, seen)
