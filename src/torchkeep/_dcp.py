@@ -9,32 +9,65 @@ relative file, an offset and a length. With the default (``torch_save``) seriali
 ``torch.distributed.checkpoint`` loads with ``weights_only=False`` (so the scan judges every blob).
 
 The metadata is read with torchkeep's restricted unpickler (:mod:`torchkeep._pickle`): DCP's own classes stay
-inert placeholders whose state is read here.
+inert placeholders whose state is read here. A blob is found the way DCP's reader finds it: ``storage_data`` is a
+dict keyed by ``MetadataIndex``, whose equality and hash are ``(fqn, offset)`` (``index`` is a hint only); a
+non-tensor entry is read at ``MetadataIndex(fqn)`` (offset None), a tensor chunk at ``MetadataIndex(fqn,
+chunk.offsets)``. Storage items torch never writes (two for one key, one no entry reads, keys or infos of other
+classes) are listed in :attr:`DcpCheckpoint.problems` rather than resolved one way (red-team round 6). An
+entry saved through a stream transform (``transform_descriptors``: torch's ZStandard extension) is inflated
+by :func:`read_chunk` as DCP inflates it.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torchkeep._detect import DCP_METADATA as METADATA
 from torchkeep._detect import is_dcp_dir
-from torchkeep._pickle import DTypeRef, PickleReadError, Placeholder, StorageRef, TensorRef, read_pickle
+from torchkeep._pickle import (
+    DTypeRef,
+    PickleReadError,
+    Placeholder,
+    StorageRef,
+    TensorRef,
+    placeholder_name,
+    read_pickle,
+)
 from torchkeep.errors import InputError
 
 __all__ = [
-    "METADATA", "TRAIN_ENTRY", "DcpCheckpoint", "DcpChunk", "DcpEntry", "DcpObject", "is_dcp_dir", "read_chunk",
-    "read_dcp", "read_entry_blob", "state_tree", "training_state",
+    "METADATA", "TRAIN_ENTRY", "DcpCheckpoint", "DcpChunk", "DcpEntry", "DcpObject", "DcpTransformError",
+    "is_dcp_dir", "is_metadata_name", "read_chunk", "read_dcp", "read_entry_blob", "state_tree", "training_state",
 ]
 
 #: the entry ``torchkeep train --checkpoint-format dcp`` keeps its training state in (a uint8 tensor holding a
 #: ``torch.save`` archive that loads with ``weights_only=True``)
 TRAIN_ENTRY = "train"
 _TRAIN_FIELDS = ("epoch", "step", "batch_in_epoch", "sample_in_epoch", "world", "best_value", "best_epoch")
+_MD = "torch.distributed.checkpoint.metadata."
+_STORAGE_INFO = "torch.distributed.checkpoint.filesystem._StorageInfo"
+#: the stream transform DCP applies by default (torch.distributed.checkpoint._extension.ZStandard, version 1)
+ZSTD_TRANSFORM = "stream.zstd"
+#: an entry inflated for scanning up to this many bytes; beyond, it cannot be judged
+MAX_INFLATED = 1 << 30
+_RANK_METADATA = re.compile(r"__\d+\.metadata")
+
+
+def is_metadata_name(name: str) -> bool:
+    """A metadata file name DCP reads: ``.metadata``, or ``__<rank>.metadata`` (read when ``.metadata`` is
+    missing or does not unpickle: ``state_dict_loader._load_state_dict``)."""
+    return name == METADATA or _RANK_METADATA.fullmatch(name) is not None
+
+
+class DcpTransformError(InputError):
+    """An entry saved through a stream transform that cannot be undone here (unknown, or zstandard missing)."""
 
 
 @dataclass
@@ -46,6 +79,7 @@ class DcpChunk:
     file: str  # relative to the checkpoint directory
     offset: int
     length: int
+    transforms: tuple[str, ...] = ()  # stream transforms DCP undoes before torch.load ("stream.zstd/1")
 
 
 @dataclass
@@ -76,6 +110,11 @@ class DcpCheckpoint:
     files: list[str]  # the data files the entries point into
     version: str | None
     globals_seen: list[tuple[str, str]]
+    #: (severity, why): what torch never writes, where DCP may read other bytes than an entry's chunks say
+    #: ("dangerous": two storage items for one key, a storage item no entry reads, keys of other classes) or
+    #: cannot read an entry ("error": no storage item)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    metadata: str = METADATA  # the metadata file read
 
     def tensors(self) -> dict[str, DcpEntry]:
         return {k: e for k, e in self.entries.items() if e.kind == "tensor"}
@@ -99,63 +138,116 @@ def _ints(v: Any) -> tuple[int, ...]:
     return tuple(int(x) for x in (v or ()))
 
 
-def read_dcp(path: str | os.PathLike[str]) -> DcpCheckpoint:
-    """Read a DCP directory's ``.metadata`` (no torch, nothing run).
+def read_dcp(path: str | os.PathLike[str], metadata: str = METADATA) -> DcpCheckpoint:
+    """Read a DCP directory's metadata file (``.metadata``, or a rank's ``__<rank>.metadata``; no torch, nothing run).
 
     Raises:
         InputError: not a DCP directory, or its metadata is not DCP's.
     """
     p = Path(path)
-    meta_path = p / METADATA
+    meta_path = p / metadata
     if not meta_path.is_file():
-        raise InputError("not a DCP checkpoint (no .metadata file)", path=p, fix="name a directory written by torch.distributed.checkpoint")
+        raise InputError(f"not a DCP checkpoint (no {metadata} file)", path=p,
+                         fix="name a directory written by torch.distributed.checkpoint")
     try:
         res = read_pickle(meta_path.read_bytes())
     except PickleReadError as exc:
         raise InputError(f"the DCP metadata cannot be read ({exc})", path=meta_path) from None
     except OSError as exc:
         raise InputError(f"cannot read the DCP metadata ({exc.strerror or exc})", path=meta_path) from None
-    md = _state(res.obj, "Metadata", meta_path)
+    if placeholder_name(res.obj) != _MD + "Metadata":
+        raise InputError(f"the DCP metadata holds {placeholder_kind(res.obj)} where a Metadata was expected", path=meta_path)
+    md = res.obj.tk_state_dict
     sdm = md.get("state_dict_metadata")
-    if not isinstance(sdm, dict):
+    if type(sdm) not in (dict, OrderedDict):
         raise InputError("the DCP metadata has no state_dict_metadata", path=meta_path)
     planner_data = md.get("planner_data")
     planner: dict[Any, Any] = planner_data if isinstance(planner_data, dict) else {}
+    problems: list[tuple[str, str]] = []
     entries: dict[str, DcpEntry] = {}
     for name, m in sdm.items():
+        kind = placeholder_name(m)
+        if type(name) is not str or kind not in (_MD + "TensorStorageMetadata", _MD + "BytesStorageMetadata"):
+            problems.append(("dangerous", f"an entry {name!r} of {placeholder_kind(m)}: DCP writes str names of "
+                                          "TensorStorageMetadata / BytesStorageMetadata"))
+            continue
         st = _state(m, "storage metadata", meta_path)
         where = tuple(planner.get(name) or (name,))
-        if placeholder_kind(m) == "TensorStorageMetadata":
+        if kind == _MD + "TensorStorageMetadata":
             chunks = [
                 DcpChunk(_ints(c.tk_state_dict.get("offsets")), _ints(c.tk_state_dict.get("sizes")), "", 0, 0)
                 for c in st.get("chunks") or [] if isinstance(c, Placeholder)
             ]
-            entries[str(name)] = DcpEntry(str(name), "tensor", where, _dtype(st.get("properties")), _ints(st.get("size")), chunks)
+            entries[name] = DcpEntry(name, "tensor", where, _dtype(st.get("properties")), _ints(st.get("size")), chunks)
         else:
-            entries[str(name)] = DcpEntry(str(name), "bytes", where)
-    files: list[str] = []
+            entries[name] = DcpEntry(name, "bytes", where)
     storage_data = md.get("storage_data")
-    storage: dict[Any, Any] = storage_data if isinstance(storage_data, dict) else {}
-    for idx, info in storage.items():
-        ist = _state(idx, "MetadataIndex", meta_path)
-        sst = _state(info, "storage info", meta_path)
-        e = entries.get(str(ist.get("fqn")))
-        if e is None:
+    if type(storage_data) not in (dict, OrderedDict):
+        raise InputError(f"the DCP metadata's storage_data is {type(storage_data).__name__}, not a dict", path=meta_path)
+    storage: dict[tuple[str, tuple[int, ...] | None], DcpChunk] = {}
+    for idx, info in storage_data.items():
+        key, why = _storage_key(idx)
+        chunk, bad = _storage_info(info)
+        if key is None or chunk is None:
+            problems.append(("dangerous", f"a storage item DCP never writes: {why or bad}"))
             continue
-        rel = str(sst.get("relative_path"))
-        if os.path.isabs(rel) or ".." in Path(rel).parts:
-            raise InputError(f"the DCP metadata points outside its directory ({rel})", path=meta_path)
-        if rel not in files:
-            files.append(rel)
-        off, length = int(sst.get("offset") or 0), int(sst.get("length") or 0)
+        if chunk.file.startswith(("/", "\\")) or os.path.isabs(chunk.file) or ".." in Path(chunk.file).parts:
+            raise InputError(f"the DCP metadata points outside its directory ({chunk.file})", path=meta_path)
+        if key in storage:  # pickle's dict keeps the first key and the last value: never written by torch
+            problems.append(("dangerous", f"two storage items for {key[0]!r} at offset {key[1]}"))
+        storage[key] = chunk
+    used: set[tuple[str, tuple[int, ...] | None]] = set()
+    for e in entries.values():
         if e.kind == "bytes":
-            e.chunks = [DcpChunk((), (), rel, off, length)]
-            continue
-        at = _ints(ist.get("offset"))
-        for c in e.chunks:
-            if c.offsets == at or (not at and len(e.chunks) == 1):
-                c.file, c.offset, c.length = rel, off, length
-    return DcpCheckpoint(p, entries, sorted(files), md.get("version"), res.globals_seen)
+            keys: list[tuple[str, tuple[int, ...] | None]] = [(e.name, None)]
+        else:
+            keys = [(e.name, c.offsets) for c in e.chunks]
+            if len(set(keys)) != len(keys):
+                problems.append(("dangerous", f"two chunks of {e.name!r} at one offset"))
+        for i, key in enumerate(keys):
+            got = storage.get(key)
+            if got is None:
+                problems.append(("error", f"no storage item for {e.name!r}" + (f" at offset {key[1]}" if key[1] is not None else "")))
+                continue
+            used.add(key)
+            if e.kind == "bytes":
+                e.chunks = [got]
+            else:
+                c = e.chunks[i]
+                c.file, c.offset, c.length, c.transforms = got.file, got.offset, got.length, got.transforms
+    for key in storage.keys() - used:
+        problems.append(("dangerous", f"a storage item for {key[0]!r} at offset {key[1]} that no entry reads "
+                                      "(DCP finds blobs by name and offset)"))
+    files = sorted({c.file for key, c in storage.items() if key in used})
+    return DcpCheckpoint(p, entries, files, md.get("version"), res.globals_seen, problems, metadata)
+
+
+def _storage_key(idx: Any) -> tuple[tuple[str, tuple[int, ...] | None] | None, str]:
+    """The key DCP's reader looks a storage item up by: ``MetadataIndex`` compares and hashes ``(fqn, offset)``."""
+    if placeholder_name(idx) != _MD + "MetadataIndex":
+        return None, f"a key of {placeholder_kind(idx)}, not a MetadataIndex"
+    st = idx.tk_state_dict
+    fqn, off = st.get("fqn"), st.get("offset")
+    if type(fqn) is not str:
+        return None, f"a MetadataIndex whose fqn is {type(fqn).__name__}"
+    if off is None:
+        return (fqn, None), ""
+    if type(off) is not tuple or not all(type(x) is int for x in off):
+        return None, f"a MetadataIndex for {fqn!r} whose offset is not a tuple of ints ({off!r:.40})"
+    return (fqn, off), ""
+
+
+def _storage_info(info: Any) -> tuple[DcpChunk | None, str]:
+    """Where a storage item's bytes are (a ``_StorageInfo``), as a chunk."""
+    if placeholder_name(info) != _STORAGE_INFO:
+        return None, f"a storage info of {placeholder_kind(info)}, not a _StorageInfo"
+    st = info.tk_state_dict
+    rel, off, length, tds = st.get("relative_path"), st.get("offset"), st.get("length"), st.get("transform_descriptors")
+    if type(rel) is not str or type(off) is not int or type(length) is not int or off < 0 or length < 0:
+        return None, f"a _StorageInfo whose path, offset or length is not what DCP writes ({rel!r:.40}, {off!r:.20}, {length!r:.20})"
+    if tds is not None and (type(tds) not in (list, tuple) or not all(type(t) is str for t in tds)):
+        return None, f"a _StorageInfo whose transform_descriptors are not a list of names ({tds!r:.40})"
+    return DcpChunk((), (), rel, off, length, tuple(tds or ())), ""
 
 
 def placeholder_kind(obj: Any) -> str:
@@ -164,13 +256,44 @@ def placeholder_kind(obj: Any) -> str:
 
 
 def read_chunk(ckpt: DcpCheckpoint, chunk: DcpChunk) -> bytes:
-    """The bytes of one chunk or blob (a ``torch.save`` archive with the default serialization)."""
+    """The bytes of one chunk or blob as DCP hands them to ``torch.load`` (a ``torch.save`` archive with the
+    default serialization), its stream transforms undone.
+
+    Raises:
+        InputError: the file is short; DcpTransformError: a transform that cannot be undone here.
+    """
     with open(ckpt.path / chunk.file, "rb") as fh:
         fh.seek(chunk.offset)
         data = fh.read(chunk.length)
     if len(data) != chunk.length:
         raise InputError(f"{chunk.file} is truncated (an entry ends past the end of the file)", path=ckpt.path / chunk.file)
+    for desc in chunk.transforms:  # ExtensionRegistry.from_descriptor_list: applied in order
+        data = _untransform(data, desc, ckpt.path / chunk.file)
     return data
+
+
+def _untransform(data: bytes, desc: str, where: Path) -> bytes:
+    name, _, version = desc.partition("/")
+    if name != ZSTD_TRANSFORM or version.partition(".")[0] != "1":
+        raise DcpTransformError(f"an entry saved through the stream transform {desc!r}, which torchkeep cannot undo "
+                                "(the entry cannot be judged)", path=where)
+    try:
+        import zstandard
+    except ImportError:
+        raise DcpTransformError(
+            "an entry compressed with zstd (DCP's ZStandard extension) cannot be judged without the zstandard "
+            "package", path=where, fix="pip install zstandard, then scan again") from None
+    dctx = zstandard.ZstdDecompressor()
+    try:  # torch reads the first frame with zstandard (stream_reader), every frame with pyzstd
+        first = dctx.stream_reader(io.BytesIO(data)).read(MAX_INFLATED + 1)
+        every = dctx.stream_reader(io.BytesIO(data), read_across_frames=True).read(MAX_INFLATED + 1)
+    except zstandard.ZstdError as exc:
+        raise DcpTransformError(f"a zstd entry that does not inflate ({exc})", path=where) from None
+    if len(first) > MAX_INFLATED:
+        raise DcpTransformError(f"a zstd entry that inflates past {MAX_INFLATED >> 20} MiB", path=where)
+    if first != every:
+        raise DcpTransformError("a zstd entry of several frames (zstandard and pyzstd inflate different bytes)", path=where)
+    return bytes(first)
 
 
 def read_entry_blob(path: str | os.PathLike[str], name: str) -> bytes:
