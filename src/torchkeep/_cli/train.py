@@ -104,6 +104,11 @@ def command(
     metric, resume, overwrite, no_tensorboard, no_plots, quiet, checkpoint_every, checkpoint_format, sync_bn, nproc,
     nnodes, rdzv_endpoint, rdzv_timeout, max_restarts, as_json,
 ) -> int:
+    if nproc is None and (nnodes != 1 or rdzv_endpoint or max_restarts):
+        from torchkeep.errors import UsageError
+
+        raise UsageError("--nnodes, --rdzv-endpoint and --max-restarts go with --nproc N",
+                         fix="add --nproc N (processes per node), or use torchrun's own flags")
     if nproc is not None:
         if "TORCHELASTIC_RUN_ID" in os.environ:
             from torchkeep.errors import UsageError

@@ -291,6 +291,11 @@ class _Run:
         if self.d.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
+            self.notes.append(
+                f"{self.d.world} processes ({'nccl' if self.device.type == 'cuda' else 'gloo'}), "
+                f"{cfg.batch_size} images per global batch"
+            )
+
             if cfg.sync_bn:
                 self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             ids = [self.device.index] if self.device.type == "cuda" else None
