@@ -336,13 +336,15 @@ def _scan_dcp(p: Path) -> ScanReport:
     files = sorted(f for f in p.rglob("*") if f.is_file())
     metas = [f for f in files if f.parent == p and is_metadata_name(f.name)]
     data_files: set[Path] = set()
+    unread = False  # a metadata file that cannot be read here: which bytes of the data files are entries is unknown
     with tempfile.TemporaryDirectory(prefix="torchkeep-dcp-") as tmp:
         for meta in metas:
             errors.append(_merge(col, _scan_file(meta), meta.name))
             try:
                 ckpt = read_dcp(p, meta.name)
             except InputError as exc:
-                errors.append(f"{meta.name}: {exc}")
+                errors.append(f"{meta.name}: {exc}")  # the verdict is error at least
+                unread = True
                 continue
             for severity, why in ckpt.problems:
                 col.add(Finding(severity, "", "", meta.name, None, why, "dcp-storage"))
@@ -366,6 +368,9 @@ def _scan_dcp(p: Path) -> ScanReport:
         if f in metas or f in data_files:
             continue
         rel = f.relative_to(p).as_posix()
+        if unread and f.suffix == ".distcp":  # entries packed back to back: read by content, they would look forged
+            col.notes.append(f"{rel}: a data file not judged (its metadata could not be read)")
+            continue
         sub = _scan_file(f)
         if sub.unknown_format:
             col.notes.append(f"{rel}: not a model file or pickle (DCP does not read it)")
