@@ -387,7 +387,7 @@ def test_scan_comes_before_the_spec_check(malicious, tmp_path, image):
     with pytest.raises(UnsafeFileError, match="aten::save"):
         torchkeep.predict(no_spec, image, device="cpu")
     benign = _save_scripted(MeanColour(), tmp_path / "benign.pt", None)
-    with pytest.raises(InputError, match="carries no torchkeep spec"):
+    with pytest.raises(InputError, match="torchkeep did not write: it does not say how an image becomes its input"):
         torchkeep.predict(benign, image, device="cpu")
     (pred,) = torchkeep.predict(benign, image, device="cpu", spec=SPEC)
     assert pred.ok and pred.label == "r"  # the image is red

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from torchkeep._atomic import atomic_path
 from torchkeep._detect import Detected, detect
+from torchkeep._gate import check_file
 from torchkeep._inputs import collect_inputs
 from torchkeep._modelfile import load, save
 from torchkeep._modelpath import InputContract, open_model, run_model_file
@@ -464,6 +465,7 @@ def _export_file(
     import torch
 
     path = det.path
+    check_file(path, trust=trust)  # a dangerous file is refused before anything else is said of it
     spec, ours = export_spec(det, spec, contract)  # names every missing fact before anything is loaded
     if fmt not in _FROM_EXPORT[det.format]:
         what = "TorchScript" if det.format == "torchscript" else "an ONNX model"
@@ -486,7 +488,7 @@ def _export_file(
             path=path,
             fix="export the original model file with --half, or drop --half",
         )
-    source, _, _ = load_exported(path, trust=trust, spec=spec)  # scanned first
+    source, _, _ = load_exported(path, trust=trust, spec=spec, scanned=True)
     result = ExportResult(
         source=os.fspath(path), output=out_path, format=fmt, dtype=source.dtype, dynamic_batch=dynamic_batch
     )

@@ -398,6 +398,7 @@ def load_exported(
     trust: bool = False,
     spec: ModelSpec | None = None,
     need_spec: bool = False,
+    scanned: bool = False,
 ) -> tuple[Runner, ModelSpec | None, str]:
     """Open a TorchScript or ONNX export and read the spec it carries.
 
@@ -412,6 +413,7 @@ def load_exported(
         trust: load it whatever the scan says (``--trust``).
         spec: a spec that overrides the file's.
         need_spec: raise if neither ``spec`` nor the file gives one.
+        scanned: the caller has just passed the file through the gate (not scanned twice).
 
     Returns:
         (runner, spec or None, format) with format "torchscript" or "onnx".
@@ -423,7 +425,8 @@ def load_exported(
     det = detect(path)
     if det.format not in ("torchscript", "onnx"):
         raise InputError(f"not a TorchScript or ONNX export (it is a {det.description})", path=path)
-    check_file(path, trust=trust)
+    if not scanned:
+        check_file(path, trust=trust)
     spec = spec or read_exported_spec(det)
     if spec is None and need_spec:
         spec, _ = export_spec(det)  # names what is missing and the flags that give it
@@ -505,10 +508,11 @@ def prepare(
                     fix=f"drop --backend, or export the original model file with torchkeep export --format "
                     f"{'onnx' if backend == 'onnxruntime' else 'torchscript'}",
                 )
-            # the spec settled (or what is missing named), then the file scanned, before torch.jit.load /
-            # onnxruntime run anything of it
+            # the file scanned first (a dangerous file is refused before anything else is said of it), then the
+            # spec settled (or what is missing named), before torch.jit.load / onnxruntime run anything of it
+            check_file(model, trust=trust)
             spec, _ = export_spec(det, spec, contract)
-            runner, _, _ = load_exported(model, device=dev, trust=trust, spec=spec)
+            runner, _, _ = load_exported(model, device=dev, trust=trust, spec=spec, scanned=True)
             if half and runner.dtype != "float16":
                 if isinstance(runner, TorchScriptRunner):
                     runner = TorchScriptRunner(runner.module, dtype="float16", device=dev)
