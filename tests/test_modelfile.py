@@ -291,3 +291,16 @@ def test_spec_metadata_that_is_not_a_string_is_an_input_error(tmp_path: Path):
         path.write_bytes(len(header).to_bytes(8, "little") + header)
         with pytest.raises(InputError, match=r"crafted\.safetensors: invalid model spec: the torchkeep\.spec metadata"):
             read_spec(path)
+
+
+def test_load_of_a_full_pickled_model_names_its_class(tmp_path):
+    # torch.save(model) is named as such, with the command that turns it into a model file (never "a state_dict")
+    import torch
+
+    from torchkeep.errors import InputError
+
+    path = tmp_path / "full.pt"
+    torch.save(torch.nn.Sequential(torch.nn.Linear(3, 2)), path)
+    with pytest.raises(InputError, match=r"full pickled model of class torch\.nn\.modules\.container\.Sequential") as info:
+        torchkeep.load(path)
+    assert "state_dict" not in str(info.value) and "torchkeep adapt" in str(info.value)

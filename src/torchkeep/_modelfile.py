@@ -22,6 +22,7 @@ from torchkeep._identify import Identification, head_moves, identify
 from torchkeep._load import load_state_dict
 from torchkeep._match import copy_state
 from torchkeep._spec import METADATA_KEY, ModelSpec, check_model_path, read_spec
+from torchkeep._weights import explain_full_model
 from torchkeep.errors import CompatibilityError, InputError, TorchkeepWarning, UntrustedCodeError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -147,6 +148,9 @@ def _explain_not_model_file(p: Path, ident: Identification | None = None) -> Inp
             path=p,
             fix=f"`{adapt}` (or torchkeep.load_state_dict + torchkeep.load_into your model)",
         )
+    full = explain_full_model(p)  # torch.save(model): named with its class, never "a state_dict"
+    if full is not None:
+        return full
     return InputError(
         f"is a {fmt} file, not a torchkeep model file: a state_dict or checkpoint has no architecture{found}",
         path=p,

@@ -8,7 +8,7 @@
   tells (an ONNX input's static shape, a first convolution's input channels) and names exactly what is
   still missing;
 - a full pickled model (``torch.save(model)``): what it is, and the command that turns it into a model file
-  (:func:`explain_not_runnable`).
+  (:func:`torchkeep._weights.explain_full_model`).
 
 Nothing here loads a model or runs code from a file: formats, specs and shapes are read from the bytes.
 """
@@ -28,7 +28,7 @@ from torchkeep._detect import Detected
 from torchkeep._onnx import read_onnx
 from torchkeep._read import read_structure
 from torchkeep._spec import ModelSpec, Preprocessing, Provenance, channels_mode
-from torchkeep._weights import file_kind, find_weights
+from torchkeep._weights import explain_full_model, find_weights
 from torchkeep.errors import InputError, TorchkeepError, TorchkeepWarning, UsageError
 
 if TYPE_CHECKING:
@@ -38,7 +38,6 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "InputContract",
-    "explain_not_runnable",
     "open_model",
     "parse_classes",
     "run_model_file",
@@ -287,28 +286,6 @@ def run_model_file(path: str | os.PathLike[str]) -> Path:
 # --------------------------------------------------------------------------------------- not a model file
 
 
-def explain_not_runnable(path: str | os.PathLike[str]) -> TorchkeepError | None:
-    """A precise error for a file that is not a model file, when there is one to give: a full pickled model
-    is named with its class and the command that turns it into a model file. None: keep the loader's."""
-    try:
-        fs = read_structure(path)
-        view = find_weights(fs)
-    except TorchkeepError:
-        return None
-    if file_kind(fs, view) != "full_model":
-        return None
-    cls = view.model_class or "unknown"
-    short = cls.rsplit(".", 1)[-1]
-    return InputError(
-        f"is a full pickled model of class {cls} (torch.save(model)), not a torchkeep model file: loading it "
-        f"would import and run the code of {short}, which torchkeep never does",
-        path=path,
-        fix=f"`torchkeep adapt {os.fspath(path)} --arch NAME -o model.safetensors` turns it into a model file "
-        f"(its {len(view.tensors)} weights are read without importing {short}; `torchkeep models` lists the "
-        "architectures), then predict/export/eval that file",
-    )
-
-
 def open_model(
     model: Any,
     spec: ModelSpec | None = None,
@@ -329,7 +306,7 @@ def open_model(
         try:
             module, spec, label = resolve_model(model, spec, trust=trust, device=device)
         except InputError as exc:
-            raise explain_not_runnable(model) or exc from None
+            raise explain_full_model(model) or exc from None
     else:
         module, spec, label = resolve_model(model, spec, trust=trust, device=device, in_memory_label=in_memory_label)
     if contract is not None:

@@ -25,20 +25,22 @@ training checkpoint, a full pickled ``nn.Module`` (its placeholders' ``_paramete
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from torchkeep._pickle import Placeholder, TensorRef, placeholder_name
-from torchkeep._read import FileStructure, RawTensor, TorchScriptClass, iter_tensor_refs
-from torchkeep.errors import UsageError
+from torchkeep._read import FileStructure, RawTensor, TorchScriptClass, iter_tensor_refs, read_structure
+from torchkeep.errors import InputError, TorchkeepError, UsageError
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "EMA_KEYS", "MAX_DEPTH", "WEIGHT_KEYS", "Leaves", "Location", "WeightsView", "checkpoint_entries", "file_kind",
+    "EMA_KEYS", "MAX_DEPTH", "WEIGHT_KEYS", "Leaves", "Location", "WeightsView", "checkpoint_entries",
+    "explain_full_model", "file_kind",
     "find_weights", "find_weights_in_object", "is_module_placeholder", "locate", "training_state",
 ]
 
@@ -571,3 +573,25 @@ def file_kind(fs: FileStructure, view: WeightsView) -> str:
     if isinstance(fs.obj, TensorRef):
         return "tensors"
     return "object"
+
+
+def explain_full_model(path: str | os.PathLike[str]) -> InputError | None:
+    """The error for a full pickled model (``torch.save(model)``) where a model file was expected: its class
+    and the command that turns it into a model file. None when ``path`` is not a full pickled model."""
+    try:
+        fs = read_structure(path)
+        view = find_weights(fs)
+    except TorchkeepError:
+        return None
+    if file_kind(fs, view) != "full_model":
+        return None
+    cls = view.model_class or "unknown"
+    short = cls.rsplit(".", 1)[-1]
+    return InputError(
+        f"is a full pickled model of class {cls} (torch.save(model)), not a torchkeep model file: loading it "
+        f"would import and run the code of {short}, which torchkeep never does",
+        path=path,
+        fix=f"`torchkeep adapt {os.fspath(path)} --arch NAME -o model.safetensors` turns it into a model file "
+        f"(its {len(view.tensors)} weights are read without importing {short}; `torchkeep models` lists the "
+        "architectures), then predict/export/eval that file",
+    )
