@@ -43,6 +43,7 @@ from torchkeep._npstate import (
     reconstruct_args,
     scalar_args,
 )
+from torchkeep._scan_names import is_function
 from torchkeep._scan_rules import (
     CALLS,
     CATEGORY_SEVERITY,
@@ -128,6 +129,20 @@ class _Meta(type):
 
     def __setstate__(cls, state: Any) -> None:  # BUILD on a class: monkey-patching
         cls._tk_run.build(cls, state)
+
+    # SETITEM(S) / APPENDS / ADDITEMS on an imported object (a module-level dict, list or set): the loader
+    # changes it in place and goes on; recorded as monkey-patching, and the stream followed further
+    def __setitem__(cls, key: Any, value: Any) -> None:
+        cls._tk_run.build(cls, {key: value})
+
+    def append(cls, item: Any) -> None:
+        cls._tk_run.build(cls, [item])
+
+    def extend(cls, items: Any) -> None:
+        cls._tk_run.build(cls, list(items))
+
+    def add(cls, item: Any) -> None:
+        cls._tk_run.build(cls, {item})
 
     def __repr__(cls) -> str:
         return f"{cls.module}.{cls.name}"
@@ -402,6 +417,12 @@ class _Run:
             ):
                 return self.refuse("unexpected-call", f"{qual} with a base class that is not a builtin type", func, c)
             return self.construct(cls, c)
+        if how == "NEWOBJ" and fkind in ("model", "model-function", "stdlib-object") and is_function(func.module, func.name):
+            # INST / OBJ without arguments build a class with cls.__new__(cls) but CALL anything else (CPython's
+            # instantiate(): PyType_Check), and NEWOBJ refuses a non-type: a function (known as one from its
+            # source) reached here is called
+            why = f"calls {qual} (INST/OBJ on a function calls it with no arguments)"
+            return self.refuse("unexpected-call", why, func, c)
         if how == "NEWOBJ":
             return self.construct(func, c)
         if fkind == "call":
@@ -1058,8 +1079,9 @@ def analyze(fh: IO[bytes], *, torchscript: bool = False, limit: int | None = Non
         if i > 0:
             known = {c.target for c in res.calls}
             res.calls.extend(c for c in _call_records(run.calls) if c.target not in known)
-        if end is None and error is not None and not _TRUNCATED(error) and run.calls:
-            # Past a call, a failure may be the stand-ins' (a real object would have gone on): fail closed.
+        if end is None and error is not None and not _TRUNCATED(error) and (run.calls or run.imports or run.pids):
+            # Past a global (a call, an import, a persistent id), a failure may be the stand-ins' (a real object
+            # would have gone on, e.g. SETITEMS on a module-level dict): fail closed.
             rule = next((r for text, r in _ERROR_RULES if text in error), "malformed-pickle")
             run.find("dangerous", rule, f"the stream stops where the scanner's stand-ins cannot follow it ({error}); "
                      "a loader with the real objects may go on", offset=run.pos())

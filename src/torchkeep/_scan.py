@@ -289,7 +289,10 @@ def _parses_as_pickle(path: Path, *, to_stop: bool = False) -> bool:
         res = analyze_start(fh, os.fstat(fh.fileno()).st_size)
     if to_stop:
         return res.end is not None or res.ends_somewhere
-    return res.end is not None or res.ends_somewhere or res.opcodes >= 256 or any(f.rule == "dangerous-import" for f in res.findings)
+    # a start that names a global is a pickle to every loader that reads it (it imports the name), whether or not
+    # the rest parses: pickle.load runs what comes before the point where it fails
+    return res.end is not None or res.ends_somewhere or res.opcodes >= 256 or bool(res.imports) or any(
+        f.rule == "dangerous-import" for f in res.findings)
 
 
 def scan(path: str | os.PathLike[str]) -> ScanReport:

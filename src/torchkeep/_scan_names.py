@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.machinery import PathFinder
 
-__all__ = ["Definition", "definitions"]
+__all__ = ["Definition", "definitions", "is_function"]
 
 _MAX_DEPTH = 8  # re-export chains longer than this are not followed (reported as unknown)
 _MAX_SOURCE = 4 << 20  # modules larger than this are not parsed
@@ -40,6 +40,7 @@ class Definition:
     name: str
     kind: str
     how: str = ""  # for a re-export: the chain followed, e.g. "from torch.fx.graph_module import GraphModule"
+    what: str = ""  # for "defined": "class" or "function" ("" when not known: a module without source)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -99,13 +100,13 @@ def _collect(body: list[ast.stmt], package: str, out: dict[str, list[tuple[str, 
 
     for node in body:
         if isinstance(node, ast.ClassDef):
-            bind(node.name, "def")
+            bind(node.name, "def", "class")
             if classes is not None:
                 inner: dict[str, list[tuple[str, str]]] = {}
                 _collect(node.body, package, inner, [], None)
                 classes[node.name] = {k: tuple(v) for k, v in inner.items()}
         elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            bind(node.name, "def")
+            bind(node.name, "def", "function")
         elif isinstance(node, ast.ImportFrom):
             source = _absolute(package, node.level, node.module)
             for a in node.names:
@@ -189,6 +190,12 @@ def _parse(module: str) -> _Module | None:
     return _Module(package, {k: tuple(v) for k, v in bindings.items()}, tuple(stars), classes)
 
 
+def is_function(module: str, name: str) -> bool:
+    """Whether ``module.name`` is known, from its source, to be a function (every definition a ``def``)."""
+    defs = definitions(module, name) or []
+    return bool(defs) and all(d.kind == "defined" and d.what == "function" for d in defs)
+
+
 def definitions(module: str, name: str) -> list[Definition] | None:
     """What ``module.name`` (as a pickle spells it) is defined as, following re-exports.
 
@@ -228,7 +235,7 @@ def _follow(module: str, name: str, how: str, depth: int, found: list[Definition
             if rest:
                 _class_attr(module, head, rest, how, parsed, found, depth, seen)
             else:
-                found.append(Definition(module, name, "defined", how))
+                found.append(Definition(module, name, "defined", how, detail))
         elif kind == "from":
             src, _, orig = detail.partition(":")
             step = f"{how}; from {src} import {orig}" if how else f"from {src} import {orig}"
@@ -269,7 +276,7 @@ def _class_attr(module: str, cls: str, rest: str, how: str, parsed: _Module, fou
     step = f"{how}; class attribute {cls}.{attr}" if how else f"class attribute {cls}.{attr}"
     for kind, detail in parsed.classes.get(cls, {}).get(attr, ()) or (("other", ""),):
         if kind == "def" and not deeper:
-            found.append(Definition(module, f"{cls}.{rest}", "defined", how))
+            found.append(Definition(module, f"{cls}.{rest}", "defined", how, detail))
         elif kind == "alias" and detail:  # Helper = os.system in a class body: resolved in the module's scope
             _follow(module, f"{detail}.{deeper}" if deeper else detail, f"{step} = {detail}", depth + 1, found, seen)
         else:
