@@ -21,7 +21,8 @@ def fakepkg(tmp_path, monkeypatch):
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text(
         "import os\nREGISTRY = {}\nITEMS = []\n\n"
-        f"def main():\n    open(os.path.join({str(tmp_path)!r}, {MARKER + '_main'!r}), 'w').close()\n"
+        f"def main():\n    open(os.path.join({str(tmp_path)!r}, {MARKER + '_main'!r}), 'w').close()\n\n"
+        "class Thing:\n    def mark(self):\n        main()\n\nOBJ = Thing()\n\nclass lowercase:\n    pass\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path / "lib"))
     _source.cache_clear()
@@ -40,7 +41,8 @@ def _runs(tmp_path, path, marker) -> bool:
     return ran
 
 
-@pytest.mark.parametrize("opcodes", [b"(ifakepkg\nmain\n.", b"\x80\x02(cfakepkg\nmain\no."], ids=["INST", "OBJ"])
+@pytest.mark.parametrize("opcodes", [b"(ifakepkg\nmain\n.", b"\x80\x02(cfakepkg\nmain\no.",
+                                     b"\x80\x04(ifakepkg\nOBJ.mark\n."], ids=["INST", "OBJ", "method"])
 def test_inst_or_obj_without_arguments_calls_a_function(fakepkg, opcodes):
     # CPython's instantiate() builds a class with cls.__new__(cls) but calls anything else: not a construction
     path = fakepkg / "model.pkl"
@@ -48,7 +50,14 @@ def test_inst_or_obj_without_arguments_calls_a_function(fakepkg, opcodes):
     assert _runs(fakepkg, path, fakepkg / f"{MARKER}_main")
     report = torchkeep.scan(path)
     assert report.verdict == "dangerous", report.findings
-    assert any("fakepkg.main" in f.why for f in report.dangerous)
+    assert any("fakepkg." in f.why for f in report.dangerous)
+
+
+def test_inst_builds_what_its_source_shows_is_a_class(fakepkg):
+    # a class, whatever its name's case, is built (custom code), not called
+    path = fakepkg / "model.pkl"
+    path.write_bytes(b"(ifakepkg\nlowercase\n.")
+    assert torchkeep.scan(path).verdict == "custom-code"
 
 
 def _system(marker) -> bytes:
@@ -73,3 +82,12 @@ def test_a_module_level_object_changed_in_place_does_not_end_the_scan(fakepkg, m
     (dir_report,) = torchkeep.scan_paths([d])
     assert not dir_report.unknown_format and dir_report.verdict == "dangerous"  # never skipped in a directory
 
+
+
+def test_text_that_reads_as_inst_of_no_importable_module_is_not_a_model(tmp_path):
+    # "import torch\n..." is INST of module "mport torch": pickle.load cannot import it, nothing runs
+    d = tmp_path / "repo"
+    d.mkdir()
+    (d / "train.py").write_text("import torch\nimport numpy as np\n\nx = 1\n")
+    (rep,) = torchkeep.scan_paths([d])
+    assert rep.unknown_format and rep.verdict == "error", rep.findings

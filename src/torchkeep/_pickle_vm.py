@@ -43,7 +43,7 @@ from torchkeep._npstate import (
     reconstruct_args,
     scalar_args,
 )
-from torchkeep._scan_names import is_function
+from torchkeep._scan_names import is_class
 from torchkeep._scan_rules import (
     CALLS,
     CATEGORY_SEVERITY,
@@ -293,6 +293,7 @@ class _Run:
         self.torchscript = torchscript
         self.findings: list[RawFinding] = []
         self.imports: list[tuple[str, str]] = []
+        self.instantiating = False  # the pure-Python pass is executing INST / OBJ
         self.calls: list[_Call] = []
         self.pids: list[Any] = []
         self.nested: list[tuple[int, bytes]] = []
@@ -417,11 +418,11 @@ class _Run:
             ):
                 return self.refuse("unexpected-call", f"{qual} with a base class that is not a builtin type", func, c)
             return self.construct(cls, c)
-        if how == "NEWOBJ" and fkind in ("model", "model-function", "stdlib-object") and is_function(func.module, func.name):
+        if how == "NEWOBJ" and fkind in ("model", "model-function", "stdlib-object") and not _builds(self, func, c):
             # INST / OBJ without arguments build a class with cls.__new__(cls) but CALL anything else (CPython's
-            # instantiate(): PyType_Check), and NEWOBJ refuses a non-type: a function (known as one from its
-            # source) reached here is called
-            why = f"calls {qual} (INST/OBJ on a function calls it with no arguments)"
+            # instantiate(): PyType_Check): only what is known to be a class is built (NEWOBJ itself refuses a
+            # non-type, so it never calls)
+            why = f"calls {qual} (INST/OBJ on something that is not known to be a class calls it)"
             return self.refuse("unexpected-call", why, func, c)
         if how == "NEWOBJ":
             return self.construct(func, c)
@@ -811,6 +812,20 @@ def _check_args(shapes: tuple[str, ...], args: tuple) -> str | None:
     return None
 
 
+def _builds(run: _Run, func: _Meta, c: _Call) -> bool:
+    """Whether the loader builds ``func`` (``cls.__new__(cls)``) rather than calling it, at this NEWOBJ-like step.
+
+    The NEWOBJ / NEWOBJ_EX opcodes refuse anything but a type; INST and OBJ call anything that is not a type.
+    So past INST/OBJ (known in the pure-Python pass; the findings of all passes are merged) only a class is
+    built: one its source shows as a ``class`` or, where the source cannot be read (not installed here, an
+    extension module), a name spelled like a class.
+    """
+    if not run.instantiating:
+        return True
+    known = is_class(func.module, func.name)
+    return known if known is not None else not _is_function_name(func.name)
+
+
 def _is_storage_pid(pid: Any) -> bool:
     """The persistent ids torch writes: ('storage', <storage type>, key, location, numel[, view])."""
     if type(pid) is not tuple or len(pid) not in (5, 6):
@@ -880,7 +895,26 @@ def _load_bytearray8(self: Any) -> None:
     self.append(b)
 
 
-_PY_UNPICKLER.dispatch = {**pickle._Unpickler.dispatch, pickle.BYTEARRAY8[0]: _load_bytearray8}  # type: ignore[attr-defined]
+def _instantiating(load: Any) -> Any:
+    """INST / OBJ, marked while they run: CPython's instantiate() *calls* a global that is not a type, where
+    the stand-ins (always types) are built; the pure-Python pass knows which opcode it is executing."""
+
+    def run(self: Any) -> None:
+        self._tk_run.instantiating = True
+        try:
+            load(self)
+        finally:
+            self._tk_run.instantiating = False
+
+    return run
+
+
+_PY_UNPICKLER.dispatch = {  # type: ignore[attr-defined]
+    **pickle._Unpickler.dispatch,  # type: ignore[attr-defined]
+    pickle.BYTEARRAY8[0]: _load_bytearray8,
+    pickle.INST[0]: _instantiating(pickle._Unpickler.load_inst),  # type: ignore[attr-defined]
+    pickle.OBJ[0]: _instantiating(pickle._Unpickler.load_obj),  # type: ignore[attr-defined]
+}
 #: (unpickler, encoding) passes: torch.load's (C, utf-8), legacy/numpy files' (C, latin1), and the
 #: pure-Python unpickler of joblib, dill and torch's weights_only loader.
 _PASSES = (

@@ -34,6 +34,7 @@ from torchkeep._dcp import DcpTransformError, is_metadata_name, read_chunk, read
 from torchkeep._detect import is_dcp_dir
 from torchkeep._pickle_vm import CallRecord, StreamResult
 from torchkeep._scan_code import analyse_code
+from torchkeep._scan_names import importable
 from torchkeep._scan_rules import Severity
 from torchkeep._streams import Sink, Walker, analyze_start, walk_file
 from torchkeep.errors import InputError, UnknownFormatError
@@ -291,8 +292,8 @@ def _parses_as_pickle(path: Path, *, to_stop: bool = False) -> bool:
         return res.end is not None or res.ends_somewhere
     # a start that names a global is a pickle to every loader that reads it (it imports the name), whether or not
     # the rest parses: pickle.load runs what comes before the point where it fails
-    return res.end is not None or res.ends_somewhere or res.opcodes >= 256 or bool(res.imports) or any(
-        f.rule == "dangerous-import" for f in res.findings)
+    return res.end is not None or res.ends_somewhere or res.opcodes >= 256 or any(
+        importable(module) for module, _ in res.imports)
 
 
 def scan(path: str | os.PathLike[str]) -> ScanReport:

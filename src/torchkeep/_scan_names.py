@@ -18,11 +18,12 @@ from __future__ import annotations
 import ast
 import functools
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.machinery import PathFinder
 
-__all__ = ["Definition", "definitions", "is_function"]
+__all__ = ["Definition", "definitions", "importable", "is_class", "is_function"]
 
 _MAX_DEPTH = 8  # re-export chains longer than this are not followed (reported as unknown)
 _MAX_SOURCE = 4 << 20  # modules larger than this are not parsed
@@ -44,8 +45,25 @@ class Definition:
 
 
 @functools.lru_cache(maxsize=4096)
+def importable(module: str) -> bool:
+    """Whether an unpickler could import ``module`` here (found on the path, built in, or frozen)."""
+    if module in sys.builtin_module_names or module in sys.stdlib_module_names:
+        return True
+    return _spec(module) is not None
+
+
+@functools.lru_cache(maxsize=4096)
 def _source(module: str) -> str | None:
     """The path of ``module``'s Python source, found without importing anything, or None."""
+    spec = _spec(module)
+    origin = getattr(spec, "origin", None)
+    if not origin or not origin.endswith(".py") or not os.path.isfile(origin):
+        return None
+    return origin
+
+
+def _spec(module: str) -> object | None:
+    """``module``'s spec, found with PathFinder (which never executes a module), or None."""
     parts = module.split(".")
     path: list[str] | None = None
     spec = None
@@ -61,10 +79,7 @@ def _source(module: str) -> str | None:
             if locations is None:
                 return None
             path = list(locations)
-    origin = getattr(spec, "origin", None)
-    if not origin or not origin.endswith(".py") or not os.path.isfile(origin):
-        return None
-    return origin
+    return spec
 
 
 @dataclass(frozen=True)
@@ -188,6 +203,15 @@ def _parse(module: str) -> _Module | None:
     classes: dict[str, dict[str, tuple[tuple[str, str], ...]]] = {}
     _collect(tree.body, package, bindings, stars, classes)
     return _Module(package, {k: tuple(v) for k, v in bindings.items()}, tuple(stars), classes)
+
+
+def is_class(module: str, name: str) -> bool | None:
+    """Whether ``module.name`` is known, from its source, to be a class (every definition a ``class``); None
+    when its module cannot be read (not installed, or an extension without Python source)."""
+    defs = definitions(module, name)
+    if defs is None:
+        return None
+    return bool(defs) and all(d.kind == "defined" and d.what == "class" for d in defs)
 
 
 def is_function(module: str, name: str) -> bool:
