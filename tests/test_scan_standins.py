@@ -91,3 +91,13 @@ def test_text_that_reads_as_inst_of_no_importable_module_is_not_a_model(tmp_path
     (d / "train.py").write_text("import torch\nimport numpy as np\n\nx = 1\n")
     (rep,) = torchkeep.scan_paths([d])
     assert rep.unknown_format and rep.verdict == "error", rep.findings
+
+
+def test_a_call_on_a_module_beside_the_file_is_not_skipped(tmp_path):
+    # companion code shipped next to the weights (modelutils.py) is importable from the loader's working
+    # directory even where the scanner cannot import it: a start that calls a global is a pickle
+    d = tmp_path / "repo"
+    d.mkdir()
+    (d / "pytorch_model.bin").write_bytes(b"N0cmodelutils\nsetup\n)R")
+    (rep,) = torchkeep.scan_paths([d])
+    assert not rep.unknown_format and rep.verdict == "dangerous", rep.findings

@@ -292,8 +292,11 @@ def _parses_as_pickle(path: Path, *, to_stop: bool = False) -> bool:
         return res.end is not None or res.ends_somewhere
     # a start that names a global is a pickle to every loader that reads it (it imports the name), whether or not
     # the rest parses: pickle.load runs what comes before the point where it fails
-    return res.end is not None or res.ends_somewhere or res.opcodes >= 256 or any(
-        importable(module) for module, _ in res.imports)
+    # (importable here, or — as a module beside the file or in the loader's environment may be — a module name a
+    # call is made on: "import torch" read as INST of module "mport torch" is neither)
+    named = [module for module, _ in res.imports]
+    return res.end is not None or res.ends_somewhere or res.opcodes >= 256 or any(map(importable, named)) or (
+        bool(res.calls) and any(all(part.isidentifier() for part in m.split(".")) for m in named))
 
 
 def scan(path: str | os.PathLike[str]) -> ScanReport:
