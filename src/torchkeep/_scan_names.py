@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.machinery import PathFinder
 
-__all__ = ["Definition", "definitions", "importable", "is_class", "is_function"]
+__all__ = ["Definition", "definitions", "importable", "is_class"]
 
 _MAX_DEPTH = 8  # re-export chains longer than this are not followed (reported as unknown)
 _MAX_SOURCE = 4 << 20  # modules larger than this are not parsed
@@ -212,12 +212,6 @@ def is_class(module: str, name: str) -> bool | None:
     if defs is None:
         return None
     return bool(defs) and all(d.kind == "defined" and d.what == "class" for d in defs)
-
-
-def is_function(module: str, name: str) -> bool:
-    """Whether ``module.name`` is known, from its source, to be a function (every definition a ``def``)."""
-    defs = definitions(module, name) or []
-    return bool(defs) and all(d.kind == "defined" and d.what == "function" for d in defs)
 
 
 def definitions(module: str, name: str) -> list[Definition] | None:

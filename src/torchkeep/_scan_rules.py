@@ -588,13 +588,9 @@ def classify(module: str, name: str, *, torchscript: bool = False) -> tuple[str,
 
     What a file does with the global (calls, arguments) is judged by the scanner on top of this.
     """
-    worst = ("safe", "")
+    worst, worst_why = Severity.SAFE, ""
     for mod, nm in resolve_names(module, name):
         kind, why = category(mod, nm, torchscript=torchscript)
-        sev = {"call": "safe", "value": "safe", "data-class": "safe", "dangerous": "dangerous"}.get(kind, "custom-code")
-        if _RANK[sev] > _RANK[worst[0]] or not worst[1]:
-            worst = (sev, why)
-    return worst
-
-
-_RANK = {"safe": 0, "custom-code": 1, "dangerous": 2}
+        if CATEGORY_SEVERITY[kind] > worst or not worst_why:
+            worst, worst_why = CATEGORY_SEVERITY[kind], why
+    return worst.label, worst_why
