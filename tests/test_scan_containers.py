@@ -957,3 +957,53 @@ def test_a_safetensors_file_that_starts_like_a_zlib_stream(tmp_path):
     p = _write(tmp_path, "w.safetensors", struct.pack("<Q", len(raw)) + raw + np.array([1, 2], "<f4").tobytes())
     report = scan(p)
     assert report.verdict == "safe" and report.format == "safetensors", report.findings
+
+
+def test_pickles_stacked_after_a_benign_first_one_in_a_safetensors_file(tmp_path):
+    """Fuzz finding 4a2d840b64acaad6: a safetensors-shaped file whose bytes from byte 0 are a pickle that imports
+    nothing (BINBYTES over the header start, STOP) and then a second pickle that calls os.system. A loader that
+    calls pickle.load in a loop runs the second one; the first one importing nothing must not clear the file."""
+    marker = tmp_path / f"{MARKER}_stacked"
+    n_header = 0x4042  # the length field's bytes read as BINBYTES of 64 bytes: b"B" b"@\0\0\0" b"\0\0\0"
+    head = b'{"__metadata__":{"a":"' + b"x" * 39 + b"."
+    assert 8 + len(head) - 1 == 5 + 64  # STOP right after the 64 bytes
+    body = head + os_system(marker)
+    body += b" " * (n_header - len(body) - 3) + b'"}}'
+    p = _write(tmp_path, "w.safetensors", struct.pack("<Q", n_header) + body)
+    report = scan(p)
+    assert report.verdict == "dangerous", report.findings
+    assert any(f.rule == "polyglot" for f in report.findings) and "os.system" in report.imports
+    code = ("import pickle, sys\nwith open(sys.argv[1], 'rb') as fh:\n    while True:\n        try: pickle.load(fh)\n"
+            "        except Exception: break\n")
+    subprocess.run([sys.executable, "-c", code, str(p)], check=True, timeout=60)
+    assert marker.exists()  # the shape is real: a pickle.load loop runs the payload
+    marker.unlink()
+
+
+def test_a_safetensors_header_that_is_a_clean_pickle_stays_safe(tmp_path):
+    """The same start with a benign second pickle (no import): nothing can run, the file is safe."""
+    n_header = 0x4042
+    head = b'{"__metadata__":{"a":"' + b"x" * 39 + b"."
+    body = head + b"N."
+    body += b" " * (n_header - len(body) - 3) + b'"}}'
+    p = _write(tmp_path, "w.safetensors", struct.pack("<Q", n_header) + body)
+    assert scan(p).verdict == "safe", scan(p).findings
+
+
+def test_pickles_stacked_in_a_tar_header_after_a_benign_first_one(tmp_path):
+    """torch.load's fallback reads byte 0 of a tar as a pickle; a pickle.load loop reads what is stacked after it."""
+    marker = Path(MARKER)  # relative (the name field holds 100 bytes); the test never runs it
+    buf = io.BytesIO()
+    info = tarfile.TarInfo("placeholder")
+    info.size = 5
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        tf.addfile(info, io.BytesIO(b"hello"))
+    raw = bytearray(buf.getvalue())
+    name = b"N." + os_system(marker)
+    assert len(name) <= 100
+    raw[: len(name)] = name
+    raw[148:156] = b" " * 8
+    raw[148:156] = b"%06o\0 " % sum(raw[:512])
+    p = _write(tmp_path, "model.tar", bytes(raw))
+    report = scan(p)
+    assert report.format == "tar" and report.verdict == "dangerous" and "os.system" in report.imports, report.findings

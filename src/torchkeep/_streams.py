@@ -1116,7 +1116,10 @@ def _tar_start_pickle(walker: Walker, fh: IO[bytes], size: int, place: str) -> N
     if head.end is not None and concrete(head.value) == _LEGACY_MAGIC:
         walker.legacy(fh, size, label)
     elif names or head.end is not None or head.ends_somewhere:
-        walker._emit(label, _analyze_region(fh, 0, size), 0)
+        first = _analyze_region(fh, 0, size)
+        walker._emit(label, first, 0)
+        if first.end is not None:  # a pickle.load loop reads on: what is stacked after the first STOP runs too
+            walker.stacked(fh, first.end, size, f"{label}, stacked after byte {first.end}", required=False)
 
 
 def _tar_records(walker: Walker, fh: IO[bytes], label: str, name: str, end: int, base: int) -> None:
@@ -1246,17 +1249,22 @@ def walk_file(path: os.PathLike[str] | str, fmt: str, sink: Sink) -> None:
             )
             # (byte 0 of a pickle or legacy file was scanned above, as torch.load's fallback reads it)
             _walk_tar(walker, fh, "tar part", pickle_at_start=fmt not in ("pickle", "torch-legacy"))
-        if fmt in ("safetensors", "onnx"):
-            # They hold no pickles, but torch.load reads any file that is not a zip as a legacy pickle: a
-            # file whose first bytes are also a pickle that imports code is a polyglot.
+        if fmt in ("safetensors", "onnx", "numpy"):
+            # They hold no pickles, but torch.load reads any file that is not a zip as a legacy pickle, and a
+            # loader that calls pickle.load in a loop reads the pickles stacked after the first one: a file
+            # whose bytes from byte 0 are also pickles that import code is a polyglot. (A first pickle that
+            # imports nothing does not clear the ones stacked after it: fuzz finding 4a2d840b64acaad6.)
             head = analyze_start(fh, size)
-            if head.imports:
-                sink.on_finding(
-                    "dangerous",
-                    "polyglot",
-                    "file",
-                    0,
-                    f"the file is both {fmt} and a pickle that imports code: torch.load unpickles it",
-                )
-                if walker.stacked(fh, 0, size, "pickle", required=False) is None:
+            if head.imports or head.end is not None:
+                results = walker.stacked(fh, 0, size, "pickle", required=False)
+                if head.imports or any(r.imports for r in results or ()):
+                    sink.on_finding(
+                        "dangerous",
+                        "polyglot",
+                        "file",
+                        0,
+                        f"the file is both {fmt} and a pickle that imports code: torch.load (or a pickle.load loop) "
+                        "unpickles it",
+                    )
+                if results is None and head.imports:
                     walker._emit("pickle", head, 0)  # one look was not enough for the candidate probe either
