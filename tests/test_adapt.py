@@ -171,19 +171,30 @@ def test_strict_and_dtype_conversion(resnet):
 def test_rename_with_captured_groups(resnet):
     sd = {k.replace("layer", "stage").replace("fc.", "head."): v for k, v in resnet.state_dict().items()}
     target = _fresh()
-    report = load_into(target, sd, rename=[r"^stage(\d)\.=>layer\1.", "^head\\.=>fc."], match_by_order=False)
+    report = load_into(target, sd, renames=[r"^stage(\d)\.=>layer\1.", "^head\\.=>fc."], match_by_order=False)
     assert report.complete and report.matched_by_order == 0
     assert report.renamed["stage1.0.conv1.weight"] == "layer1.0.conv1.weight"
     assert report.renamed["head.bias"] == "fc.bias"
     assert torch.equal(_out(target), _out(resnet))
     # $1 works as well as \1; a rule that hits nothing is reported
-    report = load_into(_fresh(), sd, rename={r"^stage(\d)\.": "layer$1.", r"^head\.": "fc.", "nothing": "x"})
+    report = load_into(_fresh(), sd, renames={r"^stage(\d)\.": "layer$1.", r"^head\.": "fc.", "nothing": "x"})
     assert report.complete and any("'nothing=>x' matched no key" in n for n in report.notes)
+
+
+def test_the_old_keyword_rename_warns_and_still_works(resnet):
+    sd = {k.replace("fc.", "head."): v for k, v in resnet.state_dict().items()}
+    target = _fresh()
+    with pytest.warns(DeprecationWarning, match=r"load_into\(rename=\.\.\.\) is deprecated.*load_into\(renames="):
+        report = load_into(target, sd, rename=["^head\\.=>fc."], match_by_order=False)
+    assert report.complete and report.renamed["head.bias"] == "fc.bias"
+    assert torch.equal(_out(target), _out(resnet))
+    with pytest.raises(UsageError, match=r"load_into\(\) got both renames= and its old name rename="):
+        load_into(_fresh(), sd, renames=["^head\\.=>fc."], rename=["^head\\.=>fc."])
 
 
 def test_rename_collision_is_an_error(resnet):
     with pytest.raises(CompatibilityError, match=r"maps both 'layer1\.0\.conv1\.weight' and 'layer2\.0\.conv1"):
-        load_into(_fresh(), resnet.state_dict(), rename=[r"layer\d=>layer"])
+        load_into(_fresh(), resnet.state_dict(), renames=[r"layer\d=>layer"])
 
 
 def test_parse_rename_errors():
@@ -191,11 +202,11 @@ def test_parse_rename_errors():
     with pytest.raises(UsageError, match="has no '=>'"):
         parse_rename("fc.=fc2.")
     with pytest.raises(UsageError, match="not a valid regular expression"):
-        load_into(_fresh(), {"x": torch.ones(1)}, rename=["(=>x"])
+        load_into(_fresh(), {"x": torch.ones(1)}, renames=["(=>x"])
     # a replacement with a missing group or a bad escape fails before any key is renamed
     for rule in [r"^layer(\d)=>block$3", r"^layer(?P<n>\d)=>block\g<m>", r"^layer=>\q"]:
         with pytest.raises(UsageError, match=r"rename replacement .* is invalid for the pattern '\^layer"):
-            load_into(_fresh(), {"layer1.x": torch.ones(1)}, rename=[rule])
+            load_into(_fresh(), {"layer1.x": torch.ones(1)}, renames=[rule])
 
 
 def test_match_by_order_when_names_differ_but_architecture_agrees(resnet):
@@ -568,7 +579,7 @@ def test_explain_class_module_moved(tmp_path, monkeypatch):
 
 def test_callable_rename_and_prefix_collision(resnet):
     sd = {f"net.{k}": v for k, v in resnet.state_dict().items()}
-    report = load_into(_fresh(), sd, rename=lambda k: k.removeprefix("net."), strip_prefix="none")
+    report = load_into(_fresh(), sd, renames=lambda k: k.removeprefix("net."), strip_prefix="none")
     assert report.complete and len(report.renamed) == len(sd)
     clash = {"module.fc.bias": torch.zeros(1000), "fc.bias": torch.zeros(1000)}
     with pytest.raises(CompatibilityError, match=r"stripping 'module\.' makes two source keys collide"):

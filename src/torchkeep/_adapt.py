@@ -4,8 +4,8 @@ It builds with ``torchkeep.models.build``, matches with the engine of ``torchkee
 writes with ``torchkeep._modelfile.save``. When almost nothing fits, it names the architectures of the same family
 that the weights do fit.
 
-``load_into``, ``LoadReport``, ``collapse_keys``, ``parse_rename`` (``torchkeep._match``) and ``explain_error``
-(``torchkeep._explain``) are importable from here too, where they used to live.
+``load_into``, ``LoadReport``, ``collapse_keys``, ``parse_rename`` and ``explain_error`` are importable from here
+too, where they used to live (they live in ``_match``, ``_loadreport``, ``_keys``, ``_renames`` and ``_explain``).
 """
 
 from __future__ import annotations
@@ -15,36 +15,28 @@ import os
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from torchkeep._convert import file_sha256
 from torchkeep._explain import explain_error
-from torchkeep._identify import head_moves, identify
-from torchkeep._match import (
-    DtypeChange,
-    LoadReport,
-    RenameSpec,
-    ShapeMismatch,
-    collapse_keys,
-    copy_state,
-    keeps_order,
-    load_into,
-    load_weights,
-    not_the_head,
-    parse_rename,
-    plan,
-    read_source,
-    unwrap_checkpoint,
-)
+from torchkeep._identify import Identification, head_moves, identify
+from torchkeep._keys import collapse_keys
+from torchkeep._loadreport import DtypeChange, LoadReport, ShapeMismatch, not_the_head
+from torchkeep._match import MatchOptions, copy_state, load_into, load_weights
 from torchkeep._modelfile import save
+from torchkeep._pairing import plan
+from torchkeep._renames import RenameSpec, parse_rename
+from torchkeep._source import WeightSource, read_source, unwrap_checkpoint
 from torchkeep.errors import CompatibilityError, UsageError
 from torchkeep.models._signatures import meta_build
 
 if TYPE_CHECKING:  # torch is imported lazily: importing torchkeep must stay cheap
     from torch import nn
+
+    from torchkeep._spec import ModelSpec
 
 __all__ = [
     "AdaptResult",
@@ -127,7 +119,7 @@ def _fits(name: str, weights: dict[str, Any], ordered: bool) -> str | None:
         return None
     trial = LoadReport(source="", target=name)
     try:
-        pairs = plan(target, weights, trial, rename=None, strip_prefix="auto",
+        pairs = plan(target, weights, trial, renames=None, strip_prefix="auto",
                      match_by_order="auto" if ordered else False, ordered=ordered)
     except CompatibilityError:
         return None
@@ -190,7 +182,7 @@ def adapt(
     *,
     arch: str,
     num_classes: int | None = None,
-    renames: RenameSpec = (),
+    renames: RenameSpec = None,
     strip_prefix: str | None = "auto",
     allow_partial: bool = False,
     out: str | os.PathLike[str] | None = None,
@@ -243,106 +235,148 @@ def adapt(
             ``class_names`` that disagree with ``num_classes``.
         CompatibilityError: too little would load (see :func:`load_into`).
     """
-    from torchkeep.models import build
-
-    ident = None
-    arch_kwargs: dict[str, Any] = {}
-    if arch == "auto":
-        # what `torchkeep identify` names: its classes, head, input size and constructor arguments
-        ident = identify(src, key=key)
-        if ident.architecture is None or ident.source not in ("seed", "torchvision"):
-            raise CompatibilityError(
-                f"--arch auto: {ident.summary()}", path=os.fspath(src),
-                fix="pass --arch NAME (`torchkeep identify FILE` lists the candidates and their differences)")
-        arch = ident.architecture
-        arch_kwargs = {k: v for k, v in ident.arch_kwargs.items() if k != "image_size"}  # input_size sets it
-        if num_classes is None and class_names is None:
-            num_classes = ident.num_classes
-        if ident.head == "appended" and num_classes == ident.num_classes:
-            head = "append"
-        if input_size is None and ident.input_size:
-            input_size = (ident.input_size[0], ident.input_size[1])
-        if in_channels is None and ident.source == "seed":
-            in_channels = ident.in_channels
-
+    target = _Target(arch, num_classes, in_channels, input_size, head,
+                     [str(c) for c in class_names] if class_names is not None else None)
+    ident = _identify_arch(target, src, key) if arch == "auto" else None
     if out is None and not dry_run:
         raise UsageError("adapt needs an output file", fix="pass out=... (CLI: -o OUT.safetensors) or dry_run=True")
     if (mean is None) != (std is None):
         raise UsageError("--mean and --std go together", fix="pass both (e.g. --mean 0.5 --std 0.5)")
-    if head == "append" and num_classes is None and class_names is None:
-        raise UsageError(
-            "--head append adds Linear(outputs, N) after the model's head: it needs the number of classes N",
-            fix="pass --num-classes N (or --class-names)",
-        )
-    if class_names is not None:
-        class_names = [str(c) for c in class_names]
-        if num_classes is None:
-            num_classes = len(class_names)
-        elif len(class_names) != num_classes:
-            raise UsageError(
-                f"{len(class_names)} class names given for num_classes={num_classes}",
-                fix="give exactly one name per class, in index order",
-            )
+    target.check()
+    options = MatchOptions(renames=renames, strip_prefix=strip_prefix, on_shape_mismatch=on_shape_mismatch,
+                           min_match=min_match, match_by_order=match_by_order, allow_partial=allow_partial,
+                           dry_run=dry_run, refuse_structural=not allow_partial)
     path = Path(src)
-    notes: list[str] = []
-    raw, label, where = read_source(path, trust, notes, key)
-    ordered = keeps_order(path)
+    source = read_source(path, trust=trust, key=key)
 
-    def _build(n: int | None) -> nn.Module:
-        return build(arch, n, in_channels=in_channels, input_size=input_size, class_names=class_names, head=head,
-                     **arch_kwargs)
-
-    def _run(model: nn.Module, dry: bool, partial: bool, shapes: Literal["skip", "error"]) -> LoadReport:
-        # adapt (unlike load_into) refuses a backbone that does not fit unless partial loads are allowed
-        return load_weights(
-            model,
-            raw,
-            label=label,
-            where=where,
-            notes=notes,
-            is_file=True,
-            rename=renames,
-            strip_prefix=strip_prefix,
-            on_shape_mismatch=shapes,
-            strict=False,
-            min_match=min_match,
-            match_by_order=match_by_order,
-            allow_partial=partial,
-            dry_run=dry,
-            refuse_structural=not partial,
-            ordered=ordered,
-        )
-
-    model = _build(num_classes)
+    model = target.build()
     if ident is not None:
-        notes.append(f"--arch auto: {ident.summary()} (`torchkeep identify`, {ident.match} match)")
-        moves = head_moves(ident, getattr(getattr(model, "torchkeep_spec", None), "head", None))
-        if (moves or ident.renamed) and not callable(renames) and not isinstance(renames, str):
-            # the file's appended layer (classifier.7, fc.1) goes where build() appends it (classifier.add_linear);
-            # keys in an old layout (DenseNet's norm.1) are read as the library names them
-            given = list(renames.items()) if isinstance(renames, Mapping) else list(renames or ())
-            renames = [*given, *((f"^{re.escape(a)}$", b) for a, b in ident.renamed.items()),
-                       *((f"^({re.escape(ident.prefix)}){re.escape(a)}\\.(weight|bias)$", f"\\g<1>{b}.\\2")
-                         for a, b in moves.items())]
-    if num_classes is None:
-        # A fine-tuned 10-class file adapted to "resnet18" must keep its trained head, not get a random
-        # 1000-class one: take the number of classes from the source when only the head disagrees.
-        try:
-            inferred = _inferred_classes(model, _run(model, True, True, "skip"))
-        except CompatibilityError:  # the real run below reports it
-            inferred = None
-        if inferred is not None:
-            model = _build(inferred)
-            notes.append(f"num_classes={inferred} taken from the source's head")
-            num_classes = inferred
+        source.notes.append(f"--arch auto: {ident.summary()} (`torchkeep identify`, {ident.match} match)")
+        options = replace(options, renames=_identified_renames(ident, model, options.renames))
+    if target.num_classes is None:
+        model = _keep_source_head(model, target, source, options)
+    report = _load_or_name_fits(model, source, options, target.arch)
+    spec: ModelSpec | None = getattr(model, "torchkeep_spec", None)
+    _note_fresh_layers(report, spec)
+    if spec is not None and mean is not None and std is not None:
+        spec.preprocessing = spec.preprocessing.normalised(mean, std)
+    if isinstance(source.raw, dict):
+        source.raw.clear()  # the model holds copies now; dropping the source halves peak memory while saving
+    sha = file_sha256(path)
+    written: str | None = None
+    if not dry_run and out is not None:
+        if spec is not None:
+            _record(spec, path, sha, report, ident, target.class_names)
+        written = os.fspath(save(model, out, spec))
+    return AdaptResult(
+        source=os.fspath(path),
+        arch=target.arch,
+        num_classes=getattr(spec, "num_classes", None) or target.num_classes,
+        report=report,
+        out=written,
+        source_sha256=sha,
+        dry_run=dry_run,
+        preprocessing=asdict(spec.preprocessing) if spec is not None else None,
+    )
+
+
+@dataclass
+class _Target:
+    """What ``adapt`` builds: the arguments of ``models.build`` that travel together (``--arch auto`` fills
+    them from the identification; the source's head may set ``num_classes``)."""
+
+    arch: str
+    num_classes: int | None
+    in_channels: int | None
+    input_size: int | tuple[int, int] | None
+    head: Literal["replace", "append"]
+    class_names: list[str] | None
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        """Refuse arguments that contradict each other; ``class_names`` sets ``num_classes`` when it is None."""
+        if self.head == "append" and self.num_classes is None and self.class_names is None:
+            raise UsageError(
+                "--head append adds Linear(outputs, N) after the model's head: it needs the number of classes N",
+                fix="pass --num-classes N (or --class-names)",
+            )
+        if self.class_names is not None:
+            if self.num_classes is None:
+                self.num_classes = len(self.class_names)
+            elif len(self.class_names) != self.num_classes:
+                raise UsageError(
+                    f"{len(self.class_names)} class names given for num_classes={self.num_classes}",
+                    fix="give exactly one name per class, in index order",
+                )
+
+    def build(self) -> nn.Module:
+        """``models.build`` with these arguments."""
+        from torchkeep.models import build
+
+        return build(self.arch, self.num_classes, in_channels=self.in_channels, input_size=self.input_size,
+                     class_names=self.class_names, head=self.head, **self.arch_kwargs)
+
+
+def _identify_arch(target: _Target, src: str | os.PathLike[str], key: str | None) -> Identification:
+    """``--arch auto``: what `torchkeep identify` names fills the target (its classes, head, input size and
+    constructor arguments), where the caller left them open."""
+    ident = identify(src, key=key)
+    if ident.architecture is None or ident.source not in ("seed", "torchvision"):
+        raise CompatibilityError(
+            f"--arch auto: {ident.summary()}", path=os.fspath(src),
+            fix="pass --arch NAME (`torchkeep identify FILE` lists the candidates and their differences)")
+    target.arch = ident.architecture
+    target.arch_kwargs = {k: v for k, v in ident.arch_kwargs.items() if k != "image_size"}  # input_size sets it
+    if target.num_classes is None and target.class_names is None:
+        target.num_classes = ident.num_classes
+    if ident.head == "appended" and target.num_classes == ident.num_classes:
+        target.head = "append"
+    if target.input_size is None and ident.input_size:
+        target.input_size = (ident.input_size[0], ident.input_size[1])
+    if target.in_channels is None and ident.source == "seed":
+        target.in_channels = ident.in_channels
+    return ident
+
+
+def _identified_renames(ident: Identification, model: nn.Module, renames: RenameSpec) -> RenameSpec:
+    """The user's renames, then the identification's: the file's appended layer (classifier.7, fc.1) goes where
+    build() appends it (classifier.add_linear); keys in an old layout (DenseNet's norm.1) are read as the
+    library names them."""
+    moves = head_moves(ident, getattr(getattr(model, "torchkeep_spec", None), "head", None))
+    if not (moves or ident.renamed) or callable(renames) or isinstance(renames, str):
+        return renames
+    given = list(renames.items()) if isinstance(renames, Mapping) else list(renames or ())
+    return [*given, *((f"^{re.escape(a)}$", b) for a, b in ident.renamed.items()),
+            *((f"^({re.escape(ident.prefix)}){re.escape(a)}\\.(weight|bias)$", f"\\g<1>{b}.\\2")
+              for a, b in moves.items())]
+
+
+def _keep_source_head(model: nn.Module, target: _Target, source: WeightSource, options: MatchOptions) -> nn.Module:
+    """A fine-tuned 10-class file adapted to "resnet18" must keep its trained head, not get a random
+    1000-class one: take the number of classes from the source when only the head disagrees."""
+    trial = replace(options, on_shape_mismatch="skip", allow_partial=True, dry_run=True, refuse_structural=False)
     try:
-        report = _run(model, dry_run, allow_partial, on_shape_mismatch)
+        inferred = _inferred_classes(model, load_weights(model, source, trial))
+    except CompatibilityError:  # the real run reports it
+        return model
+    if inferred is None:
+        return model
+    source.notes.append(f"num_classes={inferred} taken from the source's head")
+    target.num_classes = inferred
+    return target.build()
+
+
+def _load_or_name_fits(model: nn.Module, source: WeightSource, options: MatchOptions, arch: str) -> LoadReport:
+    """Load (adapt, unlike load_into, refuses a backbone that does not fit unless partial loads are allowed);
+    when almost nothing fits, the refusal names the architectures the weights do fit."""
+    try:
+        return load_weights(model, source, options)
     except CompatibilityError as exc:
         refused = exc.report
-        if refused is None or (refused.fraction >= min_match and not refused.structural_mismatches):
+        if refused is None or (refused.fraction >= options.min_match and not refused.structural_mismatches):
             raise
         # The classic cause of "almost nothing matches" is the wrong --arch: name the ones that fit.
-        guesses = _guess_arch(raw, arch, ordered)
+        guesses = _guess_arch(source.raw, arch, source.ordered)
         if not guesses:
             raise
         refused.notes.append(f"the weights fit {', '.join(guesses)}")
@@ -354,7 +388,10 @@ def adapt(
             # at 0% a "partial" model would be all random init under the source's name: never offer it
             + (" (or allow_partial=True / --allow-partial to load what fits)" if refused.params_loaded else ""),
         ) from None
-    spec = getattr(model, "torchkeep_spec", None)
+
+
+def _note_fresh_layers(report: LoadReport, spec: ModelSpec | None) -> None:
+    """Say which layers keep their fresh initialisation (a new or appended head): train before trusting it."""
     added = getattr(getattr(spec, "head", None), "added_path", None)
     fresh = report.collapsed("shape_mismatched") + collapse_keys([
         k for k in report.missing
@@ -368,31 +405,22 @@ def adapt(
     if added and any(k.startswith(added + ".") for k in report.missing):
         report.notes.append(f"{added} is the appended head: it starts fresh; train (fine-tune) the model before "
                             "trusting its predictions")
-    if spec is not None and mean is not None and std is not None:
-        spec.preprocessing = spec.preprocessing.normalised(mean, std)
-    if isinstance(raw, dict):
-        raw.clear()  # the model holds copies now; dropping the source halves peak memory while saving
-    sha = file_sha256(path)
-    written: str | None = None
-    if not dry_run and out is not None:
-        if spec is not None:
-            spec.provenance.source_file = os.fspath(path)
-            spec.provenance.source_sha256 = sha
-            spec.provenance.notes = f"torchkeep adapt: {report.verdict}"
-            spec.extra["adapt"] = report.summary()
-            if ident is not None:
-                spec.extra["identified"] = ident.record()
-            if class_names is not None:
-                spec.class_names = list(class_names)
-        written = os.fspath(save(model, out, spec))
-    actual_classes = getattr(getattr(model, "torchkeep_spec", None), "num_classes", None) or num_classes
-    return AdaptResult(
-        source=os.fspath(path),
-        arch=arch,
-        num_classes=actual_classes,
-        report=report,
-        out=written,
-        source_sha256=sha,
-        dry_run=dry_run,
-        preprocessing=asdict(spec.preprocessing) if spec is not None else None,
-    )
+
+
+def _record(
+    spec: ModelSpec,
+    path: Path,
+    sha: str,
+    report: LoadReport,
+    ident: Identification | None,
+    class_names: list[str] | None,
+) -> None:
+    """What the model file keeps of where its weights came from and how they were loaded."""
+    spec.provenance.source_file = os.fspath(path)
+    spec.provenance.source_sha256 = sha
+    spec.provenance.notes = f"torchkeep adapt: {report.verdict}"
+    spec.extra["adapt"] = report.summary()
+    if ident is not None:
+        spec.extra["identified"] = ident.record()
+    if class_names is not None:
+        spec.class_names = list(class_names)

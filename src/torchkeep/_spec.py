@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from torchkeep._detect import looks_like_safetensors, read_safetensors_json
+from torchkeep._specfields import Validator
 from torchkeep._version import __version__
 from torchkeep.errors import InputError, UsageError
 
@@ -244,19 +245,10 @@ class ModelSpec:
         Raises:
             InputError: the spec is malformed, or was written by a newer torchkeep (``spec_version``).
         """
-        v = _Validator(path)
+        v = Validator(path)
         if not isinstance(data, dict):
             v.fail(f"the model spec is a JSON {type(data).__name__}, not an object")
-        version = data.get("spec_version")
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            v.fail(f"the model spec has no valid spec_version (got {version!r})")
-        if version > SPEC_VERSION:
-            raise InputError(
-                f"the model spec has spec_version {version}, newer than this torchkeep {__version__} "
-                f"reads (up to {SPEC_VERSION})",
-                path=path,
-                fix="upgrade torchkeep: pip install -U torchkeep",
-            )
+        version = _spec_version(data, v, path)
         arch = v.str_(data, "arch", required=True)
         assert arch is not None
         arch_kwargs = v.dict_(data, "arch_kwargs")
@@ -276,44 +268,8 @@ class ModelSpec:
             and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in input_size)
         ):
             v.fail(f"input_size must be [H, W] positive integers (got {input_size!r})")
-
-        pre = v.dict_(data, "preprocessing")
-        preprocessing = Preprocessing(
-            resize=v.int_list(pre, "preprocessing.resize", "resize"),
-            crop=v.int_list(pre, "preprocessing.crop", "crop"),
-            interpolation=v.str_(pre, "interpolation") or "bilinear",
-            mean=v.float_list(pre, "preprocessing.mean", "mean"),
-            std=v.float_list(pre, "preprocessing.std", "std"),
-            channels=v.str_(pre, "channels") or "RGB",
-        )
-        if preprocessing.interpolation not in _INTERPOLATIONS:
-            v.fail(
-                f"preprocessing.interpolation {preprocessing.interpolation!r} is not one of {_INTERPOLATIONS}"
-            )
-        if preprocessing.channels not in _CHANNELS.values():
-            v.fail(f"preprocessing.channels {preprocessing.channels!r} is not one of L, RGB, RGBA")
-        if (preprocessing.mean is None) != (preprocessing.std is None):
-            v.fail("preprocessing.mean and preprocessing.std must both be set or both be null")
-
-        head = None
-        head_data = data.get("head")
-        if head_data is not None:
-            if not isinstance(head_data, dict):
-                v.fail("head must be an object or null")
-            mode = v.str_(head_data, "mode", required=True)
-            if mode not in ("replace", "append"):
-                v.fail(f"head.mode must be 'replace' or 'append' (got {mode!r})")
-            head = HeadRecipe(
-                mode=mode,  # type: ignore[arg-type]
-                path=v.str_(head_data, "path", required=True) or "",
-                kind=v.str_(head_data, "kind") or "linear",
-                in_features=v.int_(head_data, "in_features") or 0,
-                out_features=v.int_(head_data, "out_features") or 0,
-                num_classes=v.int_(head_data, "num_classes") or 0,
-                added_path=v.str_(head_data, "added_path"),
-                wrapped=bool(head_data.get("wrapped", False)),
-                aux_paths=v.str_list(head_data, "head.aux_paths", "aux_paths"),
-            )
+        preprocessing = _preprocessing_from(v.dict_(data, "preprocessing"), v)
+        head = _head_from(data.get("head"), v)
         freeze = v.str_(data, "freeze")
         if freeze not in (None, "backbone"):
             v.fail(f"freeze must be 'backbone' or null (got {freeze!r})")
@@ -323,9 +279,7 @@ class ModelSpec:
         versions = {str(k): str(val) for k, val in v.dict_(data, "versions").items()}
         prov = v.dict_(data, "provenance")
         known = {f.name for f in dataclasses.fields(Provenance)}
-        provenance = Provenance(
-            **{k: (None if val is None else str(val)) for k, val in prov.items() if k in known}
-        )
+        provenance = Provenance(**{k: (None if val is None else str(val)) for k, val in prov.items() if k in known})
         extra = v.dict_(data, "extra")
         # Keys a later 1.x writer added: keep them (in extra) rather than drop them silently.
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
@@ -377,76 +331,60 @@ class ModelSpec:
         return dataclasses.replace(ModelSpec.from_dict(self.to_dict()), **changes)
 
 
-class _Validator:
-    """Field checks that raise one InputError naming the file and the field."""
-
-    def __init__(self, path: str | os.PathLike[str] | None):
-        self.path = path
-
-    def fail(self, what: str) -> None:
+def _spec_version(data: dict[str, Any], v: Validator, path: str | os.PathLike[str] | None) -> int:
+    """The spec's ``spec_version``; a newer one than this torchkeep reads is refused with the upgrade command."""
+    version = data.get("spec_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        v.fail(f"the model spec has no valid spec_version (got {version!r})")
+    if version > SPEC_VERSION:
         raise InputError(
-            f"invalid model spec: {what}",
-            path=self.path,
-            fix="re-save the model with torchkeep.save(model, path, spec) (see docs/spec.md)",
+            f"the model spec has spec_version {version}, newer than this torchkeep {__version__} "
+            f"reads (up to {SPEC_VERSION})",
+            path=path,
+            fix="upgrade torchkeep: pip install -U torchkeep",
         )
+    return version
 
-    def str_(self, data: dict, key: str, *, required: bool = False) -> str | None:
-        val = data.get(key)
-        if val is None and not required:
-            return None
-        if not isinstance(val, str) or (required and not val):
-            self.fail(f"{key} must be a string (got {val!r})")
-        return val
 
-    def int_(self, data: dict, key: str) -> int | None:
-        val = data.get(key)
-        if val is None:
-            return None
-        if not isinstance(val, int) or isinstance(val, bool) or val < 0:
-            self.fail(f"{key} must be a non-negative integer (got {val!r})")
-        return val
+def _preprocessing_from(pre: dict[str, Any], v: Validator) -> Preprocessing:
+    """The ``preprocessing`` object of a spec, validated."""
+    preprocessing = Preprocessing(
+        resize=v.int_list(pre, "preprocessing.resize", "resize"),
+        crop=v.int_list(pre, "preprocessing.crop", "crop"),
+        interpolation=v.str_(pre, "interpolation") or "bilinear",
+        mean=v.float_list(pre, "preprocessing.mean", "mean"),
+        std=v.float_list(pre, "preprocessing.std", "std"),
+        channels=v.str_(pre, "channels") or "RGB",
+    )
+    if preprocessing.interpolation not in _INTERPOLATIONS:
+        v.fail(f"preprocessing.interpolation {preprocessing.interpolation!r} is not one of {_INTERPOLATIONS}")
+    if preprocessing.channels not in _CHANNELS.values():
+        v.fail(f"preprocessing.channels {preprocessing.channels!r} is not one of L, RGB, RGBA")
+    if (preprocessing.mean is None) != (preprocessing.std is None):
+        v.fail("preprocessing.mean and preprocessing.std must both be set or both be null")
+    return preprocessing
 
-    def dict_(self, data: dict, key: str) -> dict[str, Any]:
-        val = data.get(key)
-        if val is None:
-            return {}
-        if not isinstance(val, dict):
-            self.fail(f"{key} must be an object (got {type(val).__name__})")
-        return dict(val)
 
-    def str_list(self, data: dict, name: str, key: str) -> list[str]:
-        val = data.get(key)
-        if val is None:
-            return []
-        if not (isinstance(val, list) and all(isinstance(x, str) for x in val)):
-            self.fail(f"{name} must be a list of strings (got {val!r})")
-        return list(val)
-
-    def int_list(self, data: dict, name: str, key: str) -> list[int] | None:
-        val = data.get(key)
-        if val is None:
-            return None
-        if isinstance(val, int) and not isinstance(val, bool):
-            val = [val]
-        if not (
-            isinstance(val, list)
-            and len(val) in (1, 2)
-            and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in val)
-        ):
-            self.fail(f"{name} must be [N] or [H, W] positive integers (got {val!r})")
-        return list(val)
-
-    def float_list(self, data: dict, name: str, key: str) -> list[float] | None:
-        val = data.get(key)
-        if val is None:
-            return None
-        if not (
-            isinstance(val, list)
-            and val
-            and all(isinstance(x, int | float) and not isinstance(x, bool) for x in val)
-        ):
-            self.fail(f"{name} must be a list of numbers (got {val!r})")
-        return [float(x) for x in val]
+def _head_from(head_data: Any, v: Validator) -> HeadRecipe | None:
+    """The ``head`` object of a spec (null: no head modification), validated."""
+    if head_data is None:
+        return None
+    if not isinstance(head_data, dict):
+        v.fail("head must be an object or null")
+    mode = v.str_(head_data, "mode", required=True)
+    if mode not in ("replace", "append"):
+        v.fail(f"head.mode must be 'replace' or 'append' (got {mode!r})")
+    return HeadRecipe(
+        mode=mode,  # type: ignore[arg-type]
+        path=v.str_(head_data, "path", required=True) or "",
+        kind=v.str_(head_data, "kind") or "linear",
+        in_features=v.int_(head_data, "in_features") or 0,
+        out_features=v.int_(head_data, "out_features") or 0,
+        num_classes=v.int_(head_data, "num_classes") or 0,
+        added_path=v.str_(head_data, "added_path"),
+        wrapped=bool(head_data.get("wrapped", False)),
+        aux_paths=v.str_list(head_data, "head.aux_paths", "aux_paths"),
+    )
 
 
 # --------------------------------------------------------------------------- reading it from a file (no torch)
