@@ -12,18 +12,14 @@ import datetime as _dt
 import json
 import os
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from torchkeep._convert import file_sha256
-from torchkeep._load import load_state_dict
-from torchkeep._match import load_into
-from torchkeep._spec import HeadRecipe, ModelSpec, Preprocessing, Provenance, channels_mode, read_spec
+from torchkeep._spec import HeadRecipe, ModelSpec, Preprocessing, Provenance, channels_mode
 from torchkeep._version import __version__
-from torchkeep.errors import CompatibilityError, InputError, TorchkeepWarning, UsageError
+from torchkeep.errors import CompatibilityError, TorchkeepWarning, UsageError
 from torchkeep.models._heads import (
     HeadInfo,
     _features,
@@ -32,6 +28,13 @@ from torchkeep.models._heads import (
     get_module,
     head_paths,
     replace_head,
+)
+from torchkeep.models._pretrained import (
+    Pretrained,
+    load_file_into,
+    load_pretrained,
+    resolve_pretrained,
+    torchvision_weights_kwargs,
 )
 from torchkeep.models._registry import Resolved, construct, resolve
 
@@ -70,93 +73,7 @@ def _hw(input_size: int | tuple[int, int] | list[int] | None) -> tuple[int, int]
     return size
 
 
-# --------------------------------------------------------------------------- torchvision weights
-
-
-def _torchvision_weights(arch: str, name: str) -> Any | None:
-    """The weights enum member ``name`` (``IMAGENET1K_V1``, ``DEFAULT``, ``ResNet18_Weights.IMAGENET1K_V1``)."""
-    import torchvision.models as tvm
-
-    try:
-        enum = tvm.get_model_weights(arch)
-    except (ValueError, KeyError):
-        return None
-    member = name.rpartition(".")[2]
-    return enum.__members__.get(member)
-
-
-def _torchvision_weights_kwargs(arch: str, weights: Any, user: dict[str, Any]) -> dict[str, Any]:
-    """Constructor arguments torchvision's builders force when weights are given (see their sources)."""
-    kw: dict[str, Any] = {"num_classes": len(weights.meta["categories"])}
-    if arch.startswith("vit_"):
-        kw["image_size"] = int(weights.meta["min_size"][0])
-    elif arch == "maxvit_t":
-        kw["input_size"] = [int(x) for x in weights.meta["min_size"]]
-    elif arch in ("inception_v3", "googlenet"):
-        kw["transform_input"] = user.get("transform_input", True)
-        kw["init_weights"] = False
-        # torchvision drops googlenet's (untrained) aux heads unless asked; inception keeps them.
-        kw["aux_logits"] = user.get("aux_logits", arch == "inception_v3")
-    return kw
-
-
-def _fetch_torchvision_weights(weights: Any) -> dict[str, torch.Tensor]:
-    """Download (or take from ``$TORCH_HOME/hub/checkpoints``) a torchvision weights file, weights only."""
-    from urllib.error import URLError
-    from urllib.parse import urlparse
-
-    from torch.hub import get_dir, load_state_dict_from_url
-
-    filename = os.path.basename(urlparse(weights.url).path)
-    try:
-        return load_state_dict_from_url(
-            weights.url, progress=False, check_hash=True, map_location="cpu", weights_only=True
-        )
-    except (URLError, OSError, RuntimeError) as exc:
-        raise InputError(
-            f"cannot get the pretrained weights {weights} from {weights.url}: {exc}",
-            fix=f"on a machine without internet, copy {filename} to {Path(get_dir()) / 'checkpoints' / filename} "
-            "or pass pretrained=<local weights file>",
-        ) from None
-
-
-def _load_torchvision_weights(model: nn.Module, sd: dict[str, torch.Tensor], weights: Any) -> None:
-    with torch.no_grad():
-        result = model.load_state_dict(sd, strict=False)
-    # Only torchvision's dropped auxiliary heads may be left over; anything else means the wrong file.
-    unexpected = [k for k in result.unexpected_keys if not k.startswith(("aux", "AuxLogits"))]
-    if result.missing_keys or unexpected:
-        raise CompatibilityError(
-            f"the weights file of {weights} does not fit the model: "
-            f"missing {result.missing_keys[:3]}, unexpected {unexpected[:3]}",
-            fix="delete the cached file under $TORCH_HOME/hub/checkpoints so it is downloaded again",
-        )
-
-
-# --------------------------------------------------------------------------- local pretrained files
-
-
-def _load_file_into(model: nn.Module, sd: dict[str, Any], *, first: bool) -> str:
-    """Copy what fits from a state_dict into ``model``; returns the load report's verdict."""
-    report = load_into(
-        model,
-        sd,
-        on_shape_mismatch="skip",
-        # The second pass (after a new head) only picks up a head of the new shape, if the file has one.
-        min_match=0.5 if first else 0.0,
-        allow_partial=not first,
-    )
-    return str(getattr(report, "verdict", "") or "")
-
-
 # --------------------------------------------------------------------------- build
-
-
-def _spec_of_file(path: Path) -> ModelSpec | None:
-    try:
-        return read_spec(path)
-    except InputError:  # a malformed spec does not stop using the weights
-        return None
 
 
 def _preprocessing(
@@ -287,6 +204,71 @@ def build(
         InputError: the pretrained file cannot be read or downloaded.
         CompatibilityError: the pretrained weights do not fit the architecture.
     """
+    num_classes, class_names = _check_args(num_classes, head, freeze, class_names, arch_kwargs)
+    resolved = resolve(arch, trust=True)  # the caller named the class: importing it is their choice
+    info = resolved.info
+    if freeze == "backbone" and pretrained is None:
+        named = f" or {info.weights[0]}" if info.weights else ""
+        warnings.warn(
+            f"freezing the backbone of {arch} without pretrained weights: it keeps its random initialisation "
+            f"and only the head learns; pass pretrained weights (--pretrained FILE{named}) or leave out --freeze",
+            TorchkeepWarning,
+            stacklevel=2,
+        )
+    hw = _hw(input_size)
+    user_hw = hw is not None
+    kwargs = dict(arch_kwargs)
+    pre = resolve_pretrained(arch, info, pretrained)
+    if pre.spec is not None:
+        # A torchkeep model file of the same architecture describes the structure its weights fit: start there.
+        kwargs = {**pre.spec.arch_kwargs, **kwargs}
+        hw = hw or pre.spec.input_size
+        in_channels = in_channels if in_channels is not None else pre.spec.in_channels
+    in_channels = _shape_kwargs(kwargs, resolved, arch, hw, input_size, in_channels)
+    channels = in_channels if in_channels is not None else info.in_channels
+    if pre.weights is not None:
+        kwargs = {**kwargs, **torchvision_weights_kwargs(arch, pre.weights, kwargs)}
+    # Without pretrained weights a "replace" head is simply built with num_classes outputs.
+    takes_classes = info.source != "user" or resolved.accepts is None or "num_classes" in resolved.accepts
+    if pretrained is None and head == "replace" and num_classes is not None and takes_classes:
+        kwargs["num_classes"] = num_classes
+
+    model = construct(resolved, kwargs)
+    provenance = Provenance(created=_now())
+    sd = load_pretrained(model, pre, provenance)
+    recipe, final_classes = _fit_head(model, num_classes, head, "num_classes" in kwargs, sd)
+    if freeze == "backbone":
+        _freeze_backbone(model, _trainable_paths(model, recipe))
+
+    preprocessing, size = _preprocessing(resolved, hw, channels, pre.weights)
+    if pre.spec is not None and not user_hw:
+        # the pretrained weights were trained on inputs prepared this way: keep feeding them so
+        preprocessing, size = pre.spec.preprocessing, pre.spec.input_size
+    spec = ModelSpec(
+        arch=arch,
+        arch_kwargs=kwargs,
+        num_classes=final_classes if final_classes is not None else num_classes,
+        class_names=_class_names(class_names, pre, final_classes),
+        in_channels=channels,
+        input_size=size,
+        preprocessing=preprocessing,
+        head=recipe,
+        freeze=freeze,
+        versions=current_versions(),
+        provenance=provenance,
+    )
+    model.torchkeep_spec = spec  # type: ignore[assignment]
+    return model
+
+
+def _check_args(
+    num_classes: int | None,
+    head: str,
+    freeze: str | None,
+    class_names: list[str] | None,
+    arch_kwargs: dict[str, Any],
+) -> tuple[int | None, list[str] | None]:
+    """Refuse bad arguments; ``(num_classes, class_names)`` with the names as strings setting the number."""
     if head not in ("replace", "append"):
         raise UsageError(f"head must be 'replace' or 'append', not {head!r}")
     if freeze not in (None, "backbone"):
@@ -305,49 +287,21 @@ def build(
         raise UsageError(
             f"architecture arguments must be JSON values (they go into the spec): {exc}"
         ) from None
+    return num_classes, class_names
 
-    resolved = resolve(arch, trust=True)  # the caller named the class: importing it is their choice
-    info = resolved.info
-    if freeze == "backbone" and pretrained is None:
-        named = f" or {info.weights[0]}" if info.weights else ""
-        warnings.warn(
-            f"freezing the backbone of {arch} without pretrained weights: it keeps its random initialisation "
-            f"and only the head learns; pass pretrained weights (--pretrained FILE{named}) or leave out --freeze",
-            TorchkeepWarning,
-            stacklevel=2,
-        )
-    hw = _hw(input_size)
-    kwargs = dict(arch_kwargs)
+
+def _shape_kwargs(
+    kwargs: dict[str, Any],
+    resolved: Resolved,
+    arch: str,
+    hw: tuple[int, int] | None,
+    input_size: int | tuple[int, int] | None,
+    in_channels: int | None,
+) -> int | None:
+    """Put the input size and channels into the constructor's ``kwargs`` the way the architecture takes them;
+    returns the input channels (3 for torchvision)."""
     accepts = resolved.accepts
-
-    # What pretrained names: a file, or one of the architecture's torchvision weights.
-    weights = None
-    pre_file: Path | None = None
-    if pretrained is not None:
-        candidate = Path(os.fspath(pretrained)).expanduser()
-        if candidate.is_file():
-            pre_file = candidate.resolve()
-        else:
-            weights = _torchvision_weights(arch, str(pretrained)) if info.source == "torchvision" else None
-        if pre_file is None and weights is None:
-            names = ", ".join(info.weights) if info.weights else "none"
-            raise InputError(
-                f"pretrained {str(pretrained)!r} is neither a file nor a weights name of {arch} (weights: {names})",
-                path=None,
-                fix="pass an existing weights file, or a name from `torchkeep models --filter ^ARCH$`",
-            )
-
-    # A torchkeep model file of the same architecture describes the structure its weights fit: start there.
-    source_spec = _spec_of_file(pre_file) if pre_file is not None else None
-    user_hw = hw is not None
-    if source_spec is not None and source_spec.arch == arch:
-        kwargs = {**source_spec.arch_kwargs, **kwargs}
-        hw = hw or source_spec.input_size
-        in_channels = in_channels if in_channels is not None else source_spec.in_channels
-    else:
-        source_spec = None
-
-    if info.source == "torchvision":
+    if resolved.info.source == "torchvision":
         # torchvision classifiers (and their pretrained stems) take RGB. Grayscale or RGBA data is fed to
         # them converted to RGB by the spec's preprocessing, so the trainer can pass its data's channels.
         if in_channels not in (None, 1, 3, 4):
@@ -355,112 +309,71 @@ def build(
                 f"torchvision's {arch} takes 3-channel input; in_channels={in_channels} cannot be converted",
                 fix="use images with 1 (grayscale), 3 (RGB) or 4 (RGBA) channels: they are converted to RGB",
             )
-        in_channels = 3
         if hw is not None and arch.startswith("vit_"):
             if hw[0] != hw[1]:
                 raise UsageError(f"{arch} needs a square input_size, not {hw}")
             kwargs["image_size"] = hw[0]
         elif hw is not None and arch == "maxvit_t":
             kwargs["input_size"] = list(hw)
-    else:
-        if in_channels is not None and (accepts is None or "in_channels" in accepts):
-            kwargs["in_channels"] = in_channels
-        if hw is not None and (accepts is None or "input_size" in accepts):
-            kwargs["input_size"] = input_size if isinstance(input_size, int) else list(hw)
-    channels = in_channels if in_channels is not None else info.in_channels
-    if weights is not None:
-        kwargs = {**kwargs, **_torchvision_weights_kwargs(arch, weights, kwargs)}
+        return 3
+    if in_channels is not None and (accepts is None or "in_channels" in accepts):
+        kwargs["in_channels"] = in_channels
+    if hw is not None and (accepts is None or "input_size" in accepts):
+        kwargs["input_size"] = input_size if isinstance(input_size, int) else list(hw)
+    return in_channels
 
-    # Without pretrained weights a "replace" head is simply built with num_classes outputs.
-    takes_classes = info.source != "user" or accepts is None or "num_classes" in accepts
-    if pretrained is None and head == "replace" and num_classes is not None and takes_classes:
-        kwargs["num_classes"] = num_classes
 
-    model = construct(resolved, kwargs)
-    provenance = Provenance(created=_now())
-    sd: dict[str, Any] | None = None
-    if weights is not None:
-        _load_torchvision_weights(model, _fetch_torchvision_weights(weights), weights)
-        provenance.pretrained = str(weights)
-        provenance.pretrained_url = weights.url
-    elif pre_file is not None:
-        sd = load_state_dict(pre_file)
-        provenance.pretrained = str(pre_file)
-        provenance.source_file = str(pre_file)
-        provenance.source_sha256 = file_sha256(pre_file)
-        provenance.notes = _load_file_into(model, sd, first=True)
-
-    recipe: HeadRecipe | None = None
-    final_classes: int | None = None
+def _fit_head(
+    model: nn.Module, num_classes: int | None, head: str, built_with_classes: bool, sd: dict[str, Any] | None
+) -> tuple[HeadRecipe | None, int | None]:
+    """Give the model ``num_classes`` outputs when it has another number (or ``head="append"``):
+    ``(the recipe applied, the final number of classes)``."""
     try:
-        base_head: HeadInfo | None = find_head(model)
+        base_head = find_head(model)
     except CompatibilityError:
-        if num_classes is not None and (head == "append" or "num_classes" not in kwargs):
+        if num_classes is not None and (head == "append" or not built_with_classes):
             raise
-        base_head = None
-    if base_head is not None:
-        final_classes = base_head.out_features
-    if (
-        base_head is not None
-        and num_classes is not None
-        and (head == "append" or num_classes != final_classes)
-    ):
-        if head == "replace":
-            replace_head(model, base_head, num_classes)
-            recipe = HeadRecipe(
-                "replace",
-                base_head.path,
-                base_head.kind,
-                base_head.in_features,
-                base_head.out_features,
-                num_classes,
-                aux_paths=list(base_head.aux_paths),
-            )
-        else:
-            added, wrapped = append_head(model, base_head, num_classes)
-            recipe = HeadRecipe(
-                "append",
-                base_head.path,
-                base_head.kind,
-                base_head.in_features,
-                base_head.out_features,
-                num_classes,
-                added_path=added,
-                wrapped=wrapped,
-            )
-        final_classes = num_classes
-        new_weight: Any = get_module(model, recipe.added_path or recipe.path).weight
-        new_shape = tuple(new_weight.shape)
-        if sd is not None and any(tuple(getattr(t, "shape", ())) == new_shape for t in sd.values()):
-            # A file saved from an already re-headed model carries the new head too: take it.
-            _load_file_into(model, sd, first=False)
+        return None, None
+    if num_classes is None or (head == "replace" and num_classes == base_head.out_features):
+        return None, base_head.out_features
+    if head == "replace":
+        replace_head(model, base_head, num_classes)
+        recipe = HeadRecipe(
+            "replace",
+            base_head.path,
+            base_head.kind,
+            base_head.in_features,
+            base_head.out_features,
+            num_classes,
+            aux_paths=list(base_head.aux_paths),
+        )
+    else:
+        added, wrapped = append_head(model, base_head, num_classes)
+        recipe = HeadRecipe(
+            "append",
+            base_head.path,
+            base_head.kind,
+            base_head.in_features,
+            base_head.out_features,
+            num_classes,
+            added_path=added,
+            wrapped=wrapped,
+        )
+    new_weight: Any = get_module(model, recipe.added_path or recipe.path).weight
+    new_shape = tuple(new_weight.shape)
+    if sd is not None and any(tuple(getattr(t, "shape", ())) == new_shape for t in sd.values()):
+        # A file saved from an already re-headed model carries the new head too: take it.
+        load_file_into(model, sd, first=False)
+    return recipe, num_classes
 
-    if class_names is None and weights is not None and final_classes == len(weights.meta["categories"]):
-        class_names = list(weights.meta["categories"])
-    if source_spec is not None and class_names is None and source_spec.num_classes == final_classes:
-        class_names = source_spec.class_names  # continuing from a torchkeep model file keeps its names
-    if freeze == "backbone":
-        _freeze_backbone(model, _trainable_paths(model, recipe))
 
-    pre, size = _preprocessing(resolved, hw, channels, weights)
-    if source_spec is not None and not user_hw:
-        # the pretrained weights were trained on inputs prepared this way: keep feeding them so
-        pre, size = source_spec.preprocessing, source_spec.input_size
-    spec = ModelSpec(
-        arch=arch,
-        arch_kwargs=kwargs,
-        num_classes=final_classes if final_classes is not None else num_classes,
-        class_names=class_names,
-        in_channels=channels,
-        input_size=size,
-        preprocessing=pre,
-        head=recipe,
-        freeze=freeze,
-        versions=current_versions(),
-        provenance=provenance,
-    )
-    model.torchkeep_spec = spec  # type: ignore[assignment]
-    return model
+def _class_names(class_names: list[str] | None, pre: Pretrained, final_classes: int | None) -> list[str] | None:
+    """The given names, else the pretrained weights' own when the number of classes is still theirs."""
+    if class_names is None and pre.weights is not None and final_classes == len(pre.weights.meta["categories"]):
+        class_names = list(pre.weights.meta["categories"])
+    if pre.spec is not None and class_names is None and pre.spec.num_classes == final_classes:
+        class_names = pre.spec.class_names  # continuing from a torchkeep model file keeps its names
+    return class_names
 
 
 def build_from_spec(
