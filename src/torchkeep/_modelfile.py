@@ -316,8 +316,6 @@ def load(
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from torchkeep.models._build import build_from_spec
-
     p = check_model_path(path)
     # safetensors runs no code, but a file that also parses as something that does (a polyglot) is refused
     check_file(p, runs_code=False)
@@ -338,31 +336,37 @@ def load(
         tensors[alias] = tensors[canonical]
 
     _check_arch_known(spec, p)
-    # Build on the meta device and adopt the loaded tensors (assign=True): no time spent initialising
-    # weights that are overwritten anyway (seconds for VGG16). Tied weights need the normal path,
-    # since assign would replace each tied Parameter separately and untie them.
-    model = None
-    if not spec.tied:
-        try:
-            model = build_from_spec(spec, trust=trust, device="meta")
-        except UntrustedCodeError:
-            raise
-        except Exception:
-            model = None  # some constructors compute with tensors in __init__ (RegNet): build for real
-        if model is not None:
-            # A mismatch found here is final: building for real would only allocate what the spec asks
-            # (however large) to fail the same way.
-            _strict_load(model, tensors, p, assign=True)
-            if _has_meta(model):
-                model = None
-    if model is None:
-        model = build_from_spec(spec, trust=trust)
-        _strict_load(model, tensors, p, assign=False)
+    model = _rebuild(spec, tensors, p, trust)
     model.to(device=dev)
     if want is not None:
         model.to(dtype=want)
     model.eval()
     model.torchkeep_spec = spec  # type: ignore[assignment]
+    return model
+
+
+def _rebuild(spec: ModelSpec, tensors: dict[str, torch.Tensor], p: Path, trust: bool) -> nn.Module:
+    """The model the spec describes, holding ``tensors`` (every one of them: a strict load)."""
+    from torchkeep.models._build import build_from_spec
+
+    # Build on the meta device and adopt the loaded tensors (assign=True): no time spent initialising
+    # weights that are overwritten anyway (seconds for VGG16). Tied weights need the normal path,
+    # since assign would replace each tied Parameter separately and untie them.
+    if not spec.tied:
+        try:
+            model = build_from_spec(spec, trust=trust, device="meta")
+        except UntrustedCodeError:
+            raise
+        except Exception:  # some constructors compute with tensors in __init__ (RegNet): build for real
+            pass
+        else:
+            # A mismatch found here is final: building for real would only allocate what the spec asks
+            # (however large) to fail the same way.
+            _strict_load(model, tensors, p, assign=True)
+            if not _has_meta(model):
+                return model
+    model = build_from_spec(spec, trust=trust)
+    _strict_load(model, tensors, p, assign=False)
     return model
 
 
