@@ -388,7 +388,7 @@ def test_cli_train_head_append_and_a_frozen_random_backbone_warns(cli, tmp_path)
     code, _, err = cli("train", "--resume", out, "--head", "replace", "--quiet")
     assert code == 4 and "this run was trained with --head append, not replace" in err
     # a run recorded before --head existed used "replace": resuming it with --head replace is no change
-    from torchkeep.training._loop import _check_identity
+    from torchkeep.training._resume import check_identity as _check_identity
 
     saved = {k: v for k, v in json.loads((out / "config.json").read_text()).items() if k != "head"}
     _check_identity(TrainConfig(head="replace"), saved, out / "checkpoint.pt")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from torchkeep._atomic import atomic_path
+from torchkeep._cli.train import TrainBars
 from torchkeep._evaluate import evaluate
 from torchkeep._modelfile import load
 from torchkeep._predict import predict
@@ -111,7 +112,7 @@ def run_demo(
         out: demo directory (``run/`` holds the training run, ``pngs/`` the held-out digits,
             ``formats/`` the model in every format).
         epochs: override the default number of epochs (shorter demo, tests).
-        progress: progress bars and per-epoch lines on stderr.
+        progress: progress bars and per-epoch lines on stderr (``torchkeep train``'s).
         log: called with a line of text at each step (the CLI prints it).
 
     Returns:
@@ -128,8 +129,10 @@ def run_demo(
     notes: list[str] = []
 
     say("1/4 train cifar10_cnn on the embedded digits (1,797 8x8 images), default settings")
-    result = train(TrainConfig(arch="cifar10_cnn", data="digits", out=out_dir / "run", epochs=epochs,
-                               overwrite=True, progress=progress))
+    bars = TrainBars()
+    with bars:
+        result = train(TrainConfig(arch="cifar10_cnn", data="digits", out=out_dir / "run", epochs=epochs,
+                                   overwrite=True, progress=bars if progress else None))
 
     say("2/4 evaluate the best model on the held-out validation split")
     report = evaluate(result.best_path, "digits", png=out_dir / "run" / "eval-confusion.png")

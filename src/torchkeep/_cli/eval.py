@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from torchkeep._cli.common import console, emit, json_option
+from torchkeep._evaluate import DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_SPLIT, SPLITS, evaluate
 
 
 def _human(report) -> None:
@@ -48,21 +49,19 @@ def _human(report) -> None:
 )
 @click.argument("model", type=click.Path())
 @click.option("--data", help="digits, cifar10, fashion-mnist or folder:PATH. [default: the model's training data]")
-@click.option("--split", type=click.Choice(["val", "test", "train", "all"]), default="val", show_default=True,
+@click.option("--split", type=click.Choice(SPLITS), default=DEFAULT_SPLIT, show_default=True,
               help="val: seeded hold-out split; test: official test set (cifar10, fashion-mnist).")
 @click.option("--seed", type=int, help="Split seed. [default: the training run's]")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), help="[default: the training run's]")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Where cifar10 / fashion-mnist are.")
 @click.option("--no-download", is_flag=True, help="Never download datasets.")
-@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
+@click.option("--device", default=DEFAULT_DEVICE, show_default=True)
 @click.option("--png", type=click.Path(dir_okay=False), help="Write the confusion matrix as a PNG.")
 @click.option("--trust", is_flag=True, help="Allow a model file naming a user class to import it.")
 @json_option
 def command(model, data, split, seed, val_fraction, data_root, no_download, batch_size, device, png, trust,
             as_json) -> int:
-    from torchkeep._evaluate import evaluate
-
     report = evaluate(
         model, data, split=split, seed=seed, val_fraction=val_fraction, data_root=data_root,
         download=not no_download, batch_size=batch_size, device=device, png=png, trust=trust,

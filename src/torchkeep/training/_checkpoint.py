@@ -30,6 +30,7 @@ from torchkeep.errors import (  # CheckpointWriteError: re-exported, it lived he
     CompatibilityError,
     InputError,
 )
+from torchkeep.training._layout import CHECKPOINT, DCP_DIR
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -45,8 +46,6 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "torchkeep.train-checkpoint"
 CHECKPOINT_VERSION = 1
-CHECKPOINT = "checkpoint.pt"
-DCP_DIR = "checkpoint.dcp"  # --checkpoint-format dcp: a torch.distributed.checkpoint directory
 # the DCP entry holding the training state is a uint8 tensor (of a torch.save blob, weights_only): a tensor,
 # so that dcp.load never unpickles it (DCP opens non-tensor entries with weights_only=False)
 DCP_TRAIN_KEY = TRAIN_ENTRY
@@ -129,11 +128,7 @@ def write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         with atomic_path(path) as tmp:
             _torch_save(payload, tmp)
     except OSError as exc:
-        raise _write_error(path, exc) from exc
-
-
-def _write_error(path: Path, exc: OSError) -> CheckpointWriteError:
-    return write_error(path, exc, "checkpoint")
+        raise write_error(path, exc, "checkpoint") from exc
 
 
 def write_error(path: Path, exc: BaseException, what: str = "file") -> CheckpointWriteError:

@@ -1,4 +1,9 @@
-"""``TrainConfig`` and ``TrainResult``: what a training run takes and what it returns."""
+"""What a training run takes and returns: ``TrainConfig`` (the user's settings, ``None`` = the default),
+resolved once into ``RunConfig`` (every default filled in, every value checked), and ``TrainResult``.
+
+The choices and defaults live here and nowhere else; ``torchkeep train --help`` reads them, so this module
+imports nothing heavy (no torch).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,25 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torchkeep.errors import UsageError
 
-__all__ = ["DEFAULTS", "OPTIMIZERS", "SCHEDULERS", "TrainConfig", "TrainResult"]
+if TYPE_CHECKING:
+    from torchkeep.training._progress import TrainProgress
+
+__all__ = [
+    "CHECKPOINT_FORMATS", "DEFAULTS", "DEFAULT_LR", "DEFAULT_WD", "DEVICES", "FREEZE", "HEADS", "METRICS",
+    "OPTIMIZERS", "SCHEDULERS", "RunConfig", "TrainConfig", "TrainResult",
+]
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "step", "none")
 METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
-DEVICES = ("auto", "cpu", "cuda", "mps")
+DEVICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N, mps:N
+HEADS = ("replace", "append")
+FREEZE = ("backbone",)
+CHECKPOINT_FORMATS = ("torch", "dcp")
 
 # Defaults for fields left as None. Measured on the embedded digits with cifar10_cnn on 2 CPU cores:
 # AdamW 3e-3 + cosine over 15 epochs of batch 32 reaches ~98.5% validation accuracy in a few seconds
@@ -37,21 +51,29 @@ DEFAULTS: dict[str, Any] = {
     "head": "replace",
     "checkpoint_format": "torch",
 }
-_DEFAULT_LR = {"adamw": 3e-3, "sgd": 0.05}
-_DEFAULT_WD = {"adamw": 0.01, "sgd": 5e-4}
+DEFAULT_LR = {"adamw": 3e-3, "sgd": 0.05}
+DEFAULT_WD = {"adamw": 0.01, "sgd": 5e-4}
+_DEFAULT_LR, _DEFAULT_WD = DEFAULT_LR, DEFAULT_WD  # their names before (bench/ imports them)
+DEFAULT_DEVICE = "auto"
+DEFAULT_WORKERS = 0
 
 # fields that must match the checkpoint when resuming (the weights or optimizer state would not fit)
 IDENTITY_FIELDS = (
     "arch", "data", "num_classes", "input_size", "head", "optimizer", "subset", "val_fraction", "seed",
     "checkpoint_format",
 )
-HEADS = ("replace", "append")
-CHECKPOINT_FORMATS = ("torch", "dcp")
+# fields a resumed run does not take from its saved config: where to resume from, and the callbacks
+_NOT_INHERITED = ("resume", "progress", "on_epoch_end")
+
+ProgressFn = Callable[["TrainProgress"], None]
+EpochEndFn = Callable[[dict[str, Any]], "bool | None"]
 
 
 @dataclass
 class TrainConfig:
     """Everything a training run needs; ``None`` means "the default", or "as before" when resuming.
+
+    :meth:`resolved` turns it into a :class:`RunConfig`, where every default is filled in and every value checked.
 
     Attributes:
         arch: architecture name (``torchkeep models`` lists them); default ``cifar10_cnn``.
@@ -92,7 +114,9 @@ class TrainConfig:
         metric: what "best" means: ``val_acc`` (default), ``val_loss``, ``train_acc``, ``train_loss``.
         resume: a run directory (or its ``checkpoint.pt``) to continue exactly.
         overwrite: allow starting a new run in a directory that already holds one.
-        progress: show progress bars (stderr) with live loss and accuracy.
+        progress: called with a :class:`~torchkeep.training.TrainProgress` as the run goes (each epoch's start,
+            every 10 steps with the running loss and accuracy, each epoch's metrics), in the process of
+            rank 0 only; ``torchkeep train`` draws its progress bars with it. None (or False): no reports.
         tensorboard: write TensorBoard event files under ``<out>/tensorboard``.
         plots: write ``curves.png`` and ``confusion.png`` at the end.
         checkpoint_every: also write the resume checkpoint every N training steps (global batches) within an
@@ -113,7 +137,7 @@ class TrainConfig:
     optimizer: str | None = None
     weight_decay: float | None = None
     scheduler: str | None = None
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
     amp: bool | None = None
     pretrained: str | None = None
     freeze: str | None = None
@@ -124,7 +148,7 @@ class TrainConfig:
     val_fraction: float | None = None
     subset: int | None = None
     augment: bool | None = None
-    workers: int = 0
+    workers: int = DEFAULT_WORKERS
     threads: int | None = None
     data_root: str | None = None
     download: bool = True
@@ -132,82 +156,169 @@ class TrainConfig:
     metric: str | None = None
     resume: str | os.PathLike[str] | None = None
     overwrite: bool = False
-    progress: bool = True
+    progress: ProgressFn | bool | None = None
     tensorboard: bool = True
     plots: bool = True
     checkpoint_every: int | None = None
     checkpoint_format: str | None = None
     sync_bn: bool = False
-    on_epoch_end: Callable[[dict[str, Any]], bool | None] | None = field(default=None, repr=False)
+    on_epoch_end: EpochEndFn | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-ready settings (``config.json``); callbacks are left out."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            if f.name == "on_epoch_end":
-                continue
-            v = getattr(self, f.name)
-            if isinstance(v, os.PathLike):
-                v = os.fspath(v)
-            if isinstance(v, tuple):
-                v = list(v)
-            out[f.name] = v
-        return out
+        """The JSON-ready settings; callbacks are left out."""
+        return _settings(self)
 
-    def resolved(self, saved: dict[str, Any] | None = None) -> TrainConfig:
-        """Fill ``None`` fields from ``saved`` (the resumed run's config) and then the defaults; validate."""
+    def resolved(self, saved: dict[str, Any] | None = None) -> RunConfig:
+        """Fill ``None`` fields from ``saved`` (the resumed run's config) and then the defaults; check every value.
+
+        Raises:
+            UsageError: a value out of range or not among the choices (one line naming it and the choices).
+        """
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for name, v in values.items():
-            if v is None and saved is not None and saved.get(name) is not None and name not in ("resume",):
+            if v is None and saved is not None and saved.get(name) is not None and name not in _NOT_INHERITED:
                 values[name] = saved[name]
         for name, default in DEFAULTS.items():
             if values[name] is None:
                 values[name] = default
         opt = values["optimizer"]
-        if opt not in OPTIMIZERS:
-            raise UsageError(f"unknown optimizer {opt!r}", fix="use one of: " + ", ".join(OPTIMIZERS))
+        _check_choice("optimizer", opt, OPTIMIZERS)
         if values["lr"] is None:
-            values["lr"] = _DEFAULT_LR[opt]
+            values["lr"] = DEFAULT_LR[opt]
         if values["weight_decay"] is None:
-            values["weight_decay"] = _DEFAULT_WD[opt]
+            values["weight_decay"] = DEFAULT_WD[opt]
         if values["out"] is None:
             values["out"] = values["resume"] or Path("runs") / f"{values['arch']}-{_slug(values['data'])}"
+        values["out"] = Path(os.fspath(values["out"]))
+        if values["resume"] is not None:
+            values["resume"] = Path(os.fspath(values["resume"]))
         if isinstance(values["input_size"], list):
             values["input_size"] = tuple(values["input_size"])
-        cfg = TrainConfig(**values)
-        cfg._validate()
+        values["progress"] = _progress_fn(values["progress"])
+        cfg = RunConfig(**values)
+        _validate(cfg)
         return cfg
 
-    def _validate(self) -> None:
-        if self.scheduler not in SCHEDULERS:
-            raise UsageError(f"unknown scheduler {self.scheduler!r}", fix="use one of: " + ", ".join(SCHEDULERS))
-        if self.metric not in METRICS:
-            raise UsageError(f"unknown metric {self.metric!r}", fix="use one of: " + ", ".join(METRICS))
-        if self.device not in DEVICES and not str(self.device).startswith(("cuda:", "mps:")):
-            raise UsageError(f"unknown device {self.device!r}", fix="use auto, cpu, cuda, cuda:N or mps")
-        if self.freeze not in (None, "backbone"):
-            raise UsageError(f"cannot freeze {self.freeze!r}", fix="use --freeze backbone")
-        if self.head not in HEADS:
-            raise UsageError(f"unknown head {self.head!r}", fix="use --head replace or --head append")
-        for name in ("epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise UsageError(f"{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
-        if self.keep is not None and self.keep < 1:
-            raise UsageError(f"keep must be at least 1, not {self.keep}")
-        if self.lr is not None and not 0 < self.lr < math.inf:
-            raise UsageError(f"learning rate must be positive (and finite), not {self.lr}")
-        if self.weight_decay is not None and not 0 <= self.weight_decay < math.inf:
-            raise UsageError(f"weight-decay must be >= 0, not {self.weight_decay:g}")
-        if self.threads is not None and self.threads < 1:
-            raise UsageError(f"threads must be >= 1, not {self.threads}")
-        if self.workers < 0:
-            raise UsageError(f"workers must be >= 0, not {self.workers}")
-        if self.checkpoint_format not in CHECKPOINT_FORMATS:
-            raise UsageError(f"unknown checkpoint format {self.checkpoint_format!r}", fix="use --checkpoint-format torch or dcp")
-        if self.checkpoint_every is not None and self.checkpoint_every < 1:
-            raise UsageError(f"checkpoint-every must be at least 1 step, not {self.checkpoint_every}")
-        if self.subset is not None and self.subset < 2:
-            raise UsageError(f"subset must be at least 2 images, not {self.subset}")
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A :class:`TrainConfig` resolved: every default filled in, every value checked (``TrainConfig.resolved``).
+
+    The fields are those of ``TrainConfig``. Still ``None`` only where the value comes from what the run finds
+    (the dataset, the device) or where "none" is a setting: ``amp`` (on with CUDA), ``num_classes`` and
+    ``input_size`` (the dataset's), ``threads`` (1 for tiny inputs on a CPU), ``pretrained``, ``freeze``,
+    ``subset``, ``data_root``, ``resume``, ``checkpoint_every`` (never), ``progress`` and ``on_epoch_end``.
+    """
+
+    arch: str
+    data: str
+    out: Path
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str
+    weight_decay: float
+    scheduler: str
+    device: str
+    amp: bool | None
+    pretrained: str | None
+    freeze: str | None
+    head: str
+    num_classes: int | None
+    input_size: int | tuple[int, int] | None
+    seed: int
+    val_fraction: float
+    subset: int | None
+    augment: bool
+    workers: int
+    threads: int | None
+    data_root: str | None
+    download: bool
+    keep: int
+    metric: str
+    resume: Path | None
+    overwrite: bool
+    progress: ProgressFn | None
+    tensorboard: bool
+    plots: bool
+    checkpoint_every: int | None
+    checkpoint_format: str
+    sync_bn: bool
+    on_epoch_end: EpochEndFn | None = field(default=None, repr=False)
+
+    @property
+    def lower_is_better(self) -> bool:
+        """The best epoch is the one with the lowest ``metric`` (a loss), else the highest (an accuracy)."""
+        return self.metric.endswith("loss")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready settings (``config.json``, the checkpoint's ``config``); callbacks are left out."""
+        return _settings(self)
+
+
+def _settings(cfg: TrainConfig | RunConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.name == "on_epoch_end":
+            continue
+        if f.name == "progress":  # a callback: recorded as whether progress was reported
+            v = bool(v)
+        if isinstance(v, os.PathLike):
+            v = os.fspath(v)
+        if isinstance(v, tuple):
+            v = list(v)
+        out[f.name] = v
+    return out
+
+
+def _progress_fn(progress: ProgressFn | bool | None) -> ProgressFn | None:
+    if progress is None or progress is False:
+        return None
+    if progress is True or not callable(progress):
+        raise UsageError(
+            f"progress must be a callable taking a TrainProgress, not {progress!r}: the library draws nothing",
+            fix="pass progress=your_function (torchkeep train draws progress bars with it), or leave it out",
+        )
+    return progress
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UsageError(f"unknown {name} {value!r}", fix="use one of: " + ", ".join(choices))
+
+
+def _at_least(name: str, value: int | None, low: int, unit: str = "") -> None:
+    if value is not None and value < low:
+        raise UsageError(f"{name} must be at least {low}{unit}, not {value}")
+
+
+def _validate(cfg: RunConfig) -> None:
+    _check_choice("scheduler", cfg.scheduler, SCHEDULERS)
+    _check_choice("metric", cfg.metric, METRICS)
+    if cfg.device not in DEVICES and not str(cfg.device).startswith(("cuda:", "mps:")):
+        raise UsageError(f"unknown device {cfg.device!r}", fix="use auto, cpu, cuda, cuda:N or mps")
+    if cfg.freeze is not None and cfg.freeze not in FREEZE:
+        raise UsageError(f"cannot freeze {cfg.freeze!r}", fix="use --freeze backbone")
+    if cfg.head not in HEADS:
+        raise UsageError(f"unknown head {cfg.head!r}", fix="use --head replace or --head append")
+    _check_choice("checkpoint format", cfg.checkpoint_format, CHECKPOINT_FORMATS)
+    _at_least("epochs", cfg.epochs, 1)
+    _at_least("batch-size", cfg.batch_size, 1)
+    _at_least("keep", cfg.keep, 1)
+    _at_least("num-classes", cfg.num_classes, 1)
+    _at_least("subset", cfg.subset, 2, " images")
+    _at_least("checkpoint-every", cfg.checkpoint_every, 1, " step")
+    if not 0 < cfg.lr < math.inf:
+        raise UsageError(f"learning rate must be positive (and finite), not {cfg.lr}")
+    if not 0 <= cfg.weight_decay < math.inf:
+        raise UsageError(f"weight-decay must be >= 0, not {cfg.weight_decay:g}")
+    if not 0 <= cfg.val_fraction < 1:
+        raise UsageError(f"val-fraction must be in [0, 1), not {cfg.val_fraction}")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise UsageError(f"threads must be >= 1, not {cfg.threads}")
+    if cfg.workers < 0:
+        raise UsageError(f"workers must be >= 0, not {cfg.workers}")
 
 
 def _slug(data: str) -> str:

@@ -121,15 +121,6 @@ def all_sum_tensor(d: Dist, t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def any_rank(d: Dist, flag: bool) -> bool:
-    """True on every rank when it is True on any (all ranks decide together)."""
-    if not d.active:
-        return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
 def broadcast_buffers(d: Dist, module: torch.nn.Module) -> None:
     """Rank 0's buffers (BatchNorm statistics) on every rank: the model every rank evaluates is the one saved."""
     if d.active:

@@ -1,53 +1,51 @@
-"""Progress bars on stderr: one bar per epoch with live loss and accuracy, a line per finished epoch."""
+"""What a run reports as it goes (``TrainConfig.progress``): the library reports, the caller draws.
+
+``torchkeep train`` draws its progress bars from these reports (``torchkeep._cli.train.TrainBars``); a
+notebook or a job scheduler can log them instead. No torch, no rich here.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Bar"]
+__all__ = ["EPOCH_END", "EPOCH_START", "RUN_END", "STEP", "STEP_EVERY", "TrainProgress", "report"]
+
+EPOCH_START = "epoch_start"  # an epoch begins (``step`` > 0: resumed in its middle)
+STEP = "step"  # every STEP_EVERY steps and at the last: the epoch's running loss and accuracy
+EPOCH_END = "epoch_end"  # the epoch is trained, validated and saved: its metrics row
+RUN_END = "run_end"  # the last epoch is done (plots and the result come next)
+
+# running totals are read from the device for a report: every step would cost a host sync per step
+STEP_EVERY = 10
 
 
-class Bar:
-    """Rich progress display for a run of ``epochs`` epochs (a no-op console prints nothing)."""
+@dataclass(frozen=True)
+class TrainProgress:
+    """One report of a training run's progress.
 
-    def __init__(self, console: Any, epochs: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    Attributes:
+        kind: ``epoch_start``, ``step``, ``epoch_end`` or ``run_end``.
+        epoch: the epoch it is about, counted from 1; epochs: the run's total.
+        step / steps: global batches done in the epoch, and in the whole epoch (``epoch_start``, ``step``).
+        loss / acc: the epoch's running mean training loss and accuracy (``step``).
+        metrics: the epoch's row of ``metrics.csv`` (``epoch_end``): train/val loss and accuracy, lr, seconds.
+        improved: the epoch is the best so far by the run's metric (``epoch_end``).
+    """
 
-        self.console = console
-        self.epochs = epochs
-        self.progress = Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        )
+    kind: str
+    epoch: int
+    epochs: int
+    step: int = 0
+    steps: int = 0
+    loss: float | None = None
+    acc: float | None = None
+    metrics: dict[str, Any] | None = None
+    improved: bool = False
 
-    def __enter__(self) -> Bar:
-        self.progress.__enter__()
-        return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.progress.__exit__(*exc)
-
-    def start_epoch(self, epoch: int, total: int, done: int = 0) -> Any:
-        for t in list(self.progress.task_ids):
-            self.progress.remove_task(t)
-        return self.progress.add_task(
-            "train", total=total, completed=done, epoch=epoch, epochs=self.epochs, loss="-", acc="-"
-        )
-
-    def update(self, task: Any, completed: int, loss: float, acc: float) -> None:
-        self.progress.update(task, completed=completed, loss=f"{loss:.4f}", acc=f"{100 * acc:.2f}%")
-
-    def epoch_done(self, row: dict[str, Any], improved: bool) -> None:
-        star = "  best" if improved else ""
-        w = len(str(self.epochs))
-        # one line under 80 columns (logs, CI); the learning rate is in metrics.csv and TensorBoard
-        self.progress.console.print(
-            f"epoch {row['epoch']:>{w}}/{self.epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.1f}%"
-            f"  val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.1f}%  {row['seconds']:.1f}s{star}",
-            soft_wrap=True,
-        )
+def report(progress: Callable[[TrainProgress], None] | None, kind: str, epoch: int, epochs: int, **fields: Any) -> None:
+    """Call ``progress`` (when there is one) with a :class:`TrainProgress`."""
+    if progress is not None:
+        progress(TrainProgress(kind, epoch, epochs, **fields))
