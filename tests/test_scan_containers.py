@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 
 import torchkeep
+from torchkeep import _inflate, _walk_npy, scan
 from torchkeep import _streams as streams
-from torchkeep import scan
 
 _spec = importlib.util.spec_from_file_location("make_corpus", Path(__file__).parent / "corpus" / "make_corpus.py")
 assert _spec is not None and _spec.loader is not None
@@ -438,9 +438,9 @@ def test_deflated_members_past_the_budget_fail_closed(tmp_path, monkeypatch):
 
 def test_inflated_members_are_followed_past_the_memory_window(tmp_path, monkeypatch):
     # Only the first _HEAD bytes stay in memory; reads behind the inflater resume from checkpoints.
-    monkeypatch.setattr(streams._Inflated, "_HEAD", 64 << 10)
-    monkeypatch.setattr(streams._Inflated, "_STEP", 256 << 10)
-    monkeypatch.setattr(streams._Inflated, "_OUT", 16 << 10)
+    monkeypatch.setattr(_inflate._Inflated, "_HEAD", 64 << 10)
+    monkeypatch.setattr(_inflate._Inflated, "_STEP", 256 << 10)
+    monkeypatch.setattr(_inflate._Inflated, "_OUT", 16 << 10)
     big = pickle.dumps(list(range(400_000)), protocol=2)[:-1] + mc.POP + os_system(tmp_path / MARKER)[2:]
     path = _write(tmp_path, "window.zip", zip_bytes([*torch_members(BENIGN), Member(b"archive/extra/blob", big, method=8)]))
     report = scan(path)
@@ -510,7 +510,7 @@ def test_npy_headers_numpy_cannot_parse(tmp_path):
     report = scan(_write(tmp_path, "bad_evil.npy", raw + os_system(tmp_path / MARKER)))
     assert report.verdict == "dangerous" and "os.system" in report.imports
     # a header too large to parse here is not judged: fail closed
-    big = b"\x93NUMPY\x02\x00" + struct.pack("<L", streams.NPY_MAX_HEADER + 1)
+    big = b"\x93NUMPY\x02\x00" + struct.pack("<L", _walk_npy.NPY_MAX_HEADER + 1)
     report = scan(_write(tmp_path, "huge.npy", big + b" " * 64))
     assert report.verdict == "dangerous" and any(f.rule == "npy-header" for f in report.dangerous)
 

@@ -43,6 +43,7 @@ from torchkeep._npstate import (
     reconstruct_args,
     scalar_args,
 )
+from torchkeep._region import Region
 from torchkeep._scan_names import is_class
 from torchkeep._scan_rules import (
     CALLS,
@@ -312,12 +313,12 @@ class _Run:
         """Bytes of the stream not read yet."""
         if self.data is not None:
             return len(self.data) - self.pos()
-        return int(self.fh._limit - self.fh.tell())
+        return int(self.fh.size() - self.fh.tell())
 
     def byte_at(self, offset: int) -> bytes:
         if self.data is not None:
             return self.data[offset : offset + 1]
-        raw = getattr(self.fh, "raw", self.fh)  # a BufferedReader over a _Reader: ask the _Reader
+        raw = getattr(self.fh, "raw", self.fh)  # a BufferedReader over a Region: ask the Region
         return raw.byte_at(offset) if hasattr(raw, "byte_at") else b""
 
     def pos(self) -> int:
@@ -930,65 +931,6 @@ _DATA_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, Attribu
                 OverflowError, MemoryError, UnicodeError, RecursionError, struct.error, NotImplementedError)
 
 
-class _Reader(io.RawIOBase):
-    """``fh`` from its current position; reads never go past ``limit`` bytes (forged lengths allocate nothing)."""
-
-    def __init__(self, fh: IO[bytes], start: int, limit: int | None) -> None:
-        self._fh, self._start, self._pos = fh, start, 0
-        if limit is None:
-            here = fh.tell()
-            fh.seek(0, io.SEEK_END)
-            limit = fh.tell() - start
-            fh.seek(here)
-        self._limit = limit
-
-    def readable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def read(self, n: int | None = -1) -> bytes:
-        left = self._limit - self._pos
-        if n is None or n < 0:
-            n = left
-        if n > left:
-            self._pos = self._limit  # a length field asking past the end: truncated; nothing is read
-            return b""
-        self._fh.seek(self._start + self._pos)
-        data = self._fh.read(n)
-        self._pos += len(data)
-        return data
-
-    def byte_at(self, offset: int) -> bytes:
-        here = self._fh.tell()
-        self._fh.seek(self._start + offset)
-        data = self._fh.read(1)
-        self._fh.seek(here)
-        return data
-
-    def readinto(self, b: Any) -> int:
-        view = memoryview(b)
-        data = self.read(min(len(view), self._limit - self._pos))
-        view[: len(data)] = data
-        return len(data)
-
-    def readline(self, size: int | None = -1) -> bytes:
-        out = bytearray()
-        while self._pos < self._limit:
-            self._fh.seek(self._start + self._pos)
-            chunk = self._fh.read(min(4096, self._limit - self._pos))
-            if not chunk:
-                break
-            nl = chunk.find(b"\n")
-            take = chunk if nl < 0 else chunk[: nl + 1]
-            out += take
-            self._pos += len(take)
-            if nl >= 0:
-                break
-        return bytes(out)
-
-
 _GUARD_MARGIN = 2 << 30  # address space a pass may add on top of what the process uses
 
 
@@ -1022,13 +964,19 @@ def _memory_guard(stream_size: int) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
+def _reader(fh: IO[bytes], start: int, limit: int | None) -> Region:
+    """``fh`` from ``start``, as the unpicklers read it: reads never go past ``limit`` bytes (default: the end of
+    ``fh``), and one that asks past them reads nothing (a forged length allocates nothing)."""
+    return Region(fh, start, None if limit is None else start + limit, truncated_reads=True)
+
+
 def _one_pass(fh: IO[bytes], start: int, limit: int | None, unpickler: type, encoding: str, torchscript: bool,
               data: bytes | None, buffered: bool = False) -> tuple[_Run, Any, int | None, str | None]:
     # In-memory streams are read by the unpicklers from a BytesIO (C reads; reads never allocate past the
-    # bytes present); streams on disk through _Reader, bounded the same way.
-    reader: Any = io.BytesIO(data) if data is not None else _Reader(fh, start, limit)
+    # bytes present); streams on disk through a Region, bounded the same way.
+    reader: Any = io.BytesIO(data) if data is not None else _reader(fh, start, limit)
     if buffered:
-        reader = io.BufferedReader(reader if data is None else _Reader(io.BytesIO(data), 0, len(data)))
+        reader = io.BufferedReader(reader if data is None else _reader(io.BytesIO(data), 0, len(data)))
     run = _Run(reader, torchscript, data)
     _SPENT[0] = 0
     size = len(data) if data is not None else (limit if limit is not None else 0)
