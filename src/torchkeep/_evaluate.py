@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from torchkeep.data import ImageSource
 
-__all__ = ["DEFAULT_BATCH_SIZE", "SPLITS", "ClassMetrics", "EvalReport", "evaluate"]
+__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_DEVICE", "DEFAULT_SPLIT", "SPLITS", "ClassMetrics", "EvalReport", "evaluate"]
 
 # the choices and defaults `torchkeep eval` shows (this module imports no torch until evaluate() runs)
 SPLITS = ("val", "test", "train", "all")
