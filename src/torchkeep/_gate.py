@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import os
 
-from torchkeep._scan import Finding, ScanReport, scan
+from torchkeep._scan import scan
+from torchkeep._scan_report import Finding, ScanReport
 from torchkeep.errors import InputError, UnsafeFileError, UntrustedCodeError
 
 __all__ = ["check_file"]
