@@ -31,7 +31,7 @@ from torchkeep._pairing import plan
 from torchkeep._renames import RenameSpec, parse_rename
 from torchkeep._source import WeightSource, read_source, unwrap_checkpoint
 from torchkeep.errors import CompatibilityError, UsageError
-from torchkeep.models._signatures import meta_build
+from torchkeep.models._meta import meta_build
 
 if TYPE_CHECKING:  # torch is imported lazily: importing torchkeep must stay cheap
     from torch import nn

@@ -217,7 +217,7 @@ def build_identified(ident: Identification) -> tuple[nn.Module, dict[str, Any], 
     """The model (on the meta device, with its spec) an identification of a seed or torchvision architecture
     describes; with the constructor arguments used and what was assumed."""
     from torchkeep.models._build import build
-    from torchkeep.models._signatures import meta_build
+    from torchkeep.models._meta import meta_build
 
     arch = ident.architecture
     assert arch is not None
