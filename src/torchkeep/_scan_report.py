@@ -240,6 +240,7 @@ class _Collector:
             calls=self.calls,
         )
 
+
 def exit_code(reports: Iterable[ScanReport]) -> int:
     """CLI exit code for several files: 2 if any is dangerous, else 3 if any is unreadable, else 1 if any
     has custom code, else 0."""

@@ -35,6 +35,7 @@ class NpyWalker(StackedWalker):
         self.stacked(fh, start + data_start, end, f"{place} (object array pickle)", required=True)
         return True
 
+
 # -- numpy ---------------------------------------------------------------------------------------------
 class _NpyHeaderError(Exception):
     """numpy cannot read the header (``error``), or this scanner will not parse it (``dangerous``)."""
