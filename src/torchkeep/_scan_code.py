@@ -40,16 +40,15 @@ from __future__ import annotations
 
 import ast
 import io
-import mmap
 import os
 import re
 import tokenize
 import zipfile
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from torchkeep._onnx import _fields, _str, _Truncated, external_data_problem
+from torchkeep._scan_onnx import ONNX_DOMAINS, analyse_onnx
+from torchkeep._scan_report import CodeAnalysis, CodeFinding
 
 __all__ = [
     "COMPUTE_NAMESPACES",
@@ -94,13 +93,6 @@ _IO_METHODS = frozenset(
 CUSTOM_CLASS_NAMESPACES = frozenset({"quantized", "rnn", "sparse", "mkldnn", "xnnpack"})
 #: Single C++ classes of torch allowed outside those namespaces (``torch.autograd.profiler.record_function``).
 CUSTOM_CLASSES = frozenset({"profiler._RecordFunction"})
-#: ONNX domains onnxruntime implements itself ("" is ai.onnx).
-ONNX_DOMAINS = frozenset(
-    {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training", "com.microsoft", "com.microsoft.nchwc",
-     "com.ms.internal.nhwc"}
-)
-# contrib ops of onnxruntime that call into PyTorch (ATen) or a Python function
-_ONNX_DENIED = frozenset({"com.microsoft::ATen", "com.microsoft::PythonOp", "com.microsoft::PythonOpGrad"})
 
 # TorchScript's global names (ir_emitter.cpp, import_source.cpp) that are not operator namespaces
 _BUILTINS = frozenset(
@@ -110,38 +102,10 @@ _BUILTINS = frozenset(
      "annotate", "unchecked_cast", "uninitialized", "AssertionError"}
 )
 _CODE_LIMIT = 64 << 20  # bytes of TorchScript source read per archive; more is a finding
-_ONNX_DEPTH = 64  # nested subgraphs / functions followed
 _CODE_MEMBER = re.compile(r"(?:^|/)code/.*\.py\Z", re.S)
 _PRINTABLE = re.compile(r"[^\n\x20-\x7e]")
 _PLAIN_STRING = re.compile(r"""\A(?:"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')\Z""", re.S)
 _WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
-
-
-@dataclass(frozen=True)
-class CodeFinding:
-    """A reason the file's code is not allowed (turned into a :class:`torchkeep._scan.Finding`)."""
-
-    rule: str
-    name: str  # the operator, class or member concerned
-    stream: str  # the archive member or ONNX part
-    why: str
-    severity: str = "dangerous"
-
-
-@dataclass
-class CodeAnalysis:
-    """What :func:`analyse_code` found.
-
-    Attributes:
-        findings: the reasons the code is not allowed.
-        code: where code runs -> the operators it calls, sorted (``"__torch__.Net.forward": ["aten::conv2d",
-            ...]``; TorchScript methods run at ``torch.jit.load`` are marked ``(runs at load)``).
-        notes: facts worth knowing (methods that run at load, external data read).
-    """
-
-    findings: list[CodeFinding] = field(default_factory=list)
-    code: dict[str, list[str]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
 
 
 def classify_op(op: str) -> str | None:
@@ -184,7 +148,7 @@ def analyse_code(path: str | os.PathLike[str], fmt: str | None, imports: Iterabl
             if why:
                 out.findings.append(CodeFinding("torchscript-op", imp, "data.pkl", f"the pickle builds {imp}: {why}"))
     if fmt == "onnx":
-        _onnx(p, out)
+        analyse_onnx(p, out)
         return out
     try:
         if zipfile.is_zipfile(p):
@@ -384,150 +348,3 @@ class _Unit:
         why = classify_op(op)
         if why:
             self.finding("torchscript-op", op, f"{where} calls {op}: {why}")
-
-
-# ------------------------------------------------------------------------------------------- ONNX
-def _onnx(p: Path, out: CodeAnalysis) -> None:
-    walker = _OnnxWalker(p, out)
-    try:
-        with open(p, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            walker.model(mm)
-    except (_Truncated, TypeError, ValueError, IndexError, RecursionError) as exc:
-        out.findings.append(CodeFinding("onnx-unparsed", p.name, "model",
-                                        f"the ONNX protobuf cannot be followed to its end ({type(exc).__name__}): "
-                                        "cannot judge which ops it runs or which files it reads"))
-        return
-    except OSError:
-        return  # the scan reports files it cannot read
-    walker.finish()
-
-
-class _OnnxWalker:
-    def __init__(self, p: Path, out: CodeAnalysis) -> None:
-        self.path = p
-        self.out = out
-        self.nodes: list[tuple[str, str, str]] = []  # (domain, op_type, where)
-        self.functions: set[tuple[str, str]] = set()
-        self.locations: list[tuple[str, str]] = []  # (location, tensor name)
-
-    def model(self, buf) -> None:
-        for num, wt, val in _fields(buf, 0, len(buf)):
-            if wt != 2:
-                continue
-            if num == 7:
-                self.graph(buf, val, "graph", 0)
-            elif num == 25:
-                self.function(buf, val, 0)
-            elif num == 20:  # TrainingInfoProto: initialization (1) and algorithm (2) graphs
-                for tnum, twt, tval in _fields(buf, *val):
-                    if tnum in (1, 2) and twt == 2:
-                        self.graph(buf, tval, "training_info", 0)
-
-    def graph(self, buf, sl, where: str, depth: int) -> None:
-        if depth > _ONNX_DEPTH:
-            raise RecursionError
-        for num, wt, val in _fields(buf, *sl):
-            if wt != 2:
-                continue
-            if num == 1:
-                self.node(buf, val, where, depth)
-            elif num == 5:
-                self.tensor(buf, val)
-            elif num == 15:
-                self.sparse(buf, val)
-
-    def function(self, buf, sl, depth: int) -> None:
-        name = domain = ""
-        nodes: list[tuple[int, int]] = []
-        for num, wt, val in _fields(buf, *sl):
-            if wt != 2:
-                continue
-            if num == 1:
-                name = _str(buf, val)
-            elif num == 10:
-                domain = _str(buf, val)
-            elif num == 7:
-                nodes.append(val)
-        self.functions.add((domain, name))
-        for val in nodes:
-            self.node(buf, val, f"function {domain}::{name}", depth + 1)
-
-    def node(self, buf, sl, where: str, depth: int) -> None:
-        op = domain = ""
-        for num, wt, val in _fields(buf, *sl):
-            if wt != 2:
-                continue
-            if num == 4:
-                op = _str(buf, val)
-            elif num == 7:
-                domain = _str(buf, val)
-            elif num == 5:
-                self.attribute(buf, val, f"{where}/{op or 'node'}", depth)
-        self.nodes.append((domain, op, where))
-
-    def attribute(self, buf, sl, where: str, depth: int) -> None:
-        for num, wt, val in _fields(buf, *sl):
-            if wt != 2:
-                continue
-            if num in (6, 11):  # g, graphs: If/Loop/Scan bodies
-                self.graph(buf, val, where, depth + 1)
-            elif num in (5, 10):  # t, tensors (Constant)
-                self.tensor(buf, val)
-            elif num in (22, 23):  # sparse_tensor, sparse_tensors
-                self.sparse(buf, val)
-
-    def sparse(self, buf, sl) -> None:
-        """A SparseTensorProto: its values (1) and indices (2) are TensorProtos."""
-        for num, wt, val in _fields(buf, *sl):
-            if num in (1, 2) and wt == 2:
-                self.tensor(buf, val)
-
-    def tensor(self, buf, sl) -> None:
-        name = ""
-        locations: list[str] = []
-        for num, wt, val in _fields(buf, *sl):
-            if wt != 2:
-                continue
-            if num == 8:
-                name = _str(buf, val)
-            elif num == 13:  # external_data: StringStringEntryProto key (1) / value (2)
-                key = value = ""
-                for knum, kwt, kval in _fields(buf, *val):
-                    if kwt == 2 and knum == 1:
-                        key = _str(buf, kval)
-                    elif kwt == 2 and knum == 2:
-                        value = _str(buf, kval)
-                if key == "location":
-                    locations.append(value)
-        self.locations += [(loc, name) for loc in locations]
-
-    def finish(self) -> None:
-        out = self.out
-        used: dict[str, set[str]] = {}
-        for domain, op, where in self.nodes:
-            key = f"{domain or 'ai.onnx'}::{op}"
-            used.setdefault(where if where.startswith("function") else "graph", set()).add(key)
-            if (domain, op) in self.functions:
-                continue  # a call of a function defined in the model: its nodes are checked
-            if f"{domain}::{op}" in _ONNX_DENIED:
-                out.findings.append(CodeFinding("onnx-custom-op", key, where,
-                                                f"{key} calls into PyTorch or a Python function when onnxruntime runs it"))
-            elif domain not in ONNX_DOMAINS:
-                out.findings.append(CodeFinding(
-                    "onnx-custom-op", key, where,
-                    f"op {op!r} of the custom domain {domain!r}: onnxruntime runs it only with a custom-op library "
-                    "registered (native code torchkeep cannot judge)"))
-        out.code.update({k: sorted(v) for k, v in used.items()})
-        # onnxruntime reads external data relative to the model path it was given (not its resolved target)
-        folder = self.path.absolute().parent
-        seen: set[str] = set()
-        for loc, tensor in self.locations:
-            if loc in seen:
-                continue
-            seen.add(loc)
-            why = external_data_problem(folder, loc)
-            if why:
-                out.findings.append(CodeFinding("onnx-external-data", loc, f"initializer {tensor}",
-                                                f"external data location {loc!r} {why}"))
-        if seen:
-            out.notes.append(f"ONNX external data read from: {', '.join(sorted(seen)[:5])}")

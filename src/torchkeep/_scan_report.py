@@ -17,7 +17,7 @@ from torchkeep._scan_rules import Severity
 from torchkeep._streams import Sink
 from torchkeep._version import __version__
 
-__all__ = ["RULES", "VERDICTS", "Finding", "ScanReport", "exit_code", "to_sarif"]
+__all__ = ["RULES", "VERDICTS", "CodeAnalysis", "CodeFinding", "Finding", "ScanReport", "exit_code", "to_sarif"]
 
 #: Verdicts from best to worst, with the CLI exit code each one gives (from :class:`Severity`).
 VERDICTS: dict[str, int] = {s.verdict: s.exit_code for s in Severity if s != Severity.WARNING}
@@ -188,6 +188,33 @@ class ScanReport:
                 for stream, c in self.calls
             ],
         }
+
+
+@dataclass(frozen=True)
+class CodeFinding:
+    """A reason the file's code is not allowed (turned into a :class:`Finding`)."""
+
+    rule: str
+    name: str  # the operator, class or member concerned
+    stream: str  # the archive member or ONNX part
+    why: str
+    severity: str = "dangerous"
+
+
+@dataclass
+class CodeAnalysis:
+    """What :func:`torchkeep._scan_code.analyse_code` found.
+
+    Attributes:
+        findings: the reasons the code is not allowed.
+        code: where code runs -> the operators it calls, sorted (``"__torch__.Net.forward": ["aten::conv2d",
+            ...]``; TorchScript methods run at ``torch.jit.load`` are marked ``(runs at load)``).
+        notes: facts worth knowing (methods that run at load, external data read).
+    """
+
+    findings: list[CodeFinding] = field(default_factory=list)
+    code: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 class _Collector:
