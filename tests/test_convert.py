@@ -109,14 +109,30 @@ def test_the_output_format_follows_the_suffix_or_convert_refuses(tmp_path, cli):
         with pytest.raises(UsageError, match=match):
             convert(src, tmp_path / name)
     with pytest.raises(UsageError, match=r"cannot write pt under a \.safetensors name"):
-        convert(src, tmp_path / "x.safetensors", format="pt")
+        convert(src, tmp_path / "x.safetensors", fmt="pt")
     with pytest.raises(UsageError, match=r"cannot write a \.onnx file|ONNX"):
-        convert(src, tmp_path / "x.onnx", format="safetensors")
+        convert(src, tmp_path / "x.onnx", fmt="safetensors")
     assert not list(tmp_path.glob("out*")) and not list(tmp_path.glob("x.*"))
     # each suffix writes what it says; --format names the format of a name without one
     for name, fmt in (("a.safetensors", "safetensors"), ("a.pth", "pt"), ("a.bin", "pt"), ("a.CKPT", "pt")):
         assert convert(src, tmp_path / name).format == fmt
-    assert convert(src, tmp_path / "weights", format="pt").format == "pt"
+    assert convert(src, tmp_path / "weights", fmt="pt").format == "pt"
     assert set(load_state_dict(tmp_path / "weights")) == set(EXPECTED)
     with safe_open(tmp_path / "a.safetensors", "pt") as f:
         assert set(f.keys()) == set(EXPECTED)
+
+
+def test_the_old_keyword_names_warn_and_still_work(tmp_path):
+    """convert(src, out, *, fmt=...) spells its parameters as export does; dst= and format= still work."""
+    src = state_dict_pt(tmp_path)
+    with pytest.warns(DeprecationWarning, match=r"convert\(dst=\.\.\.\) is deprecated.*convert\(out=") as rec:
+        res = convert(src, dst=tmp_path / "old.safetensors")
+    assert rec[0].filename == __file__  # the warning points at the caller's line
+    assert res.destination == str(tmp_path / "old.safetensors") and res.format == "safetensors"
+    with pytest.warns(DeprecationWarning, match=r"convert\(format=\.\.\.\) is deprecated.*convert\(fmt="):
+        assert convert(src, tmp_path / "weights", format="pt").format == "pt"
+    assert set(load_state_dict(tmp_path / "weights")) == set(EXPECTED)
+    with pytest.raises(UsageError, match=r"both out= and its old name dst="):
+        convert(src, tmp_path / "a.pt", dst=tmp_path / "b.pt")
+    with pytest.raises(UsageError, match="needs the output path"):
+        convert(src)

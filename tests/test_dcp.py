@@ -78,7 +78,7 @@ def test_convert_to_dcp_and_back_is_bit_exact(dcp_run, tmp_path):
     torchkeep.convert(tmp_path / "ckpt", tmp_path / "back.safetensors")
     assert _equal(load_file(tmp_path / "back.safetensors"), load_file(src))
     # converting again replaces the directory whole
-    torchkeep.convert(tmp_path / "back.safetensors", tmp_path / "ckpt", format="dcp")
+    torchkeep.convert(tmp_path / "back.safetensors", tmp_path / "ckpt", fmt="dcp")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 

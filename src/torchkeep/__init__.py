@@ -5,7 +5,7 @@ Flat verbs, each returning a dataclass::
     torchkeep.inspect(path)              -> Inspection      describe any model file (no code runs, no tensor bytes read)
     torchkeep.scan(path)                 -> ScanReport      safe / custom-code / dangerous, with findings
     torchkeep.load_state_dict(path)      -> dict[str, Tensor]   weights from any format, without running code
-    torchkeep.convert(src, dst)          -> ConvertResult   any file -> weights-only safetensors / .pt
+    torchkeep.convert(src, out)          -> ConvertResult   any file -> weights-only safetensors / .pt
     torchkeep.save(model, path, spec)    -> Path            a self-describing model file (safetensors + spec)
     torchkeep.load(path, device=...)     -> nn.Module       rebuilt from its spec, eval mode, no pickle
     torchkeep.read_spec(path)            -> ModelSpec | None  the spec alone (header only, no torch)

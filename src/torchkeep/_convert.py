@@ -1,4 +1,4 @@
-"""``torchkeep.convert(src, dst)``: any readable model file into a weights-only file that is safe forever.
+"""``torchkeep.convert(src, out)``: any readable model file into a weights-only file that is safe forever.
 
 The weights are read with :func:`torchkeep._load.read_weights` (scanned, no code runs) and written as
 safetensors (default) or a plain ``.pt`` state_dict. Values are kept bit for bit unless ``dtype`` asks
@@ -16,12 +16,14 @@ import os
 import shutil
 import struct
 import warnings
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torchkeep._atomic import atomic_path, dir_sides, swap_dir
+from torchkeep._compat import renamed_kwarg
 from torchkeep._detect import is_dcp_dir
 from torchkeep._dtypes import cast_dtype, safetensors_code, torch_dtype
 from torchkeep._keys import ALWAYS_WRAPPERS, wrapper_prefix
@@ -33,7 +35,6 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["ConvertResult", "convert", "file_sha256", "output_format", "strip_common_prefix", "write_safetensors"]
-
 
 
 @dataclass
@@ -81,38 +82,38 @@ _WRITES = (
 )
 
 
-def output_format(dst: Path, format: str | None = None) -> str:
-    """``"safetensors"``, ``"pt"`` or ``"dcp"``: from ``dst``'s suffix, or ``format`` (``dcp``: always given).
+def output_format(out: Path, fmt: str | None = None) -> str:
+    """``"safetensors"``, ``"pt"`` or ``"dcp"``: from ``out``'s suffix, or ``fmt`` (``dcp``: always given).
 
     Raises:
-        UsageError: the suffix names no format convert writes (``out.onnx``), or another one than ``format``.
+        UsageError: the suffix names no format convert writes (``out.onnx``), or another one than ``fmt``.
     """
-    if format is not None and format not in ("safetensors", "pt", "dcp"):
-        raise UsageError(f"unknown output format {format!r}; {_WRITES}", fix="use --format safetensors, pt or dcp")
-    if format == "dcp" or (format is None and is_dcp_dir(dst)):
-        if dst.exists() and not is_dcp_dir(dst) and (not dst.is_dir() or any(dst.iterdir())):
-            raise UsageError("a DCP checkpoint is a directory: this path holds something else", path=dst,
+    if fmt is not None and fmt not in ("safetensors", "pt", "dcp"):
+        raise UsageError(f"unknown output format {fmt!r}; {_WRITES}", fix="use --format safetensors, pt or dcp")
+    if fmt == "dcp" or (fmt is None and is_dcp_dir(out)):
+        if out.exists() and not is_dcp_dir(out) and (not out.is_dir() or any(out.iterdir())):
+            raise UsageError("a DCP checkpoint is a directory: this path holds something else", path=out,
                              fix="name a new or empty directory")
         return "dcp"
-    suffix = dst.suffix.lower()
+    suffix = out.suffix.lower()
     by_suffix = SUFFIXES.get(suffix)
     if suffix == ".onnx":
         raise UsageError(
             f"cannot write an ONNX file: {_WRITES}",
-            path=dst,
-            fix=f"torchkeep export MODEL --format onnx -o {dst.name} (MODEL: a model file; "
+            path=out,
+            fix=f"torchkeep export MODEL --format onnx -o {out.name} (MODEL: a model file; "
             "torchkeep adapt WEIGHTS --arch NAME -o MODEL makes one from weights)",
         )
-    if suffix in _OTHER_FORMATS or (format is None and by_suffix is None):
+    if suffix in _OTHER_FORMATS or (fmt is None and by_suffix is None):
         what = f"a {suffix} file" if suffix else "a file without a suffix"
         fix = "name the output .safetensors or .pt"
-        raise UsageError(f"cannot write {what}: {_WRITES}", path=dst,
+        raise UsageError(f"cannot write {what}: {_WRITES}", path=out,
                          fix=fix if suffix in _OTHER_FORMATS else f"{fix} (or pass --format)")
-    if format is not None and by_suffix not in (None, format):
-        raise UsageError(f"cannot write {format} under a {suffix} name", path=dst,
-                         fix=f"name the output {'.safetensors' if format == 'safetensors' else '.pt'}, "
+    if fmt is not None and by_suffix not in (None, fmt):
+        raise UsageError(f"cannot write {fmt} under a {suffix} name", path=out,
+                         fix=f"name the output {'.safetensors' if fmt == 'safetensors' else '.pt'}, "
                          "or leave out --format")
-    return format or by_suffix or "safetensors"
+    return fmt or by_suffix or "safetensors"
 
 
 def strip_common_prefix(names: list[str], strip_prefix: str | None) -> str | None:
@@ -198,35 +199,40 @@ def write_dcp_dir(path: Path, tensors: dict[str, torch.Tensor]) -> int:
 
 def convert(
     src: str | os.PathLike[str],
-    dst: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
     *,
     dtype: str | None = None,
     strip_prefix: str | None = "auto",
-    format: str | None = None,
+    fmt: str | None = None,
     trust: bool = False,
     key: str | None = None,
+    dst: str | os.PathLike[str] | None = None,
+    format: str | None = None,
 ) -> ConvertResult:
     """Convert any readable model file into weights-only safetensors or a ``.pt`` state_dict.
 
     Args:
         src: any file :func:`torchkeep.load_state_dict` reads (full pickled models included; no code runs).
-        dst: output path; its suffix picks the format: ``.safetensors``, or a ``.pt`` state_dict for
-            ``.pt``/``.pth``/``.bin``/``.ckpt``; any other suffix is refused unless ``format`` is given
+        out: output path; its suffix picks the format: ``.safetensors``, or a ``.pt`` state_dict for
+            ``.pt``/``.pth``/``.bin``/``.ckpt``; any other suffix is refused unless ``fmt`` is given
             (and a suffix of another format, such as ``.onnx``, is refused even then).
         dtype: ``fp16`` | ``bf16`` | ``fp32`` to cast floating-point tensors; None keeps every value bit for bit.
         strip_prefix: ``"auto"`` (strip ``module.`` / ``_orig_mod.`` when every key has it),
             ``"none"``, or an explicit prefix.
-        format: ``"safetensors"`` or ``"pt"``, for an output name whose suffix says neither.
+        fmt: ``"safetensors"``, ``"pt"`` or ``"dcp"``, for an output name whose suffix says neither.
         trust: see :func:`torchkeep.load_state_dict`.
         key: checkpoint entry holding the weights, if the automatic choice is wrong.
+        dst, format: the old names of ``out`` and ``fmt`` (they warn, ``DeprecationWarning``, and still work).
 
     Returns:
         A :class:`ConvertResult` (the source's sha256, kind and torchkeep version are also in the file).
     """
-    import torch
-
-    dst_path = Path(dst)
-    fmt = output_format(dst_path, format)
+    out = renamed_kwarg("dst", "out", dst, out, "convert")
+    fmt = renamed_kwarg("format", "fmt", format, fmt, "convert")
+    if out is None:
+        raise UsageError("convert() needs the output path", fix="torchkeep.convert(src, out)")
+    out_path = Path(out)
+    fmt = output_format(out_path, fmt)
     target = None
     if dtype is not None:
         name = cast_dtype(dtype)
@@ -234,33 +240,21 @@ def convert(
             raise UsageError(f"unknown dtype {dtype!r}", fix="use fp16, bf16 or fp32")
         target = torch_dtype(name)
     src_path = Path(src)
-    if dst_path.resolve() == src_path.resolve():
-        raise UsageError("the output would overwrite the input", path=dst_path, fix="choose another output path")
+    if out_path.resolve() == src_path.resolve():
+        raise UsageError("the output would overwrite the input", path=out_path, fix="choose another output path")
     # hashing releases the GIL: let it run beside the read instead of after it
     with ThreadPoolExecutor(max_workers=1) as pool:
         sha = pool.submit(file_sha256, src_path)
         lw = read_weights(src_path, trust=trust, key=key)
         source_sha256 = sha.result()
-    kind = lw.kind
-    names = list(lw.tensors)
-    prefix = strip_common_prefix(names, strip_prefix)
-    tensors: dict[str, torch.Tensor] = {}
-    cast = 0
-    for name, t in lw.tensors.items():
-        new = name[len(prefix):] if prefix and name.startswith(prefix) else name
-        if new in tensors:
-            raise UsageError(f"stripping {prefix!r} makes two tensors named {new!r}", path=src_path,
-                             fix="use --strip-prefix none")
-        if target is not None and t.is_floating_point() and t.dtype != target:
-            t = t.to(target)
-            cast += 1
-        tensors[new] = t
+    prefix = strip_common_prefix(list(lw.tensors), strip_prefix)
+    tensors, cast = _renamed_and_cast(lw.tensors, prefix, target, src_path)
     kept, aliases, copied = _dedupe(tensors)
     metadata = {
         "format": "pt",
         "torchkeep.version": __version__,
         "torchkeep.source_sha256": source_sha256,
-        "torchkeep.source_kind": kind,
+        "torchkeep.source_kind": lw.kind,
         "torchkeep.source_format": lw.format,
         "torchkeep.source_name": src_path.name,
     }
@@ -268,18 +262,43 @@ def convert(
         metadata["torchkeep.aliases"] = json.dumps(aliases)
     if "torchkeep.spec" in lw.metadata and not prefix:
         metadata["torchkeep.spec"] = lw.metadata["torchkeep.spec"]
-    if fmt == "dcp":
-        nbytes = write_dcp_dir(dst_path, tensors)
-    elif fmt == "safetensors":
-        nbytes = write_safetensors(dst_path, kept, metadata)
-    else:
-        out = {n: t.contiguous() if not t.is_contiguous() else t for n, t in tensors.items()}
-        with atomic_path(dst_path) as tmp:
-            torch.save(out, tmp)
-        nbytes = dst_path.stat().st_size
+    nbytes = _write(fmt, out_path, tensors, kept, metadata)
     return ConvertResult(
-        source=os.fspath(src_path), destination=os.fspath(dst_path), format=fmt, source_format=lw.format,
-        source_kind=kind, source_sha256=metadata["torchkeep.source_sha256"], tensors=len(tensors), bytes=nbytes,
+        source=os.fspath(src_path), destination=os.fspath(out_path), format=fmt, source_format=lw.format,
+        source_kind=lw.kind, source_sha256=source_sha256, tensors=len(tensors), bytes=nbytes,
         dtype=cast_dtype(dtype) if dtype else None, cast=cast, stripped_prefix=prefix, aliases=aliases,
         copied_views=copied, scan_verdict=lw.scan_verdict, metadata=metadata,
     )
+
+
+def _renamed_and_cast(tensors: Mapping[str, torch.Tensor], prefix: str | None, target: torch.dtype | None,
+                      src: Path) -> tuple[dict[str, torch.Tensor], int]:
+    """The tensors with ``prefix`` stripped from their names and floating-point ones cast to ``target``;
+    and how many were cast."""
+    out: dict[str, torch.Tensor] = {}
+    cast = 0
+    for name, t in tensors.items():
+        new = name[len(prefix):] if prefix and name.startswith(prefix) else name
+        if new in out:
+            raise UsageError(f"stripping {prefix!r} makes two tensors named {new!r}", path=src,
+                             fix="use --strip-prefix none")
+        if target is not None and t.is_floating_point() and t.dtype != target:
+            t = t.to(target)
+            cast += 1
+        out[new] = t
+    return out, cast
+
+
+def _write(fmt: str, out: Path, tensors: dict[str, torch.Tensor], kept: dict[str, torch.Tensor],
+           metadata: dict[str, str]) -> int:
+    """Write ``fmt`` at ``out`` (safetensors: ``kept``, each tied tensor once); returns the bytes written."""
+    import torch
+
+    if fmt == "dcp":
+        return write_dcp_dir(out, tensors)
+    if fmt == "safetensors":
+        return write_safetensors(out, kept, metadata)
+    contiguous = {n: t.contiguous() if not t.is_contiguous() else t for n, t in tensors.items()}
+    with atomic_path(out) as tmp:
+        torch.save(contiguous, tmp)
+    return out.stat().st_size

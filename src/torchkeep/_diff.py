@@ -297,22 +297,32 @@ def _verdict(
     if r.identical:
         return f"identical: {r.tensors_a} tensors, same keys, shapes, dtypes and values"
     if r.only_in_a or r.only_in_b:
-        prefix = _strip_wrapper(keys_a, keys_b)
-        if prefix is not None:
-            side = "A" if all(k.startswith(prefix) for k in keys_a) else "B"
-            return (
-                f"same tensors under a wrapper prefix: every key of {side} starts with '{prefix}' "
-                f"(DataParallel / torch.compile); compare after stripping it"
-            )
-        if not r.common:
-            return f"different models: no key in common ({r.tensors_a} tensors in A, {r.tensors_b} in B)"
-        base = (
-            f"different architectures: {len(r.only_in_a)} keys only in A, {len(r.only_in_b)} only in B, "
-            f"{r.common} in common"
+        return _keys_verdict(r, keys_a, keys_b)
+    return _layout_verdict(r) or _values_verdict(r, universe, differing)
+
+
+def _keys_verdict(r: DiffReport, keys_a: set[str], keys_b: set[str]) -> str:
+    """The models do not have the same keys: a wrapper prefix, another model, or another head."""
+    prefix = _strip_wrapper(keys_a, keys_b)
+    if prefix is not None:
+        side = "A" if all(k.startswith(prefix) for k in keys_a) else "B"
+        return (
+            f"same tensors under a wrapper prefix: every key of {side} starts with '{prefix}' "
+            f"(DataParallel / torch.compile); compare after stripping it"
         )
-        if r.head is not None:
-            return f"{base} — the modules before them match; the head differs ({_span(r.head)})"
-        return base
+    if not r.common:
+        return f"different models: no key in common ({r.tensors_a} tensors in A, {r.tensors_b} in B)"
+    base = (
+        f"different architectures: {len(r.only_in_a)} keys only in A, {len(r.only_in_b)} only in B, "
+        f"{r.common} in common"
+    )
+    if r.head is not None:
+        return f"{base} — the modules before them match; the head differs ({_span(r.head)})"
+    return base
+
+
+def _layout_verdict(r: DiffReport) -> str | None:
+    """Same keys, but tensors in another dtype only, or of another shape; None when neither."""
     shape_changes = [d for d in r.changed if d.kind == "shape"]
     dtype_changes = [d for d in r.changed if d.kind == "dtype"]
     values = [d for d in r.changed if d.kind == "values"]
@@ -323,7 +333,6 @@ def _verdict(
             f"same architecture and weights in another dtype ({', '.join(kinds)}), "
             f"{len(dtype_changes)} tensors, max abs difference {close:.3g}"
         )
-    n, total = len(r.changed), r.common
     if shape_changes:
         lead = f"same layer names, {len(shape_changes)} tensors changed shape"
         if r.head is not None:
@@ -331,6 +340,12 @@ def _verdict(
                 ", ".join(f"{d.name} {d.shape_a} → {d.shape_b}" for d in shape_changes[:2]) + ")"
             )
         return f"{lead}: " + ", ".join(f"{d.name} {d.shape_a} → {d.shape_b}" for d in shape_changes[:3])
+    return None
+
+
+def _values_verdict(r: DiffReport, universe: list[str], differing: set[str]) -> str:
+    """Same keys, shapes and dtypes: which values changed, and what that says of how the models relate."""
+    n, total = len(r.changed), r.common
     stats_only = all(_is_stat(d.name) for d in r.changed)
     if stats_only:
         return (

@@ -151,43 +151,11 @@ class InputContract:
             InputError: naming every fact that is still missing and the flag that gives it.
         """
         facts = _file_facts(det)
-        given_channels = (self.channels,) if self.channels is not None else None
-        for what, given, told in (("input size", self.input_size, facts.get("input_size")),
-                                  ("number of input channels", given_channels, facts.get("channels"))):
-            if det.format == "onnx" and given is not None and told is not None and tuple(given) != tuple(told):
-                raise UsageError(
-                    f"the ONNX model's {what} is fixed at {'x'.join(map(str, told))}; "
-                    f"{'x'.join(map(str, given))} cannot run",
-                    path=det.path,
-                    fix=f"drop the flag: the {what} comes from the file",
-                )
+        self._check_fixed(det, facts)
         channels = self.channels or (facts["channels"][0] if "channels" in facts else None)
         size = self.input_size or facts.get("input_size")
-        missing, flags = [], []
-        if size is None:
-            missing.append("the input size (--input-size N: images are resized to N x N)")
-            flags.append("--input-size 224")
-        if self.mean is None:
-            missing.append(
-                f"the normalisation (--mean/--std: ImageNet-trained models use --mean {IMAGENET_MEAN} --std "
-                f"{IMAGENET_STD}; none: --mean 0 --std 1)"
-            )
-            flags.append(f"--mean {IMAGENET_MEAN} --std {IMAGENET_STD}")
-        if missing:
-            told = [f"{facts['channels'][0]} input channels"] if "channels" in facts else []
-            if "input_size" in facts:
-                told.append("input size {}x{}".format(*facts["input_size"]))
-            if "outputs" in facts:
-                told.append(f"{facts['outputs']} outputs")
-            raise InputError(
-                f"is {_FORMAT_NAMES[det.format]} that torchkeep did not write: it does not say how an image "
-                f"becomes its input. Missing: {'; '.join(missing)}"
-                + (f" (the file itself gives: {', '.join(told)})" if told else ""),
-                path=det.path,
-                fix=f"pass {'them' if len(flags) > 1 else 'it'}, e.g. {' '.join(flags)}; name the outputs with "
-                "--classes FILE|a,b,c (else 'class N')"
-                + ("" if "channels" in facts else "; --channels 1|3|4 if not RGB"),
-            )
+        if size is None or self.mean is None:
+            raise _missing_facts(det, facts, size is None, self.mean is None)
         assert size is not None and self.mean is not None and self.std is not None
         n = int(channels or 3)
         pre = Preprocessing(resize=list(size), channels=channels_mode(n)).normalised(self.mean, self.std)
@@ -211,6 +179,47 @@ class InputContract:
                 notes=f"a {det.format} file torchkeep did not write; its input contract was given by the user",
             ),
         )
+
+    def _check_fixed(self, det: Detected, facts: dict[str, Any]) -> None:
+        """UsageError for a size or channel count an ONNX file fixes differently from the one given."""
+        given_channels = (self.channels,) if self.channels is not None else None
+        for what, given, told in (("input size", self.input_size, facts.get("input_size")),
+                                  ("number of input channels", given_channels, facts.get("channels"))):
+            if det.format == "onnx" and given is not None and told is not None and tuple(given) != tuple(told):
+                raise UsageError(
+                    f"the ONNX model's {what} is fixed at {'x'.join(map(str, told))}; "
+                    f"{'x'.join(map(str, given))} cannot run",
+                    path=det.path,
+                    fix=f"drop the flag: the {what} comes from the file",
+                )
+
+
+def _missing_facts(det: Detected, facts: dict[str, Any], no_size: bool, no_mean: bool) -> InputError:
+    """The error naming each fact a foreign export lacks, the flag that gives it, and what the file says."""
+    missing, flags = [], []
+    if no_size:
+        missing.append("the input size (--input-size N: images are resized to N x N)")
+        flags.append("--input-size 224")
+    if no_mean:
+        missing.append(
+            f"the normalisation (--mean/--std: ImageNet-trained models use --mean {IMAGENET_MEAN} --std "
+            f"{IMAGENET_STD}; none: --mean 0 --std 1)"
+        )
+        flags.append(f"--mean {IMAGENET_MEAN} --std {IMAGENET_STD}")
+    told = [f"{facts['channels'][0]} input channels"] if "channels" in facts else []
+    if "input_size" in facts:
+        told.append("input size {}x{}".format(*facts["input_size"]))
+    if "outputs" in facts:
+        told.append(f"{facts['outputs']} outputs")
+    return InputError(
+        f"is {_FORMAT_NAMES[det.format]} that torchkeep did not write: it does not say how an image "
+        f"becomes its input. Missing: {'; '.join(missing)}"
+        + (f" (the file itself gives: {', '.join(told)})" if told else ""),
+        path=det.path,
+        fix=f"pass {'them' if len(flags) > 1 else 'it'}, e.g. {' '.join(flags)}; name the outputs with "
+        "--classes FILE|a,b,c (else 'class N')"
+        + ("" if "channels" in facts else "; --channels 1|3|4 if not RGB"),
+    )
 
 
 _FORMAT_NAMES = {"torchscript": "a TorchScript file", "onnx": "an ONNX model"}

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from torchkeep._inputs import IMAGE_SUFFIXES, InputItem, collect_inputs
 from torchkeep._modelpath import InputContract
-from torchkeep._runtime import BACKENDS, Runner, prepare
+from torchkeep._runners import Runner
+from torchkeep._runtime import BACKENDS, prepare
 from torchkeep.errors import InputError, UsageError
 
 if TYPE_CHECKING:

@@ -20,27 +20,48 @@ def _keys(names: list[str]) -> str:
     return ", ".join(shown[:MAX_KEYS]) + (f", … ({len(names)} tensors)" if len(shown) > MAX_KEYS else "")
 
 
-def _human(r) -> None:
+def _print_match(con, r) -> None:
+    """How the named architecture matched, and the input it takes."""
+    from rich.markup import escape
+
+    what = ("exact: every tensor's name and shape explained" if r.match == "exact"
+            else f"close: {r.differences} difference(s)")
+    con.print(f"  match       {what} ({r.tensors} tensors, {', '.join(r.dtypes)}); confidence {r.confidence:.2f}")
+    extra = []
+    if r.in_channels is not None:
+        extra.append(f"{r.in_channels} input channel(s)")
+    if r.input_size:
+        extra.append(f"input {r.input_size[0]}x{r.input_size[1]}")
+    if r.arch_kwargs:
+        extra.append(", ".join(f"{k}={v!r}" for k, v in r.arch_kwargs.items()))
+    if extra:
+        con.print(f"  input       {escape('; '.join(extra))}")
+
+
+def _candidates_table(candidates):
     from rich.markup import escape
     from rich.table import Table
+
+    table = Table(title="candidates", title_justify="left")
+    for col in ("architecture", "classes", "match", "differences", "confidence"):
+        table.add_column(col, justify="right" if col in ("classes", "differences", "confidence") else "left")
+    for c in candidates:
+        name = c.architecture + (f" ({', '.join(f'{k}={v!r}' for k, v in c.arch_kwargs.items())})"
+                                 if c.arch_kwargs else "")
+        table.add_row(escape(name), str(c.num_classes if c.num_classes is not None else "?"), c.match,
+                      str(c.differences), f"{c.confidence:.2f}")
+    return table
+
+
+def _human(r) -> None:
+    from rich.markup import escape
 
     con = console()
     con.print(f"[bold]{escape(r.path or '<state_dict>')}[/bold]")
     style = "green" if r.match == "exact" and r.architecture else ("yellow" if r.architecture else "red")
     con.print(f"  looks like  [{style}]{escape(r.summary())}[/{style}]")
     if r.architecture:
-        what = ("exact: every tensor's name and shape explained" if r.match == "exact"
-                else f"close: {r.differences} difference(s)")
-        con.print(f"  match       {what} ({r.tensors} tensors, {', '.join(r.dtypes)}); confidence {r.confidence:.2f}")
-        extra = []
-        if r.in_channels is not None:
-            extra.append(f"{r.in_channels} input channel(s)")
-        if r.input_size:
-            extra.append(f"input {r.input_size[0]}x{r.input_size[1]}")
-        if r.arch_kwargs:
-            extra.append(", ".join(f"{k}={v!r}" for k, v in r.arch_kwargs.items()))
-        if extra:
-            con.print(f"  input       {escape('; '.join(extra))}")
+        _print_match(con, r)
     where = []
     if r.weights_location:
         where.append(f"in {r.weights_location!r}")
@@ -63,15 +84,7 @@ def _human(r) -> None:
         else:
             con.print(f"  next        {adapt}  (loads what fits; the report lists the rest)")
     if r.candidates:
-        table = Table(title="candidates", title_justify="left")
-        for col in ("architecture", "classes", "match", "differences", "confidence"):
-            table.add_column(col, justify="right" if col in ("classes", "differences", "confidence") else "left")
-        for c in r.candidates:
-            name = c.architecture + (f" ({', '.join(f'{k}={v!r}' for k, v in c.arch_kwargs.items())})"
-                                     if c.arch_kwargs else "")
-            table.add_row(escape(name), str(c.num_classes if c.num_classes is not None else "?"), c.match,
-                          str(c.differences), f"{c.confidence:.2f}")
-        con.print(table)
+        con.print(_candidates_table(r.candidates))
     if r.layers:
         con.print("[bold]layers[/bold] (what the weights determine)")
         for ly in r.layers:

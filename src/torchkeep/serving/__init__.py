@@ -19,9 +19,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         fix="pip install 'torchkeep[serve]'",
     ) from None
 
-from torchkeep.serving._app import ServeError, ServingState, create_app
+from torchkeep.serving._app import create_app
 from torchkeep.serving._model import BackendTrial, ServedModel, parse_model_args
 from torchkeep.serving._server import Server, ServeResult, run, serve
+from torchkeep.serving._state import ServeError, ServingState
 
 __all__ = [
     "BackendTrial",

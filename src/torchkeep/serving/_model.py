@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 from torchkeep._convert import file_sha256
 from torchkeep._detect import detect
-from torchkeep._export import parity, sample_inputs
+from torchkeep._parity import parity, sample_inputs
 from torchkeep._predict import ClassScore
 from torchkeep._preprocess import load_image, transform_for
-from torchkeep._runtime import BACKENDS, EagerRunner, Runner, prepare
+from torchkeep._runners import EagerRunner, Runner
+from torchkeep._runtime import BACKENDS, prepare
 from torchkeep.errors import UsageError
 
 if TYPE_CHECKING:

@@ -148,41 +148,9 @@ def parse_request(
                 raise OipError("bad binary data", f"input {name!r}: binary_data_size {size!r} does not fit the body")
             raw, offset = binary[offset : offset + size], offset + size
         if name == IMAGE_INPUT:
-            if datatype != "BYTES":
-                raise OipError("bad datatype", f"input 'image' is BYTES (encoded image files), not {datatype!r}")
-            if raw is not None:
-                images = _bytes_elements(raw, name)
-            else:
-                data = spec.get("data")
-                if not isinstance(data, list):
-                    raise OipError("no data", "input 'image' needs \"data\" (base64 strings) or binary data")
-                images = [_decode_b64(v, name, k) for k, v in enumerate(_flatten(data))]
-            if len(shape) != 1 or shape[0] != len(images):
-                raise OipError("bad shape", f"input 'image' has {len(images)} elements; its shape says {shape}")
+            images = _image_input(spec, datatype, shape, raw)
         elif name == TENSOR_INPUT:
-            if datatype != "FP32":
-                raise OipError("bad datatype", f"input 'input' is FP32, not {datatype!r}")
-            want = [-1, *input_shape]
-            if len(shape) != 4 or shape[1:] != input_shape:
-                raise OipError("bad shape", f"input 'input' must have shape {want} (N, C, H, W), not {shape}")
-            count = math.prod(shape)
-            if raw is not None:
-                if len(raw) != 4 * count:
-                    raise OipError("bad binary data", f"input 'input': {len(raw)} bytes for {count} FP32 values")
-                arr = np.frombuffer(raw, dtype="<f4")
-            else:
-                data = spec.get("data")
-                if not isinstance(data, list):
-                    raise OipError("no data", "input 'input' needs \"data\" (numbers) or binary data")
-                try:
-                    arr = np.asarray(_flatten(data), dtype=np.float32)
-                except (TypeError, ValueError):
-                    raise OipError("bad data", "input 'input': data must be numbers") from None
-                if arr.size != count:
-                    raise OipError("bad data", f"input 'input': {arr.size} values for shape {shape}")
-            if not np.isfinite(arr).all():
-                raise OipError("bad data", "input 'input' holds NaN or infinite values")
-            tensor = arr.reshape(shape).astype(np.float32, copy=True)
+            tensor = _tensor_input(spec, datatype, shape, raw, input_shape)
         else:
             raise OipError("unknown input", f"input {name!r}: this model takes 'image' (BYTES) or 'input' (FP32)")
     if (images is None) == (tensor is None):
@@ -195,6 +163,51 @@ def parse_request(
     outputs, binary_outputs = _requested_outputs(doc)
     rid = doc.get("id")
     return OipRequest(str(rid) if rid is not None else None, images, tensor, outputs, binary_outputs)
+
+
+def _image_input(spec: dict[str, Any], datatype: Any, shape: list[int], raw: bytes | None) -> list[bytes]:
+    """The encoded image files of input ``image`` (BYTES ``[N]``): binary data or base64 strings."""
+    name = IMAGE_INPUT
+    if datatype != "BYTES":
+        raise OipError("bad datatype", f"input 'image' is BYTES (encoded image files), not {datatype!r}")
+    if raw is not None:
+        images = _bytes_elements(raw, name)
+    else:
+        data = spec.get("data")
+        if not isinstance(data, list):
+            raise OipError("no data", "input 'image' needs \"data\" (base64 strings) or binary data")
+        images = [_decode_b64(v, name, k) for k, v in enumerate(_flatten(data))]
+    if len(shape) != 1 or shape[0] != len(images):
+        raise OipError("bad shape", f"input 'image' has {len(images)} elements; its shape says {shape}")
+    return images
+
+
+def _tensor_input(spec: dict[str, Any], datatype: Any, shape: list[int], raw: bytes | None,
+                  input_shape: list[int]) -> np.ndarray:
+    """The preprocessed batch of input ``input`` (FP32 ``[N, C, H, W]``): binary data or numbers, all finite."""
+    if datatype != "FP32":
+        raise OipError("bad datatype", f"input 'input' is FP32, not {datatype!r}")
+    want = [-1, *input_shape]
+    if len(shape) != 4 or shape[1:] != input_shape:
+        raise OipError("bad shape", f"input 'input' must have shape {want} (N, C, H, W), not {shape}")
+    count = math.prod(shape)
+    if raw is not None:
+        if len(raw) != 4 * count:
+            raise OipError("bad binary data", f"input 'input': {len(raw)} bytes for {count} FP32 values")
+        arr = np.frombuffer(raw, dtype="<f4")
+    else:
+        data = spec.get("data")
+        if not isinstance(data, list):
+            raise OipError("no data", "input 'input' needs \"data\" (numbers) or binary data")
+        try:
+            arr = np.asarray(_flatten(data), dtype=np.float32)
+        except (TypeError, ValueError):
+            raise OipError("bad data", "input 'input': data must be numbers") from None
+        if arr.size != count:
+            raise OipError("bad data", f"input 'input': {arr.size} values for shape {shape}")
+    if not np.isfinite(arr).all():
+        raise OipError("bad data", "input 'input' holds NaN or infinite values")
+    return arr.reshape(shape).astype(np.float32, copy=True)
 
 
 def _flatten(data: list[Any]) -> list[Any]:
