@@ -129,13 +129,9 @@ def _zip64_extra(extra: bytes, wants: tuple[bool, bool, bool]) -> tuple[list[int
     return values, None
 
 
-def read_central_directory(fh: IO[bytes], size: int) -> list[ZipEntry]:
-    """Every entry of the archive in ``fh`` (``size`` bytes), as ``mz_zip_reader_init`` reads them.
-
-    Raises:
-        ZipDirError: miniz refuses the archive (``torch.load`` fails with "PytorchStreamReader failed
-            reading zip archive"); the message names the reason.
-    """
+def _directory_extent(fh: IO[bytes], size: int) -> tuple[int, int, int, int]:
+    """The central directory's entry count, disk number, size and offset, from the end-of-directory record
+    (and the ZIP64 one its locator points at), checked as ``mz_zip_reader_read_central_dir`` checks them."""
     eocd_at = _find_eocd(fh, size)
     eocd = _read_at(fh, eocd_at, _EOCD_SIZE)
     if len(eocd) != _EOCD_SIZE or _le(eocd, 0, 4) != _EOCD_SIG:
@@ -177,6 +173,17 @@ def read_central_directory(fh: IO[bytes], size: int) -> list[ZipEntry]:
         raise ZipDirError("invalid header or archive is corrupted (directory smaller than its entries)")
     if cdir_ofs + cdir_size > size:
         raise ZipDirError("invalid header or archive is corrupted (directory past the end of the file)")
+    return total, this_disk, cdir_size, cdir_ofs
+
+
+def read_central_directory(fh: IO[bytes], size: int) -> list[ZipEntry]:
+    """Every entry of the archive in ``fh`` (``size`` bytes), as ``mz_zip_reader_init`` reads them.
+
+    Raises:
+        ZipDirError: miniz refuses the archive (``torch.load`` fails with "PytorchStreamReader failed
+            reading zip archive"); the message names the reason.
+    """
+    total, this_disk, cdir_size, cdir_ofs = _directory_extent(fh, size)
     if not total:
         return []
     cdir = _read_at(fh, cdir_ofs, cdir_size)
