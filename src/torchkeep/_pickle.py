@@ -207,7 +207,10 @@ class _BoundedReader:
     """File wrapper whose reads never ask for more than what is left in the file.
 
     The unpickler passes lengths taken from the pickle itself to ``read``; a buffered file would
-    allocate that many bytes first, so a forged length could claim terabytes.
+    allocate that many bytes first, so a forged length could claim terabytes. (Not a
+    :class:`torchkeep._region.Region`: this one keeps the file's ``peek()``, so the C unpickler reads the stream
+    as ``pickle.load(open(...))`` and torch's legacy loader do, across a FRAME's end, and leaves the file
+    positioned right after the pickle, where the next one of a legacy file starts.)
     """
 
     def __init__(self, fh: Any):
