@@ -52,19 +52,16 @@ from torchkeep.training._layout import (
     BEST,
     CHECKPOINT,
     CONFIG,
-    CONFUSION_PNG,
-    CURVES_PNG,
     DCP_DIR,
     LAST,
     METRICS_CSV,
     TENSORBOARD,
     clean_stale_temp,
 )
-from torchkeep.training._plots import plot_confusion, plot_curves
 from torchkeep.training._progress import EPOCH_END, RUN_END, report
 from torchkeep.training._resume import open_resume, restore
 from torchkeep.training._run import Data, Run
-from torchkeep.training._saving import save_interrupted, write_metrics
+from torchkeep.training._saving import save_interrupted, write_metrics, write_plots
 from torchkeep.training._schedule import Segment
 from torchkeep.training._tensorboard import TensorBoard
 from torchkeep.training._writer import FileWriter
@@ -441,24 +438,9 @@ def _epochs(run: Run, writer: TensorBoard | None) -> _Pace:
     return pace
 
 
-def _plots(run: Run) -> tuple[Path | None, Path | None]:
-    """curves.png and confusion.png (the best epoch's validation), rank 0."""
-    cfg, st = run.cfg, run.state
-    if not (cfg.plots and st.history and run.d.main):
-        return None, None
-    title = f"{cfg.arch} on {cfg.data}"
-    curves = plot_curves(st.history, run.dir / CURVES_PNG, title=title)
-    confusion = None
-    if st.best_cm is not None:
-        confusion = plot_confusion(
-            st.best_cm, run.classes, run.dir / CONFUSION_PNG, title=f"{title}: validation, best epoch {st.best_epoch}"
-        )
-    return curves, confusion
-
-
 def _result(run: Run, pace: _Pace, t_start: float) -> TrainResult:
     cfg, st, run_dir = run.cfg, run.state, run.dir
-    curves, confusion = _plots(run)
+    curves, confusion = write_plots(run)
     skipped = len(run.data.source.skipped)
     return TrainResult(
         run_dir=run_dir,

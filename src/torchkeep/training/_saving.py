@@ -1,4 +1,4 @@
-"""What an epoch leaves on disk, in the order that makes a kill at any instant safe: TensorBoard and the model
+"""What an epoch leaves on disk (and, at the end, the plots), in the order that makes a kill at any instant safe: TensorBoard and the model
 files (``best``, top-k, ``last``) first, the resume checkpoint last (it is what resume trusts), then
 ``metrics.csv`` (rebuilt whole from the history, so it always matches the checkpoint).
 
@@ -20,12 +20,14 @@ from torchkeep._modelfile import save
 from torchkeep.errors import TorchkeepError
 from torchkeep.training._checkpoint import capture_rng, write_checkpoint, write_dcp, write_error
 from torchkeep.training._distributed import barrier
-from torchkeep.training._layout import BEST, CHECKPOINT, DCP_DIR, LAST, METRICS_CSV
-from torchkeep.training._plots import write_metrics_csv
+from torchkeep.training._layout import BEST, CHECKPOINT, CONFUSION_PNG, CURVES_PNG, DCP_DIR, LAST, METRICS_CSV
+from torchkeep.training._plots import plot_confusion, plot_curves, write_metrics_csv
 from torchkeep.training._run import Run
 from torchkeep.training._schedule import to_checkpoint
 
-__all__ = ["save_checkpoint", "save_epoch", "save_interrupted", "save_mid_epoch", "save_model", "write_metrics"]
+__all__ = [
+    "save_checkpoint", "save_epoch", "save_interrupted", "save_mid_epoch", "save_model", "write_metrics", "write_plots",
+]
 
 
 def _payload(run: Run, tensors: bool = True) -> dict[str, Any]:
@@ -145,3 +147,18 @@ def save_interrupted(run: Run) -> None:
     save_checkpoint(run)
     run.files.wait()
     write_metrics(run)
+
+
+def write_plots(run: Run) -> tuple[Path | None, Path | None]:
+    """curves.png and confusion.png (the best epoch's validation) at the end of the run, rank 0."""
+    cfg, st = run.cfg, run.state
+    if not (cfg.plots and st.history and run.d.main):
+        return None, None
+    title = f"{cfg.arch} on {cfg.data}"
+    curves = plot_curves(st.history, run.dir / CURVES_PNG, title=title)
+    confusion = None
+    if st.best_cm is not None:
+        confusion = plot_confusion(
+            st.best_cm, run.classes, run.dir / CONFUSION_PNG, title=f"{title}: validation, best epoch {st.best_epoch}"
+        )
+    return curves, confusion
