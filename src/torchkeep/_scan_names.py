@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.machinery import PathFinder
 
-__all__ = ["Definition", "definitions", "importable", "is_class"]
+__all__ = ["Definition", "definitions", "importable", "is_class", "module_shaped"]
 
 _MAX_DEPTH = 8  # re-export chains longer than this are not followed (reported as unknown)
 _MAX_SOURCE = 4 << 20  # modules larger than this are not parsed
@@ -42,6 +42,12 @@ class Definition:
     kind: str
     how: str = ""  # for a re-export: the chain followed, e.g. "from torch.fx.graph_module import GraphModule"
     what: str = ""  # for "defined": "class" or "function" ("" when not known: a module without source)
+
+
+def module_shaped(module: str) -> bool:
+    """Whether ``module`` is a name an import can find at all (dotted identifiers), installed here or not: a
+    module beside the file or in the loader's environment may be. ``lass Net(Module):`` read from text is not."""
+    return all(part.isidentifier() for part in module.split("."))
 
 
 @functools.lru_cache(maxsize=4096)

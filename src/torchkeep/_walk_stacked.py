@@ -20,6 +20,7 @@ from typing import IO
 
 from torchkeep._pickle_vm import RawFinding, StreamResult, analyze
 from torchkeep._region import Region
+from torchkeep._scan_names import module_shaped
 
 __all__ = ["MAX_DEPTH", "MAX_STACKED", "PROBE", "Sink", "StackedWalker", "analyze_start"]
 
@@ -161,8 +162,9 @@ def _only_padding(fh: IO[bytes], start: int, end: int, pad: bytes = b" \t\r\n\x0
     return True
 
 
-def _importable(module: str) -> bool:
-    return all(part.isidentifier() for part in module.split("."))
+def _names_a_module(res: StreamResult) -> bool:
+    """Does the stream name a global of a module an import can find (:func:`torchkeep._scan_names.module_shaped`)?"""
+    return any(module_shaped(m) for m, _ in res.imports) or any(f.module and module_shaped(f.module) for f in res.findings)
 
 
 def _can_run_code(res: StreamResult) -> bool:
@@ -170,8 +172,7 @@ def _can_run_code(res: StreamResult) -> bool:
     names none cannot (text such as TorchScript source "names" modules like ``lass Net(Module):`` that no
     import finds; EXT opcodes import only what the copyreg registry holds). A stream that stops short
     must also have a dangerous finding: a loader runs its opcodes only up to where it fails."""
-    importable = any(_importable(m) for m, _ in res.imports) or any(f.module and _importable(f.module) for f in res.findings)
-    return importable and (res.end is not None or any(f.severity == "dangerous" for f in res.findings))
+    return _names_a_module(res) and (res.end is not None or any(f.severity == "dangerous" for f in res.findings))
 
 
 class StackedWalker:

@@ -17,7 +17,7 @@ from typing import IO
 
 from torchkeep._pickle_vm import StreamResult, concrete
 from torchkeep._walk_legacy import _LEGACY_MAGIC, LegacyWalker, _element_size, _items
-from torchkeep._walk_stacked import _analyze_region, _importable, _only_padding, analyze_start
+from torchkeep._walk_stacked import _analyze_region, _names_a_module, _only_padding, analyze_start
 
 __all__ = ["opens_as_tar", "walk_tar"]
 
@@ -126,7 +126,7 @@ def _tar_start_pickle(walker: LegacyWalker, fh: IO[bytes], size: int, place: str
     ``sys_info`` is no pickle that names anything (a ``GLOBAL`` argument runs into the header's NUL bytes)."""
     label = f"{place} read as a pickle from byte 0 (torch.load's fallback)"
     head = analyze_start(fh, size)
-    names = any(_importable(m) for m, _ in head.imports) or any(f.module and _importable(f.module) for f in head.findings)
+    names = _names_a_module(head)
     if head.end is not None and concrete(head.value) == _LEGACY_MAGIC:
         walker.legacy(fh, size, label)
     elif names or head.end is not None or head.ends_somewhere:
