@@ -45,8 +45,8 @@ def corrupt_file_errors(path: str | os.PathLike[str]) -> Iterator[None]:
         ) from None
 
 __all__ = [
-    "DCP_METADATA", "FORMATS", "MAX_SAFETENSORS_HEADER", "Detected", "check_readable", "describe_bytes", "detect",
-    "is_dcp_dir",
+    "DCP_METADATA", "FLATBUFFER_ID", "FORMATS", "MAX_SAFETENSORS_HEADER", "Detected", "check_readable", "describe_bytes",
+    "detect", "is_dcp_dir", "is_flatbuffer_module",
     "looks_like_safetensors", "read_safetensors_json",
 ]
 
@@ -80,6 +80,15 @@ LEGACY_MAGIC_LONG1 = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # LONG
 LEGACY_MAGIC_TEXT = b"L119547037146038801333356L"  # the same number, protocol 0/1
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+#: torch.jit.load (and torch.load, for a zip it hands to torch.jit.load) reads any buffer with this identifier at
+#: bytes 4..8 as a TorchScript flatbuffer module, before it looks for a zip (getFileFormat in
+#: torch/csrc/jit/mobile/file_format.h); its methods are compiled and run. torchkeep reads no flatbuffer module.
+FLATBUFFER_ID = b"PTMF"
+
+
+def is_flatbuffer_module(head: bytes) -> bool:
+    """Would torch.jit.load read these first bytes of a file as a TorchScript flatbuffer module?"""
+    return head[4:8] == FLATBUFFER_ID
 
 
 @dataclass(frozen=True)
@@ -282,6 +291,13 @@ def detect(path: str | os.PathLike[str]) -> Detected:
     except OSError as exc:
         raise InputError(f"cannot read the file ({exc.strerror})", path=p) from None
 
+    if is_flatbuffer_module(head):  # first, as torch.jit.load decides: a zip or pickle with this id is one too
+        raise UnknownFormatError(
+            "is a TorchScript flatbuffer (mobile) module: torch.jit.load runs its code, and torchkeep does not read "
+            "this format",
+            path=p,
+            fix="load it only if you trust its source; re-save it with torch.jit.save (zip) to inspect and scan it",
+        )
     if head.startswith(ZIP_MAGICS):
         return _zip_format(p, size)
     if head.startswith(NPY_MAGIC):

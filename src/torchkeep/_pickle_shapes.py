@@ -162,6 +162,11 @@ def _shape_ok(shape: str, x: Any) -> str | None:
     if shape == "tensors":
         ok = type(x) in (list, tuple) and all(isinstance(t, Value) and t.kind == "tensor" for t in x)
         return None if ok else f"expected tensors, got {_describe(x)}"
+    if shape == "sparse-parts":  # torch 2.x: (indices, values, size[, is_coalesced]) or (cidx, pidx, values, size)
+        tensors = [t for t in x if isinstance(t, Value) and t.kind == "tensor"] if type(x) is tuple else []
+        ok = (type(x) is tuple and len(x) in (3, 4) and len(tensors) in (2, 3) and _is_ints(x[len(tensors)])
+              and all(t is None or type(t) is bool for t in x[len(tensors) + 1:]))
+        return None if ok else f"expected a sparse tensor's parts, got {_describe(x)}"
     if shape == "hooks":
         empty = x is None or (type(x) in (dict, OrderedDict) and not x)
         return None if empty else f"backward hooks that would run code ({_describe(x)})"

@@ -28,12 +28,13 @@ from pathlib import Path
 
 from torchkeep._dcp import METADATA as DCP_METADATA
 from torchkeep._dcp import DcpTransformError, is_metadata_name, read_chunk, read_dcp
-from torchkeep._detect import detect, is_dcp_dir
+from torchkeep._detect import detect, is_dcp_dir, is_flatbuffer_module
 from torchkeep._scan_code import analyse_code
 from torchkeep._scan_compressed import _WEAK_MAGIC, _compression, _detects, _scan_compressed
 from torchkeep._scan_names import importable, module_shaped
 from torchkeep._scan_report import RULES, VERDICTS, Finding, ScanReport, _Collector, exit_code, to_sarif
 from torchkeep._streams import analyze_start, walk_file
+from torchkeep._walk_zip import FLATBUFFER_WHY
 from torchkeep.errors import InputError, UnknownFormatError
 
 __all__ = [
@@ -75,6 +76,11 @@ def _parses_as_pickle(path: Path, *, to_stop: bool = False) -> bool:
     named = [module for module, _ in res.imports]
     return res.end is not None or res.ends_somewhere or res.opcodes >= 256 or any(map(importable, named)) or (
         bool(res.calls) and any(map(module_shaped, named)))
+
+
+def _is_flatbuffer_file(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return is_flatbuffer_module(fh.read(8))
 
 
 def scan(path: str | os.PathLike[str]) -> ScanReport:
@@ -193,6 +199,9 @@ def _scan_file(path: str | os.PathLike[str]) -> ScanReport:
         # with "x"), or a file of another format only starts like a compressed stream (a safetensors header
         # length of 120 is an "x"): read as what it is; whatever the inflated bytes named stays in the report.
     not_a_model: str | None = None  # what inspect says of a file that is no model format
+    flatbuffer = p.is_file() and _is_flatbuffer_file(p)
+    if flatbuffer:
+        col.add(Finding("dangerous", "", "", "file", 0, FLATBUFFER_WHY, "torchscript-flatbuffer"))
     try:
         fmt = detect(p).format
     except UnknownFormatError as exc:
@@ -203,6 +212,8 @@ def _scan_file(path: str | os.PathLike[str]) -> ScanReport:
             fmt = "tar"  # torch.load still reads the pre-0.1.10 tar format
         elif _parses_as_pickle(p):
             fmt = "pickle"
+        elif flatbuffer:
+            fmt = "torchscript-flatbuffer"
         else:
             rep = col.report(str(path), None, error=str(exc))
             rep.unknown_format = True
@@ -277,7 +288,7 @@ def iter_files(paths: Iterable[str | os.PathLike[str]], recursive: bool = False)
     for path in paths:
         p = Path(path)
         if p.is_dir() and not is_dcp_dir(p):
-            children = p.rglob("*") if recursive else p.iterdir()
+            children = _walk_dir(p) if recursive else p.iterdir()
             dcp_dirs: list[Path] = []  # a DCP checkpoint is one item, its files are not scanned apart
             for c in sorted(children):
                 if any(d in c.parents for d in dcp_dirs):
@@ -289,6 +300,20 @@ def iter_files(paths: Iterable[str | os.PathLike[str]], recursive: bool = False)
                     yield c
         else:
             yield p
+
+
+def _walk_dir(top: Path) -> Iterator[Path]:
+    """Everything under ``top``, symlinked folders followed (a loader opens ``sub/model.pkl`` through the link;
+    Path.rglob does not descend into them before Python 3.13), each real folder once (links in a loop end)."""
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(top, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        for name in dirs + files:
+            yield Path(root) / name
 
 
 def scan_paths(paths: Iterable[str | os.PathLike[str]], recursive: bool = False) -> list[ScanReport]:

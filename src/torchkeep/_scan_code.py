@@ -42,6 +42,7 @@ import ast
 import io
 import os
 import re
+import time
 import tokenize
 import zipfile
 from collections.abc import Iterable
@@ -101,7 +102,13 @@ _BUILTINS = frozenset(
      "ord", "chr", "bin", "pow", "complex", "range", "zip", "enumerate", "rangelist", "sorted", "fork", "wait",
      "annotate", "unchecked_cast", "uninitialized", "AssertionError"}
 )
-_CODE_LIMIT = 64 << 20  # bytes of TorchScript source read per archive; more is a finding
+# What judging TorchScript source may cost: parsing is linear but heavy (an AST of 8 MiB of one-line statements took
+# 2.5 GB and 2 minutes, red-team round 10), so the work is bounded per member, per archive and in time; past any
+# bound the code is not judged (a finding: not safe). torch.jit.save writes one member per class; the biggest
+# seen in real models are far below a MiB.
+_CODE_LIMIT = 32 << 20  # bytes of TorchScript source read per archive
+_MEMBER_LIMIT = 4 << 20  # bytes of one source member
+_CODE_SECONDS = 30.0  # time spent judging the code of one archive
 _CODE_MEMBER = re.compile(r"(?:^|/)code/.*\.py\Z", re.S)
 _PRINTABLE = re.compile(r"[^\n\x20-\x7e]")
 _PLAIN_STRING = re.compile(r"""\A(?:"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')\Z""", re.S)
@@ -168,20 +175,25 @@ def _torchscript(p: Path, out: CodeAnalysis) -> None:
         # torch's reader (miniz) looks names up ignoring ASCII case: archive/CODE/__torch__.PY is code too
         members = [i for i in zf.infolist() if _CODE_MEMBER.search(i.filename.lower())]
         budget = _CODE_LIMIT
+        deadline = time.monotonic() + _CODE_SECONDS
         methods = 0
         load_time: list[str] = []
         for info in members:
             name = info.filename
             try:
                 with zf.open(info) as fh:
-                    data = fh.read(budget + 1)
+                    data = fh.read(min(budget, _MEMBER_LIMIT) + 1)
             except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as exc:
                 out.findings.append(CodeFinding("torchscript-unparsed", name, name,
                                                 f"TorchScript code that cannot be read ({exc}): cannot judge what it runs"))
                 continue
-            if len(data) > budget:
+            too_much = (f"more than {_MEMBER_LIMIT >> 20} MiB of TorchScript code in one member" if len(data) > _MEMBER_LIMIT
+                        else f"more than {_CODE_LIMIT >> 20} MiB of TorchScript code" if len(data) > budget
+                        else f"judging the code took more than {_CODE_SECONDS:.0f} s" if time.monotonic() > deadline
+                        else None)  # fmt: skip
+            if too_much:
                 out.findings.append(CodeFinding("torchscript-unparsed", name, name,
-                                                f"more than {_CODE_LIMIT >> 20} MiB of TorchScript code: not analysed"))
+                                                f"{too_much}: not analysed, so what it runs is not known"))
                 return
             budget -= len(data)
             unit = _Unit(name, _qualifier(name), out)

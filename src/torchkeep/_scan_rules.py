@@ -158,6 +158,7 @@ VALUES: dict[str, str] = {
 #   ints      - a tuple/list of ints, or a torch.Size
 #   plain     - constants and containers of constants, and results of safe calls (data only)
 #   tensor    - the result of a tensor rebuild;  storage - a torch storage persistent id
+#   sparse-parts - a sparse tensor's parts: 2 or 3 tensors, its size, and for COO the optional is_coalesced
 #   hooks     - None or an empty OrderedDict/dict (backward hooks run code on backward)
 #   dtype / layout / qscheme / tensor-type / ndarray-type / np-dtype / bitgen / device: those values
 #   rebuild   - a tensor-rebuild function global (its arguments are checked against its own shape)
@@ -171,7 +172,7 @@ CALLS: dict[str, tuple[tuple[str, ...], str]] = {
     "torch._utils._rebuild_parameter": (("tensor", "bool", "hooks"), "tensor"),
     "torch._utils._rebuild_parameter_with_state": (("tensor", "bool", "hooks", "plain"), "tensor"),
     "torch._utils._rebuild_qtensor": (("storage", "int", "ints", "ints", "qparams", "bool", "hooks"), "tensor"),
-    "torch._utils._rebuild_sparse_tensor": (("layout", "tensors"), "tensor"),
+    "torch._utils._rebuild_sparse_tensor": (("layout", "sparse-parts"), "tensor"),
     "torch._utils._rebuild_nested_tensor": (("tensor", "tensor", "tensor", "tensor"), "tensor"),
     "torch._utils._rebuild_meta_tensor_no_storage": (("dtype", "ints", "ints", "bool"), "tensor"),
     "torch._utils._rebuild_device_tensor_from_numpy": (("ndarray", "dtype", "str", "bool"), "tensor"),

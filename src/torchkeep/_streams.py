@@ -23,11 +23,12 @@ from __future__ import annotations
 import io
 import os
 
+from torchkeep._detect import is_flatbuffer_module
 from torchkeep._inflate import _Budget
 from torchkeep._walk_legacy import _LEGACY_MAGIC_BYTES, LegacyWalker
 from torchkeep._walk_stacked import MAX_DEPTH, Sink, analyze_start
 from torchkeep._walk_tar import opens_as_tar, walk_tar
-from torchkeep._walk_zip import _ZIP_LOCAL, ZipWalker, zip_start
+from torchkeep._walk_zip import _ZIP_LOCAL, FLATBUFFER_WHY, ZipWalker, zip_start
 
 __all__ = ["INFLATE_MAX_BYTES", "INFLATE_MAX_SECONDS", "MAX_DEPTH", "Sink", "Walker", "analyze_start", "walk_file"]
 
@@ -47,8 +48,11 @@ class Walker(ZipWalker, LegacyWalker):
     def blob(self, data: bytes, place: str) -> None:
         """Scan an in-memory file (a torch zip, a legacy torch file or a bare pickle)."""
         fh = io.BytesIO(data)
+        if is_flatbuffer_module(data[:8]):
+            self.sink.on_finding("dangerous", "torchscript-flatbuffer", place, None, FLATBUFFER_WHY)
         if data.startswith(_ZIP_LOCAL):
             self.zip_archive(fh, place + "!/", self.blob_depth, torchscript_root=False)
+            self.nested_torchscript(fh, place)
         elif data[2:14] == _LEGACY_MAGIC_BYTES:
             self.legacy(fh, len(data), place)
         else:

@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import IO
 
+from torchkeep._detect import is_flatbuffer_module
 from torchkeep._inflate import _Budget, _Inflated
 from torchkeep._region import Region
 from torchkeep._walk_npy import _NPY_MAGIC, NpyWalker
@@ -27,6 +28,11 @@ __all__ = ["ZipWalker", "zip_start"]
 
 _ZIP_LOCAL = b"PK\x03\x04"
 _PICKLE_NAMES = ("data.pkl", "constants.pkl")
+# torch.export.load hands every member under data/aotinductor/<model>/ to AOTIModelPackageLoader, which dlopen()s
+# the compiled library it finds there (pt2_archive/_package.py: load_pt2): native code no scan can judge
+_AOTI_DIR = "data/aotinductor/"
+FLATBUFFER_WHY = ("bytes 4..8 say 'PTMF': torch.jit.load (and torch.load, for a zip it passes on) reads this as a "
+                  "TorchScript flatbuffer module and runs its methods; torchkeep cannot read that format to judge it")
 # what zipfile raises on a directory it cannot read (NotImplementedError: a "version needed" above 6.3)
 _ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError, struct.error)
 _ZIP_ENCRYPTED = 0x01 | 0x40  # traditional and strong encryption: neither reader can serve the bytes
@@ -256,6 +262,14 @@ class ZipWalker(NpyWalker):
         region.seek(0)
         head = region.read(16)
         region.seek(0)
+        if m.name.split("/", 1)[-1].lower().startswith(_AOTI_DIR):
+            self.sink.on_finding(
+                "dangerous", "native-code", place, None,
+                "a member of an AOTInductor package: torch.export.load extracts the compiled library of "
+                "data/aotinductor/ and loads it (dlopen), running native code no scan can judge",
+            )  # fmt: skip
+        if is_flatbuffer_module(head):
+            self.sink.on_finding("dangerous", "torchscript-flatbuffer", place, None, FLATBUFFER_WHY)
         whole = False  # was the member read as something a loader reads to its end (a pickle, an archive)?
         if head.startswith(_ZIP_LOCAL):
             self.nested_zip(region, place, depth)
@@ -330,6 +344,19 @@ class ZipWalker(NpyWalker):
             return
         self.sink.notes.append(f"{place}: a zip archive inside the archive, scanned")
         self.zip_archive(region, place + "!/", depth + 1, torchscript_root=_is_torchscript(region))
+        self.nested_torchscript(region, place)
+
+    def nested_torchscript(self, fh: IO[bytes], place: str) -> None:
+        """An archive inside the file that torch.load would pass to torch.jit.load (it holds a ``constants.pkl``
+        record: serialization.py's ``_is_torchscript_zip``), as it does for the bytes of
+        ``torch.storage._load_from_bytes`` and a ``.pt2``'s pickled weights and sample inputs: its TorchScript
+        methods run. Their code is judged only in a file of its own; no writer nests TorchScript."""
+        if any(n.lower().endswith("constants.pkl") for n in _zip_names(fh)):
+            self.sink.on_finding(
+                "dangerous", "nested-torchscript", place, None,
+                "a TorchScript archive inside the file: torch.load hands it to torch.jit.load, which runs its "
+                "methods; its code is not judged here (extract it and scan it on its own)",
+            )  # fmt: skip
 
 
 def _zip_names(fh: IO[bytes]) -> list[str]:
