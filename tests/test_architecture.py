@@ -149,3 +149,15 @@ def test_no_import_circle() -> None:
 def test_find_cycle_finds_one() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_library_never_imports_the_cli() -> None:
+    """Library first, CLI second: the CLI formats what library functions return, never the other way round
+    (a library module that imports the CLI's drawing code drags click and rich into every user's import)."""
+    graph = import_graph()
+    offenders = {
+        module: sorted(t for t in targets if t.startswith("torchkeep._cli"))
+        for module, targets in graph.items()
+        if not module.startswith(("torchkeep._cli", "torchkeep.__main__"))
+    }
+    assert not {m: t for m, t in offenders.items() if t}, offenders

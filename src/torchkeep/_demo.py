@@ -13,14 +13,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torchkeep._atomic import atomic_path
-from torchkeep._cli.train import TrainBars
 from torchkeep._evaluate import evaluate
 from torchkeep._modelfile import load
 from torchkeep._predict import predict
 from torchkeep._tour import formats_tour
+
+if TYPE_CHECKING:
+    from torchkeep.training._progress import TrainProgress
 
 __all__ = ["DemoPrediction", "DemoResult", "run_demo"]
 
@@ -103,7 +105,7 @@ def run_demo(
     out: str | os.PathLike[str] = "torchkeep-demo",
     *,
     epochs: int | None = None,
-    progress: bool = True,
+    progress: Callable[[TrainProgress], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> DemoResult:
     """Train, evaluate, predict and tour the model file formats on the embedded digits.
@@ -112,7 +114,8 @@ def run_demo(
         out: demo directory (``run/`` holds the training run, ``pngs/`` the held-out digits,
             ``formats/`` the model in every format).
         epochs: override the default number of epochs (shorter demo, tests).
-        progress: progress bars and per-epoch lines on stderr (``torchkeep train``'s).
+        progress: called with the training run's progress reports (``TrainConfig.progress``; the CLI passes
+            ``torchkeep train``'s bars).
         log: called with a line of text at each step (the CLI prints it).
 
     Returns:
@@ -129,10 +132,8 @@ def run_demo(
     notes: list[str] = []
 
     say("1/4 train cifar10_cnn on the embedded digits (1,797 8x8 images), default settings")
-    bars = TrainBars()
-    with bars:
-        result = train(TrainConfig(arch="cifar10_cnn", data="digits", out=out_dir / "run", epochs=epochs,
-                                   overwrite=True, progress=bars if progress else None))
+    result = train(TrainConfig(arch="cifar10_cnn", data="digits", out=out_dir / "run", epochs=epochs,
+                               overwrite=True, progress=progress))
 
     say("2/4 evaluate the best model on the held-out validation split")
     report = evaluate(result.best_path, "digits", png=out_dir / "run" / "eval-confusion.png")

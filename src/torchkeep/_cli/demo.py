@@ -70,9 +70,11 @@ def _human(res) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
 @json_option
 def command(out: str, epochs: int | None, quiet: bool, as_json: bool) -> int:
+    from torchkeep._cli.train import TrainBars
     from torchkeep._demo import run_demo
 
     say = None if as_json or quiet else (lambda msg: console().print(f"[bold cyan]{msg}[/bold cyan]"))
-    result = run_demo(out, epochs=epochs, progress=not quiet, log=say)
+    with TrainBars() as bars:
+        result = run_demo(out, epochs=epochs, progress=None if quiet else bars, log=say)
     emit(result, as_json, _human)
     return 0
