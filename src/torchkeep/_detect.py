@@ -76,10 +76,15 @@ def is_dcp_dir(path: str | os.PathLike[str]) -> bool:
     p = Path(path)
     return p.is_dir() and (p / DCP_METADATA).is_file()
 
-LEGACY_MAGIC_LONG1 = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # LONG1 0x1950a86a20f9469cfc6c
-LEGACY_MAGIC_TEXT = b"L119547037146038801333356L"  # the same number, protocol 0/1
+#: the number the first pickle of a legacy torch file holds (torch.serialization.MAGIC_NUMBER)
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+LEGACY_MAGIC_LONG1 = b"\x8a\x0a" + LEGACY_MAGIC.to_bytes(10, "little")  # pickled as LONG1 (protocol 2+)
+LEGACY_MAGIC_TEXT = b"L%dL" % LEGACY_MAGIC  # the same number, protocol 0/1
 NPY_MAGIC = b"\x93NUMPY"
-ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+ZIP_LOCAL = b"PK\x03\x04"  # a zip's first local header
+ZIP_MAGICS = (ZIP_LOCAL, b"PK\x05\x06")
+#: the formats that are zip archives (``"zip"``: any other zip, which the scan reads all the same)
+ZIP_FORMATS = frozenset({"torch-zip", "torchscript", "torch-export", "numpy-npz", "zip"})
 #: torch.jit.load (and torch.load, for a zip it hands to torch.jit.load) reads any buffer with this identifier at
 #: bytes 4..8 as a TorchScript flatbuffer module, before it looks for a zip (getFileFormat in
 #: torch/csrc/jit/mobile/file_format.h); its methods are compiled and run. torchkeep reads no flatbuffer module.

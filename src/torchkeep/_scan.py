@@ -28,7 +28,7 @@ from pathlib import Path
 
 from torchkeep._dcp import METADATA as DCP_METADATA
 from torchkeep._dcp import DcpTransformError, is_metadata_name, read_chunk, read_dcp
-from torchkeep._detect import detect, is_dcp_dir, is_flatbuffer_module
+from torchkeep._detect import ZIP_FORMATS, detect, is_dcp_dir, is_flatbuffer_module
 from torchkeep._scan_code import analyse_code
 from torchkeep._scan_compressed import _WEAK_MAGIC, _compression, _detects, _scan_compressed
 from torchkeep._scan_names import importable, module_shaped
@@ -58,7 +58,7 @@ _SUFFIX_FORMATS = {
     ".pt2": {"torch-export"},
     ".json": set(),
     ".txt": set(),
-    ".zip": {"zip", "numpy-npz", "torch-zip", "torchscript", "torch-export"},
+    ".zip": set(ZIP_FORMATS),
 }
 
 

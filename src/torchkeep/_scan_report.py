@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torchkeep._detect import ZIP_FORMATS
 from torchkeep._pickle_vm import CallRecord, StreamResult
 from torchkeep._scan_rules import Severity
 from torchkeep._streams import Sink
@@ -22,7 +23,6 @@ __all__ = ["RULES", "VERDICTS", "CodeAnalysis", "CodeFinding", "Finding", "ScanR
 #: Verdicts from best to worst, with the CLI exit code each one gives (from :class:`Severity`).
 VERDICTS: dict[str, int] = {s.verdict: s.exit_code for s in Severity if s != Severity.WARNING}
 
-_ZIP_FORMATS = {"torch-zip", "torchscript", "torch-export", "numpy-npz", "zip"}
 # suffix -> formats it is expected to hold (a mismatch is a warning: detection is by content anyway)
 RULES: dict[str, str] = {
     "dangerous-import": "Imports a module or function that can execute code or reach the OS, files, network or interpreter",
@@ -299,7 +299,7 @@ def to_sarif(reports: Iterable[ScanReport]) -> dict[str, Any]:
             # GitHub code scanning needs region.startLine to place an alert; model files have no lines,
             # so every result sits on line 1 and the real position is the byte offset / logical location.
             region: dict[str, Any] = {"startLine": 1}
-            if f.offset is not None and rep.format not in _ZIP_FORMATS:
+            if f.offset is not None and rep.format not in ZIP_FORMATS:
                 region["byteOffset"] = f.offset
             location: dict[str, Any] = {"physicalLocation": {"artifactLocation": {"uri": uri}, "region": region}}
             location["logicalLocations"] = [{"fullyQualifiedName": f.stream, "kind": "module"}]

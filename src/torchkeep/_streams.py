@@ -23,12 +23,12 @@ from __future__ import annotations
 import io
 import os
 
-from torchkeep._detect import is_flatbuffer_module
+from torchkeep._detect import LEGACY_MAGIC_LONG1, ZIP_FORMATS, ZIP_LOCAL, is_flatbuffer_module
 from torchkeep._inflate import _Budget
-from torchkeep._walk_legacy import _LEGACY_MAGIC_BYTES, LegacyWalker
+from torchkeep._walk_legacy import LegacyWalker
 from torchkeep._walk_stacked import MAX_DEPTH, Sink, analyze_start
 from torchkeep._walk_tar import opens_as_tar, walk_tar
-from torchkeep._walk_zip import _ZIP_LOCAL, FLATBUFFER_WHY, ZipWalker, zip_start
+from torchkeep._walk_zip import FLATBUFFER_WHY, ZipWalker, zip_start
 
 __all__ = ["INFLATE_MAX_BYTES", "INFLATE_MAX_SECONDS", "MAX_DEPTH", "Sink", "Walker", "analyze_start", "walk_file"]
 
@@ -50,10 +50,10 @@ class Walker(ZipWalker, LegacyWalker):
         fh = io.BytesIO(data)
         if is_flatbuffer_module(data[:8]):
             self.sink.on_finding("dangerous", "torchscript-flatbuffer", place, None, FLATBUFFER_WHY)
-        if data.startswith(_ZIP_LOCAL):
+        if data.startswith(ZIP_LOCAL):
             self.zip_archive(fh, place + "!/", self.blob_depth, torchscript_root=False)
             self.nested_torchscript(fh, place)
-        elif data[2:14] == _LEGACY_MAGIC_BYTES:
+        elif data[2:14] == LEGACY_MAGIC_LONG1:
             self.legacy(fh, len(data), place)
         else:
             self.stacked(fh, 0, len(data), place, required=True)
@@ -64,7 +64,7 @@ def walk_file(path: os.PathLike[str] | str, fmt: str, sink: Sink) -> None:
     walker = Walker(sink)
     size = os.path.getsize(path)
     with open(path, "rb") as fh:
-        if fmt in ("torch-zip", "torchscript", "torch-export", "numpy-npz", "zip"):
+        if fmt in ZIP_FORMATS:
             walker.zip_archive(fh, "", 0, torchscript_root=fmt == "torchscript")
         elif fmt == "torch-legacy":
             walker.legacy(fh, size, "legacy file")
@@ -86,7 +86,7 @@ def walk_file(path: os.PathLike[str] | str, fmt: str, sink: Sink) -> None:
                     "the file is both a pickle and a zip archive: torch.load and unzip see different contents",
                 )
                 walker.zip_archive(fh, "zip part: ", 0, torchscript_root=False)
-        if fmt not in ("torch-zip", "torchscript", "torch-export", "numpy-npz", "zip", "tar") and opens_as_tar(fh):
+        if fmt not in ZIP_FORMATS and fmt != "tar" and opens_as_tar(fh):
             sink.on_finding(
                 "dangerous",
                 "polyglot",

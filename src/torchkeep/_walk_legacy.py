@@ -6,14 +6,12 @@ from __future__ import annotations
 import struct
 from typing import IO, Any
 
+from torchkeep._detect import LEGACY_MAGIC
 from torchkeep._dtypes import DTYPE_ITEMSIZE, STORAGE_DTYPES
 from torchkeep._pickle_vm import StreamResult, concrete
 from torchkeep._walk_stacked import StackedWalker, _analyze_region, _only_padding
 
 __all__ = ["LegacyWalker"]
-
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-_LEGACY_MAGIC_BYTES = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # LONG1 of the magic number
 
 
 def _element_size(storage_type: str) -> int | None:
@@ -39,7 +37,7 @@ class LegacyWalker(StackedWalker):
                 return
             results.append(res)
             pos += res.end
-        if concrete(results[0].value) != _LEGACY_MAGIC:
+        if concrete(results[0].value) != LEGACY_MAGIC:
             self.sink.on_finding("dangerous", "legacy-magic", place, 0, "the first pickle is not torch's magic number")
         self._storage_table(fh, pos, size, place, results[3], results[4])
 

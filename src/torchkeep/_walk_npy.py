@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Callable
 from typing import IO, Any
 
+from torchkeep._detect import NPY_MAGIC
 from torchkeep._inflate import _mib
 from torchkeep._region import Region
 from torchkeep._walk_stacked import StackedWalker
@@ -15,7 +16,6 @@ from torchkeep._walk_stacked import StackedWalker
 __all__ = ["NPY_MAX_HEADER", "NpyWalker"]
 
 NPY_MAX_HEADER = 16 << 20  # np.load(allow_pickle=True) parses .npy headers of any size; larger are refused here
-_NPY_MAGIC = b"\x93NUMPY"
 
 
 class NpyWalker(StackedWalker):
@@ -62,7 +62,7 @@ def _npy_header(view: IO[bytes]) -> tuple[Any, int]:
     from numpy.lib import format as npformat
 
     magic = view.read(8)
-    if len(magic) < 8 or not magic.startswith(_NPY_MAGIC):
+    if len(magic) < 8 or not magic.startswith(NPY_MAGIC):
         raise _NpyHeaderError("not a .npy header", None)
     version = (magic[6], magic[7])
     if version not in ((1, 0), (2, 0), (3, 0)):

@@ -15,8 +15,9 @@ import tarfile
 from collections import Counter
 from typing import IO
 
+from torchkeep._detect import LEGACY_MAGIC
 from torchkeep._pickle_vm import StreamResult, concrete
-from torchkeep._walk_legacy import _LEGACY_MAGIC, LegacyWalker, _element_size, _items
+from torchkeep._walk_legacy import LegacyWalker, _element_size, _items
 from torchkeep._walk_stacked import _analyze_region, _names_a_module, _only_padding, analyze_start
 
 __all__ = ["opens_as_tar", "walk_tar"]
@@ -127,7 +128,7 @@ def _tar_start_pickle(walker: LegacyWalker, fh: IO[bytes], size: int, place: str
     label = f"{place} read as a pickle from byte 0 (torch.load's fallback)"
     head = analyze_start(fh, size)
     names = _names_a_module(head)
-    if head.end is not None and concrete(head.value) == _LEGACY_MAGIC:
+    if head.end is not None and concrete(head.value) == LEGACY_MAGIC:
         walker.legacy(fh, size, label)
     elif names or head.end is not None or head.ends_somewhere:
         first = _analyze_region(fh, 0, size)

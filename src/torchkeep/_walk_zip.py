@@ -17,16 +17,15 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import IO
 
-from torchkeep._detect import is_flatbuffer_module
+from torchkeep._detect import NPY_MAGIC, ZIP_LOCAL, is_flatbuffer_module
 from torchkeep._inflate import _Budget, _Inflated
 from torchkeep._region import Region
-from torchkeep._walk_npy import _NPY_MAGIC, NpyWalker
+from torchkeep._walk_npy import NpyWalker
 from torchkeep._walk_stacked import MAX_DEPTH, _looks_like_pickle_start
 from torchkeep._zipdir import ZipDirError, local_data_offset, read_central_directory, zipfile_name
 
 __all__ = ["ZipWalker", "zip_start"]
 
-_ZIP_LOCAL = b"PK\x03\x04"
 _PICKLE_NAMES = ("data.pkl", "constants.pkl")
 # torch.export.load hands every member under data/aotinductor/<model>/ to AOTIModelPackageLoader, which dlopen()s
 # the compiled library it finds there (pt2_archive/_package.py: load_pt2): native code no scan can judge
@@ -148,7 +147,7 @@ class ZipWalker(NpyWalker):
         first = min((m.header_offset for m, _ in members), default=0)
         if first > 0:
             fh.seek(0)
-            starts_as_zip = fh.read(4) == _ZIP_LOCAL
+            starts_as_zip = fh.read(4) == ZIP_LOCAL
             self.sink.on_finding(
                 "dangerous", "zip-prepended", place, 0,
                 f"{first} bytes before the first member the directory lists"
@@ -271,10 +270,10 @@ class ZipWalker(NpyWalker):
         if is_flatbuffer_module(head):
             self.sink.on_finding("dangerous", "torchscript-flatbuffer", place, None, FLATBUFFER_WHY)
         whole = False  # was the member read as something a loader reads to its end (a pickle, an archive)?
-        if head.startswith(_ZIP_LOCAL):
+        if head.startswith(ZIP_LOCAL):
             self.nested_zip(region, place, depth)
             whole = True
-        elif head.startswith(_NPY_MAGIC):
+        elif head.startswith(NPY_MAGIC):
             whole = self.npy(region, 0, length, place)
         elif _looks_like_pickle_start(head):
             base = m.name.rsplit("/", 1)[-1].lower()  # torch's zip reader matches names case-insensitively
