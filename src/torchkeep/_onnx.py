@@ -22,11 +22,15 @@ import math
 import mmap
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from torchkeep._protobuf import Truncated as _Truncated
+from torchkeep._protobuf import fields as _fields
+from torchkeep._protobuf import text as _str
+from torchkeep._protobuf import varint as _varint
 from torchkeep.errors import InputError
 
 if TYPE_CHECKING:
@@ -50,55 +54,6 @@ ONNX_DTYPES: dict[int, tuple[str, int]] = {
 MAX_GRAPH_DEPTH = 64
 
 _MODEL_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2}
-
-
-class _Truncated(Exception):
-    pass
-
-
-def _varint(buf, pos: int, end: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    while True:
-        if pos >= end:
-            raise _Truncated
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 70:
-            raise _Truncated
-
-
-def _fields(buf, start: int, end: int) -> Iterator[tuple[int, int, Any]]:
-    """Yield (field number, wire type, value) where value is an int or a (start, end) slice."""
-    pos = start
-    while pos < end:
-        key, pos = _varint(buf, pos, end)
-        num, wt = key >> 3, key & 7
-        if wt == 0:
-            val, pos = _varint(buf, pos, end)
-            yield num, wt, val
-        elif wt == 1:
-            if pos + 8 > end:
-                raise _Truncated
-            yield num, wt, int.from_bytes(buf[pos : pos + 8], "little")
-            pos += 8
-        elif wt == 2:
-            n, pos = _varint(buf, pos, end)
-            if pos + n > end:
-                raise _Truncated
-            yield num, wt, (pos, pos + n)
-            pos += n
-        elif wt == 5:
-            if pos + 4 > end:
-                raise _Truncated
-            yield num, wt, int.from_bytes(buf[pos : pos + 4], "little")
-            pos += 4
-        else:
-            raise _Truncated
 
 
 def looks_like_onnx(path: Path, head: bytes, size: int) -> bool:
@@ -157,10 +112,6 @@ class OnnxInfo:
     metadata: dict[str, str] = field(default_factory=dict)
     #: tensors that are not numeric weights: ``"<name> (string)"``, ``"<name> (sparse)"``
     skipped: list[str] = field(default_factory=list)
-
-
-def _str(buf, sl) -> str:
-    return bytes(buf[sl[0] : sl[1]]).decode("utf-8", "replace")
 
 
 def _value_info(buf, sl) -> OnnxValueInfo:
@@ -321,60 +272,77 @@ class _GraphReader:
 
     def attribute(self, sl, path: str, label: str, constant: str | None, depth: int) -> None:
         """Follow subgraphs; for a Constant node (``constant``: its output), record its value."""
+        attr = self._fields_of(sl, path, constant)
+        for i, (num, g) in enumerate(attr.graphs):
+            sub = f"{label}/{attr.name}" + (f"[{i}]" if num == 11 else "")
+            self.graph(g, f"{path}/{sub}" if path else sub, depth + 1)
+        if constant is not None:
+            self.constant(attr, path, constant)
+
+    def _fields_of(self, sl, path: str, constant: str | None) -> _Attribute:
+        """An AttributeProto's name and subgraphs; its value too for a Constant node's attribute."""
         buf = self.buf
-        aname = ""
-        graphs: list[tuple[int, tuple[int, int]]] = []
-        value: OnnxTensorInfo | None = None
-        floats: list[bytes] = []
-        ints: list[int] = []
+        attr = _Attribute()
         for num, wt, val in _fields(buf, *sl):
             if num == 1:
-                aname = _str(buf, val)
+                attr.name = _str(buf, val)
             elif num in (6, 11):  # g, graphs
-                graphs.append((num, val))
+                attr.graphs.append((num, val))
             elif constant is None:
                 continue
             elif num == 5:  # t
-                value = _tensor_info(buf, val)
+                attr.value = _tensor_info(buf, val)
             elif num == 2:  # f
-                floats.append(int(val).to_bytes(4, "little"))
+                attr.floats.append(int(val).to_bytes(4, "little"))
             elif num == 7:  # floats: packed or one per field
-                floats += [int(val).to_bytes(4, "little")] if wt == 5 else [
+                attr.floats += [int(val).to_bytes(4, "little")] if wt == 5 else [
                     bytes(buf[i : i + 4]) for i in range(val[0], val[1] - 3, 4)]
             elif num == 3:  # i
-                ints.append(int(val))
+                attr.ints.append(int(val))
             elif num == 8:  # ints: packed varints or one per field
                 if wt == 0:
-                    ints.append(int(val))
+                    attr.ints.append(int(val))
                 else:
                     pos, end = val
                     while pos < end:
                         v, pos = _varint(buf, pos, end)
-                        ints.append(v)
+                        attr.ints.append(v)
             elif num in (4, 9, 22):  # s, strings, sparse_tensor
                 where = f"{path}/{constant}" if path else constant
                 self.info.skipped.append(f"{where} ({'sparse' if num == 22 else 'string'})")
-        for i, (num, g) in enumerate(graphs):
-            sub = f"{label}/{aname}" + (f"[{i}]" if num == 11 else "")
-            self.graph(g, f"{path}/{sub}" if path else sub, depth + 1)
-        if constant is None:
-            return
+        return attr
+
+    def constant(self, attr: _Attribute, path: str, constant: str) -> None:
+        """Record the value a Constant node's attribute gives its output ``constant``."""
+        aname = attr.name
         raw: bytes | None = None
-        if aname == "value" and value is not None:
-            value.stored = "constant"
-            self.add(value, path, constant)
+        if aname == "value" and attr.value is not None:
+            attr.value.stored = "constant"
+            self.add(attr.value, path, constant)
         elif aname in ("value_float", "value_floats"):
+            floats = attr.floats
             raw = b"".join(floats) if aname == "value_floats" else (floats[-1] if floats else bytes(4))
             dtype, itemsize = "float32", 4
         elif aname in ("value_int", "value_ints"):
             # int64 as two's complement; a varint longer than 64 bits keeps its low 64 bits, as protobuf does
-            vals = ints if aname == "value_ints" else ints[-1:] or [0]
+            vals = attr.ints if aname == "value_ints" else attr.ints[-1:] or [0]
             raw = b"".join((v & (1 << 64) - 1).to_bytes(8, "little") for v in vals)
             dtype, itemsize = "int64", 8
         if raw is not None:
             n = len(raw) // itemsize
             shape = [n] if aname.endswith("s") else []
             self.add(OnnxTensorInfo("", dtype, shape, n, len(raw), stored="constant", inline=raw), path, constant)
+
+
+@dataclass
+class _Attribute:
+    """The parts of an AttributeProto the reader uses."""
+
+    name: str = ""
+    graphs: list[tuple[int, tuple[int, int]]] = field(default_factory=list)
+    value: OnnxTensorInfo | None = None
+    floats: list[bytes] = field(default_factory=list)
+    ints: list[int] = field(default_factory=list)
 
 
 def _read_graph(buf, sl, info: OnnxInfo) -> None:

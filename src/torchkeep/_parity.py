@@ -155,8 +155,6 @@ def parity(
     Returns:
         The :class:`ParityReport` (``passed`` says whether it is within tolerance).
     """
-    import torch
-
     rel = (
         tolerance
         if tolerance is not None
@@ -165,20 +163,7 @@ def parity(
     scale = max(1.0, float(reference.abs().max()))
     tol = rel * scale
     sizes = list(batch_sizes or [x.shape[0]])
-    max_abs = 0.0
-    out = reference
-    for bs in sizes:
-        parts = [runner(x[i : i + bs]) for i in range(0, x.shape[0], bs)]
-        got = torch.cat(parts).float()
-        if got.shape != reference.shape:
-            raise TorchkeepError(
-                f"the exported model returns shape {list(got.shape)}, eager {list(reference.shape)} (batch {bs})"
-            )
-        diff = float((got - reference).abs().max()) if got.numel() else 0.0
-        if diff != diff:  # NaN: an overflow in float16, typically
-            diff = float("inf")
-        if diff >= max_abs:
-            max_abs, out = diff, got
+    max_abs, out = _worst(reference, runner, x, sizes)
     kk = max(1, min(k, reference.shape[1]))
     ref_top = reference.topk(kk, dim=1).indices
     got_top = out.topk(kk, dim=1).indices
@@ -204,3 +189,25 @@ def parity(
         near_ties=near_ties,
         passed=passed,
     )
+
+
+def _worst(reference: torch.Tensor, runner: Runner, x: torch.Tensor, sizes: list[int]) -> tuple[float, torch.Tensor]:
+    """``x`` run through ``runner`` at each batch size: the largest absolute difference from ``reference``
+    (inf for NaN) and the logits that gave it."""
+    import torch
+
+    max_abs = 0.0
+    out = reference
+    for bs in sizes:
+        parts = [runner(x[i : i + bs]) for i in range(0, x.shape[0], bs)]
+        got = torch.cat(parts).float()
+        if got.shape != reference.shape:
+            raise TorchkeepError(
+                f"the exported model returns shape {list(got.shape)}, eager {list(reference.shape)} (batch {bs})"
+            )
+        diff = float((got - reference).abs().max()) if got.numel() else 0.0
+        if diff != diff:  # NaN: an overflow in float16, typically
+            diff = float("inf")
+        if diff >= max_abs:
+            max_abs, out = diff, got
+    return max_abs, out

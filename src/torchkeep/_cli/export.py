@@ -87,7 +87,8 @@ def command(
     channels: str | None,
     as_json: bool,
 ) -> int:
-    from torchkeep._export import ParityError, export
+    from torchkeep._export import export
+    from torchkeep.errors import ParityError
 
     try:
         result = export(
