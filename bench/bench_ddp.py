@@ -11,6 +11,14 @@ Measured: images per second inside the training batches (each side times its own
 together) and the wall time of the whole launch. Runs alternate (hand, torchkeep, ...); medians of ``--repeats``.
 
     python bench/bench_ddp.py                  # 1 and 2 processes, 10 epochs, median of 3
+
+``--checkpoint-cost`` measures instead what checkpointing within the epoch costs the training steps: the same
+``torchkeep train --nproc N`` run without mid-epoch checkpoints (the baseline), then with a DCP checkpoint every
+``--every`` steps written in the training thread (``--checkpoint-format dcp``) and in the background
+(``--async-checkpoint``). The seconds each checkpoint adds are the training time over the baseline's, divided by
+the number of checkpoints.
+
+    python bench/bench_ddp.py --checkpoint-cost --arch resnet18 --nproc 2 --every 2 --subset 480 --epochs 1
 """
 
 from __future__ import annotations
@@ -106,17 +114,65 @@ def trainer(nproc: int, epochs: int, batch: int, out: Path) -> tuple[float, floa
     return float(res["images_per_second"]), wall
 
 
+def checkpoint_run(nproc: int, args: argparse.Namespace, out: Path, extra: list[str]) -> tuple[float, int]:
+    """One ``torchkeep train`` run: its training images per second and the images trained."""
+    cmd = [sys.executable, "-m", "torchkeep", "train", "--arch", args.arch, "--epochs", str(args.epochs),
+           "--batch-size", str(args.batch_size), "--subset", str(args.subset), "--threads", "1",
+           "--out", os.fspath(out), "--overwrite", "--no-tensorboard", "--no-plots", "--quiet", "--json", *extra]
+    if nproc > 1:
+        cmd += ["--nproc", str(nproc)]
+    res, _ = _run(cmd)
+    return float(res["images_per_second"]), int(res["train_size"]) * args.epochs
+
+
+def checkpoint_cost(args: argparse.Namespace) -> int:
+    variants = {
+        "no mid-epoch checkpoint": [],
+        "dcp, sync": ["--checkpoint-format", "dcp", "--checkpoint-every", str(args.every)],
+        "dcp, --async-checkpoint": ["--checkpoint-format", "dcp", "--checkpoint-every", str(args.every),
+                                    "--async-checkpoint"],
+    }
+    n = args.nproc[0]
+    ips: dict[str, list[float]] = {k: [] for k in variants}
+    images = 0
+    with tempfile.TemporaryDirectory() as d:
+        for i in range(args.repeats):  # alternate the variants
+            for name, extra in variants.items():
+                got, images = checkpoint_run(n, args, Path(d) / f"run{i}", extra)
+                ips[name].append(got)
+    steps = -(-images // args.epochs // args.batch_size) * args.epochs
+    n_ckpt = sum(1 for s in range(1, steps + 1) if s % args.every == 0 and s % (steps // args.epochs) != 0)
+    base = images / statistics.median(ips["no mid-epoch checkpoint"])
+    print(f"{args.arch} on digits ({images // args.epochs} training images), {n} processes (gloo, 1 torch thread "
+          f"each), global batch {args.batch_size}, {steps} steps, a checkpoint every {args.every} steps "
+          f"({n_ckpt} within epochs); median of {args.repeats}")
+    print(f"{'':<26}{'images/s':>10}{'train s':>9}{'s per checkpoint':>18}")
+    for name in variants:
+        med = statistics.median(ips[name])
+        secs = images / med
+        per = f"{(secs - base) / n_ckpt:>18.3f}" if name != "no mid-epoch checkpoint" and n_ckpt else f"{'':>18}"
+        print(f"{name:<26}{med:>10,.0f}{secs:>9.2f}{per}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=32, help="the global batch")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--checkpoint-cost", action="store_true",
+                    help="time DCP checkpoints within the epoch, sync and --async-checkpoint (first --nproc)")
+    ap.add_argument("--arch", default="cifar10_cnn", help="with --checkpoint-cost")
+    ap.add_argument("--every", type=int, default=2, help="with --checkpoint-cost: checkpoint every N steps")
+    ap.add_argument("--subset", type=int, default=1797, help="with --checkpoint-cost: the first N digits")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         hand_worker(args.epochs, args.batch_size)
         return 0
+    if args.checkpoint_cost:
+        return checkpoint_cost(args)
 
     rows = []
     with tempfile.TemporaryDirectory() as d:

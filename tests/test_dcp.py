@@ -124,3 +124,25 @@ def test_a_swap_cut_short_leaves_the_previous_checkpoint(dcp_run, tmp_path):
     ckpt = torchkeep.training.load_checkpoint(run)
     assert ckpt["epoch"] == 1 and (run / "checkpoint.dcp" / ".metadata").is_file()
     assert not tmp.exists() and not old.exists()
+
+
+def test_an_async_checkpoint_holds_what_a_sync_one_does(dcp_run, tmp_path):
+    """--async-checkpoint alone (no process group): the checkpoint written in the background is the sync one,
+    tensor for tensor, and the run's end waited for it (nothing left in the temp directory)."""
+    run = tmp_path / "run"
+    res = _train(run, epochs=2, checkpoint_format="dcp", async_checkpoint=True, on_epoch_end=lambda row: True)
+    assert res.checkpoint_path == run / "checkpoint.dcp" and not list(run.glob(".checkpoint.dcp.*"))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "s").mkdir()
+    got, ref = _reference(run / "checkpoint.dcp", tmp_path / "a"), _reference(dcp_run / "checkpoint.dcp", tmp_path / "s")
+    assert _equal(got["model"], ref["model"])
+    flat = lambda sd: {f"{k}.{n}": v for k, st in sd["optimizer"]["state"].items() for n, v in st.items()}  # noqa: E731
+    assert flat(got) and _equal(flat(got), flat(ref))
+    state = torchkeep.training.load_checkpoint(run)
+    assert (state["epoch"], state["step"], state["config"]["async_checkpoint"]) == (1, 3, True)
+
+
+def test_async_checkpoint_needs_dcp(tmp_path, capsys):
+    assert cli(["train", "--async-checkpoint", "--out", os.fspath(tmp_path / "r"), "--subset", "20"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--async-checkpoint" in err[0] and "--checkpoint-format dcp" in err[0]

@@ -243,3 +243,76 @@ def test_a_node_that_never_joins_fails_in_one_line(tmp_path):
     errors = [line for line in res.stderr.splitlines() if line.startswith("torchkeep: error")]
     assert len(errors) == 1 and "rendezvous timed out" in errors[0], res.stderr[-2000:]
     assert "Traceback" not in res.stderr
+
+
+def test_async_dcp_checkpoints_restart_and_end_like_the_reference(ddp, tmp_path):
+    """``--async-checkpoint``, 2 processes: DCP writes each checkpoint in the background (its own gloo group)
+    while DDP trains; rank 1 SIGKILLs itself after step 8, the group restarts from the last checkpoint written
+    in the background and ends with the reference run's weights and optimizer state, bit for bit."""
+    import warnings
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    run = tmp_path / "run"
+    res = _torchkeep("--nproc", "2", "--max-restarts", "1", "--checkpoint-format", "dcp", "--async-checkpoint",
+                     "--out", run, *RUN, TORCHKEEP_LOG_SAMPLES=os.fspath(tmp_path / "log"), TORCHKEEP_KILL_AT_STEP="1:8")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert _steps(tmp_path / "log") == ddp[1]
+    assert not list(run.glob(".checkpoint.dcp.*"))  # the run's end waited for the last write and its swap
+    w, ref = _weights(run), _weights(ddp[0])
+    assert w.keys() == ref.keys() and all(torch.equal(w[k], ref[k]) for k in w)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp_to_torch_save(run / "checkpoint.dcp", tmp_path / "ckpt.pt")
+    got = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    sync = torch.load(ddp[0] / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(got["model"][k], sync["model"][k]) for k in sync["model"])
+    # checkpoint.pt keys the optimizer state by parameter index, DCP by name
+    names = dict(zip(sync["optimizer"]["param_groups"][0]["params"], got["optimizer"]["param_groups"][0]["params"]))
+    assert len(names) == len(sync["optimizer"]["state"]) > 0
+    for i, st in sync["optimizer"]["state"].items():
+        for n in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(got["optimizer"]["state"][names[i]][n], st[n])
+
+
+BRANCHY = '''
+from torch import nn
+
+
+class Net(nn.Module):
+    """A tiny CNN with a branch no step uses."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                  nn.Flatten())
+        self.unused = nn.Linear(4, num_classes)
+        self.fc = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.body(x))
+'''
+
+
+def test_a_branch_without_gradients_needs_find_unused_parameters(tmp_path):
+    """DDP refuses a model whose parameters did not all get a gradient: one line names the flag, which works."""
+    (tmp_path / "branchy.py").write_text(BRANCHY)
+    args = ["--nproc", "2", "--arch", "branchy:Net", "--subset", "60", "--epochs", "1", "--no-plots",
+            "--no-tensorboard", "--quiet"]
+    res = _torchkeep(*args, "--out", tmp_path / "a", PYTHONPATH=os.fspath(tmp_path))
+    assert res.returncode != 0
+    errors = {line for line in res.stderr.splitlines() if line.startswith("torchkeep: error: branchy:Net")}
+    assert len(errors) == 1 and "--find-unused-parameters" in errors.pop(), res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    res = _torchkeep(*args, "--find-unused-parameters", "--out", tmp_path / "b", PYTHONPATH=os.fspath(tmp_path))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "b" / "last.safetensors").is_file()
+
+
+def test_auxiliary_heads_turn_find_unused_parameters_on():
+    from torchkeep.models import build
+    from torchkeep.training._loop import _has_aux_heads
+
+    assert _has_aux_heads(build("inception_v3", num_classes=10))  # AuxLogits: computed, never in the loss
+    assert _has_aux_heads(build("googlenet", num_classes=10))  # aux1, aux2 (kept when trained from scratch)
+    assert not _has_aux_heads(build("cifar10_cnn", num_classes=10, in_channels=1, input_size=8))

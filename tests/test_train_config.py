@@ -19,7 +19,7 @@ from torchkeep.training._state import RunState
 
 # fields whose None means "none" or "what the run finds" (dataset, device): the rest must be resolved
 STILL_OPTIONAL = {"amp", "num_classes", "input_size", "threads", "pretrained", "freeze", "subset", "data_root",
-                  "resume", "checkpoint_every", "progress", "on_epoch_end"}
+                  "resume", "checkpoint_every", "find_unused_parameters", "progress", "on_epoch_end"}
 
 
 def test_resolving_fills_every_default_once_into_a_frozen_typed_config():

@@ -175,7 +175,12 @@ def _human(result) -> None:
 @click.option("--checkpoint-format", type=click.Choice(CHECKPOINT_FORMATS),
               help="checkpoint.pt, or checkpoint.dcp/ (torch.distributed.checkpoint: each process its part). "
               f"[default: {DEFAULTS['checkpoint_format']}]")
+@click.option("--async-checkpoint/--no-async-checkpoint", default=None,
+              help="Write the DCP checkpoint in the background while training goes on (with --checkpoint-format dcp).")
 @click.option("--sync-bn", is_flag=True, help="Synchronise BatchNorm statistics across processes (CUDA).")
+@click.option("--find-unused-parameters/--no-find-unused-parameters", default=None,
+              help="DDP looks for parameters the loss did not use each step (models with an unused branch). "
+              "[default: on for architectures with auxiliary heads]")
 @click.option("--nproc", type=click.IntRange(min=1),
               help="Train in N processes (DDP) on this node: starts torchrun's elastic agent. --batch-size stays the global batch.")
 @click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True,
@@ -190,8 +195,8 @@ def _human(result) -> None:
 def command(
     ctx, arch, data, out, epochs, batch_size, lr, optimizer, weight_decay, scheduler, device, amp, pretrained, freeze,
     head, num_classes, input_size, seed, val_fraction, subset, augment, workers, threads, data_root, no_download, keep,
-    metric, resume, overwrite, no_tensorboard, no_plots, quiet, checkpoint_every, checkpoint_format, sync_bn, nproc,
-    nnodes, rdzv_endpoint, rdzv_timeout, max_restarts, as_json,
+    metric, resume, overwrite, no_tensorboard, no_plots, quiet, checkpoint_every, checkpoint_format, async_checkpoint,
+    sync_bn, find_unused_parameters, nproc, nnodes, rdzv_endpoint, rdzv_timeout, max_restarts, as_json,
 ) -> int:
     if nproc is None and (nnodes != 1 or rdzv_endpoint or max_restarts):
         from torchkeep.errors import UsageError
@@ -215,7 +220,8 @@ def command(
         subset=subset, augment=augment, workers=workers, threads=threads, data_root=data_root, download=not no_download,
         keep=keep, metric=metric, resume=resume, overwrite=overwrite, progress=None if quiet else bars,
         tensorboard=not no_tensorboard, plots=not no_plots, checkpoint_every=checkpoint_every,
-        checkpoint_format=checkpoint_format, sync_bn=sync_bn,
+        checkpoint_format=checkpoint_format, async_checkpoint=async_checkpoint, sync_bn=sync_bn,
+        find_unused_parameters=find_unused_parameters,
     )
     try:
         with bars:

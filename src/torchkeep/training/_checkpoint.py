@@ -15,6 +15,7 @@ import random
 import shutil
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ __all__ = [
     "restore_rng",
     "write_checkpoint",
     "write_dcp",
+    "write_dcp_async",
 ]
 
 CHECKPOINT_FORMAT = "torchkeep.train-checkpoint"
@@ -164,15 +166,11 @@ def _single_process_is_fine() -> Iterator[None]:
         yield
 
 
-def write_dcp(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, payload: dict[str, Any], *, main: bool) -> None:
-    """Write a DCP checkpoint: every rank writes its part (replicated tensors are spread over the ranks).
-
-    Kill-safe: the checkpoint goes to ``.checkpoint.dcp.tmp`` and DCP writes its ``.metadata`` last, when
-    every rank's files are whole; then rank 0 swaps it in with two renames (a kill between them is undone by
-    :func:`torchkeep._atomic.recover_dir` when the run is resumed). The training state travels as one entry, a ``torch.save`` blob (``weights_only``).
-    """
+def _dcp_start(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, payload: dict[str, Any], *,
+               main: bool) -> tuple[Path, dict[str, Any]]:
+    """Where the checkpoint is written (``.checkpoint.dcp.tmp``, emptied by rank 0 while every rank waits)
+    and what DCP saves: model, optimizer and the training state as one entry (a ``torch.save`` blob)."""
     import torch.distributed as dist
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     tmp, _ = dir_sides(path)
@@ -184,13 +182,70 @@ def write_dcp(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, pa
     buf = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}, buf)
     train_state = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+    return tmp, {"model": msd, "optimizer": osd, DCP_TRAIN_KEY: train_state}
+
+
+def write_dcp(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, payload: dict[str, Any], *, main: bool) -> None:
+    """Write a DCP checkpoint: every rank writes its part (replicated tensors are spread over the ranks).
+
+    Kill-safe: the checkpoint goes to ``.checkpoint.dcp.tmp`` and DCP writes its ``.metadata`` last, when
+    every rank's files are whole; then rank 0 swaps it in with two renames (a kill between them is undone by
+    :func:`torchkeep._atomic.recover_dir` when the run is resumed). The training state travels as one entry, a ``torch.save`` blob (``weights_only``).
+    """
+    import torch.distributed.checkpoint as dcp
+
+    tmp, state = _dcp_start(path, model, opt, payload, main=main)
     try:
         with _single_process_is_fine():
-            dcp.save({"model": msd, "optimizer": osd, DCP_TRAIN_KEY: train_state}, checkpoint_id=tmp)
+            dcp.save(state, checkpoint_id=tmp)
         if main:
             swap_dir(tmp, path)
     except OSError as exc:
         raise write_error(path, exc, "checkpoint") from exc
+
+
+def write_dcp_async(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, payload: dict[str, Any], *,
+                    main: bool, group: Any) -> Future[None]:
+    """:func:`write_dcp` in the background (``torch.distributed.checkpoint.async_save``); returns at once.
+
+    The weights and optimizer state are copied before this returns (DCP's staging), so training goes on while
+    the copy is written. The returned future is done once the checkpoint is whole *and* rank 0 swapped it in:
+    until then ``checkpoint.dcp`` is the previous one, exactly as with :func:`write_dcp` (the swap happens in
+    DCP's writer thread, after ``.metadata``). Wait for it before the next checkpoint (which reuses the temp
+    directory) and before the run ends. ``group``: the process group DCP coordinates on (gloo, so that its
+    collectives never interleave with DDP's on the training thread); None alone.
+    """
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    tmp, state = _dcp_start(path, model, opt, payload, main=main)
+    if not dist.is_initialized():
+        # DCP warns from its writer thread, where _single_process_is_fine cannot reach ("assuming the intent
+        # is to save in a single process": it is)
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning,
+                                module=r"torch\.distributed")
+    done: Future[None] = Future()
+
+    def finish(written: Future[Any]) -> None:  # DCP's writer thread, once every rank's part is written
+        try:
+            written.result()
+            if main:
+                swap_dir(tmp, path)
+        except OSError as exc:
+            done.set_exception(write_error(path, exc, "checkpoint"))
+        except BaseException as exc:  # handed to the training thread, which raises it
+            done.set_exception(exc)
+        else:
+            done.set_result(None)
+
+    try:
+        written = dcp.async_save(state, checkpoint_id=tmp, process_group=group, no_dist=group is None)
+    except OSError as exc:
+        raise write_error(path, exc, "checkpoint") from exc
+    if not isinstance(written, Future):  # an AsyncSaveResponse: only with a stager of our own, never passed
+        written = written.upload_completion
+    written.add_done_callback(finish)
+    return done
 
 
 def load_dcp_into(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:

@@ -50,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "metric": "val_acc",
     "head": "replace",
     "checkpoint_format": "torch",
+    "async_checkpoint": False,
 }
 DEFAULT_LR = {"adamw": 3e-3, "sgd": 0.05}
 DEFAULT_WD = {"adamw": 0.01, "sgd": 5e-4}
@@ -123,7 +124,15 @@ class TrainConfig:
             epoch; a run killed mid-epoch then resumes from there, on any number of processes.
         checkpoint_format: ``torch`` (``checkpoint.pt``, one file) or ``dcp`` (``checkpoint.dcp/``, a
             torch.distributed.checkpoint directory: every process writes its part).
+        async_checkpoint: write the DCP checkpoint in the background (``checkpoint_format="dcp"`` only):
+            training goes on while it is written; it becomes ``checkpoint.dcp`` only once every process wrote
+            its part, the next checkpoint and the run's end wait for it. Default off (as before on resume).
         sync_bn: synchronise BatchNorm statistics across processes (``SyncBatchNorm``; CUDA only).
+        find_unused_parameters: let DistributedDataParallel find, each step, the parameters the loss did not
+            use (``DistributedDataParallel(find_unused_parameters=True)``): needed by models with a branch
+            that gets no gradient (an unused layer, a head the loss ignores); it costs a graph walk per step.
+            None: on for architectures with auxiliary heads (Inception's ``AuxLogits``, GoogLeNet's
+            ``aux1`` / ``aux2``: the loss uses the main logits), off otherwise. Only in a process group.
         on_epoch_end: called with each epoch's metrics after its checkpoint is written; return True to
             stop (the run stays resumable: early stopping, time boxes).
     """
@@ -161,7 +170,9 @@ class TrainConfig:
     plots: bool = True
     checkpoint_every: int | None = None
     checkpoint_format: str | None = None
+    async_checkpoint: bool | None = None
     sync_bn: bool = False
+    find_unused_parameters: bool | None = None
     on_epoch_end: EpochEndFn | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -207,7 +218,8 @@ class RunConfig:
     The fields are those of ``TrainConfig``. Still ``None`` only where the value comes from what the run finds
     (the dataset, the device) or where "none" is a setting: ``amp`` (on with CUDA), ``num_classes`` and
     ``input_size`` (the dataset's), ``threads`` (1 for tiny inputs on a CPU), ``pretrained``, ``freeze``,
-    ``subset``, ``data_root``, ``resume``, ``checkpoint_every`` (never), ``progress`` and ``on_epoch_end``.
+    ``subset``, ``data_root``, ``resume``, ``checkpoint_every`` (never), ``find_unused_parameters`` (as the
+    architecture needs), ``progress`` and ``on_epoch_end``.
     """
 
     arch: str
@@ -243,7 +255,9 @@ class RunConfig:
     plots: bool
     checkpoint_every: int | None
     checkpoint_format: str
+    async_checkpoint: bool
     sync_bn: bool
+    find_unused_parameters: bool | None
     on_epoch_end: EpochEndFn | None = field(default=None, repr=False)
 
     @property
@@ -303,6 +317,9 @@ def _validate(cfg: RunConfig) -> None:
     if cfg.head not in HEADS:
         raise UsageError(f"unknown head {cfg.head!r}", fix="use --head replace or --head append")
     _check_choice("checkpoint format", cfg.checkpoint_format, CHECKPOINT_FORMATS)
+    if cfg.async_checkpoint and cfg.checkpoint_format != "dcp":
+        raise UsageError("--async-checkpoint writes a DCP checkpoint in the background, not a checkpoint.pt",
+                         fix="add --checkpoint-format dcp, or leave out --async-checkpoint")
     _at_least("epochs", cfg.epochs, 1)
     _at_least("batch-size", cfg.batch_size, 1)
     _at_least("keep", cfg.keep, 1)

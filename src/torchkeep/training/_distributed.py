@@ -102,6 +102,16 @@ def shutdown(wrapper: Any = None) -> None:
         dist.destroy_process_group()
 
 
+def checkpoint_group(d: Dist) -> Any:
+    """A gloo group of every rank for DCP's background checkpoints (None alone).
+
+    Their collectives run on DCP's writer thread while the training thread all-reduces gradients: on one
+    group the two streams of collectives would interleave differently on each rank. A group of its own keeps
+    them apart (and gives NCCL runs the CPU backend ``async_save`` requires), as torchtitan does.
+    """
+    return dist.new_group(backend="gloo") if d.active else None
+
+
 def barrier(d: Dist) -> None:
     if d.active:
         dist.barrier()

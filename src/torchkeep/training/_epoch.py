@@ -16,18 +16,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from torchkeep.errors import UsageError
 from torchkeep.training._distributed import (
     ENV_KILL_AT_STEP,
     Dist,
     all_sum,
     all_sum_tensor,
+    barrier,
     broadcast_buffers,
     epoch_seed,
     rank_seed,
 )
 from torchkeep.training._progress import EPOCH_START, STEP, STEP_EVERY, report
 from torchkeep.training._run import Run
-from torchkeep.training._saving import save_epoch, save_mid_epoch
+from torchkeep.training._saving import save_epoch, save_mid_epoch, wait_checkpoint
 from torchkeep.training._schedule import lr_at
 
 __all__ = ["Interrupt", "end_epoch", "seed_everything", "train_epoch", "validate"]
@@ -126,11 +128,28 @@ def _logits(out: Any) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.logits
 
 
+# what DDP says at the next step when some parameters got no gradient (find_unused_parameters=False)
+_UNUSED_PARAMETERS = "Expected to have finished reduction in the prior iteration"
+
+
+def _forward(run: Run, x: torch.Tensor) -> Any:
+    try:
+        return run.trainer(x)
+    except RuntimeError as exc:
+        if _UNUSED_PARAMETERS not in str(exc):
+            raise
+        raise UsageError(
+            f"{run.cfg.arch} has parameters that got no gradient in a step (a branch the loss does not use): "
+            "DistributedDataParallel needs to be told to look for them",
+            fix="add --find-unused-parameters (TrainConfig(find_unused_parameters=True))",
+        ) from None
+
+
 def _step(run: Run, x: torch.Tensor, y: torch.Tensor, global_size: int, loss_fn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on this process's share of a global batch; returns (logits, the share's mean loss)."""
     world, opt = run.d.world, run.opt
     with torch.autocast(device_type=run.device.type, enabled=run.amp):
-        out = _logits(run.trainer(x))
+        out = _logits(_forward(run, x))
         # DDP averages gradients over ranks: sum / global batch x world gives the gradient of the global
         # batch's mean loss, whatever the share of each rank (loss_fn sums in a process group)
         loss = loss_fn(out, y) * (world / global_size) if world > 1 else loss_fn(out, y)
@@ -196,6 +215,9 @@ def train_epoch(run: Run, stop: Interrupt) -> dict[str, float]:
                 save_mid_epoch(run, tally.totals(everyone=True))
             if st.step == kill_step:
                 run.files.wait()  # the hook kills right after a checkpoint is on disk, deterministically
+                wait_checkpoint(run)
+                if cfg.async_checkpoint:
+                    barrier(d)  # and rank 0 swapped it in
                 _kill_self(kill_rank, d)
             if stop.requested:  # Ctrl-C: between two steps, so the checkpoint is exact
                 raise KeyboardInterrupt

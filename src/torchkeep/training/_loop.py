@@ -32,8 +32,15 @@ from torchkeep._atomic import atomic_write_bytes
 from torchkeep._device import resolve_device
 from torchkeep._preprocess import transform_for
 from torchkeep.data import ImageSource, TransformedSubset, open_dataset, split_indices
-from torchkeep.errors import TorchkeepError, TorchkeepWarning, TrainingInterrupted, UsageError
-from torchkeep.models import build, list_models
+from torchkeep.errors import (
+    CompatibilityError,
+    TorchkeepError,
+    TorchkeepWarning,
+    TrainingInterrupted,
+    UsageError,
+)
+from torchkeep.models import build, find_head, list_models
+from torchkeep.models._heads import get_module
 from torchkeep.training._checkpoint import has_checkpoint
 from torchkeep.training._config import RunConfig, TrainConfig, TrainResult
 from torchkeep.training._distributed import (
@@ -42,6 +49,7 @@ from torchkeep.training._distributed import (
     Dist,
     GlobalBatchSampler,
     check_world,
+    checkpoint_group,
     init_from_env,
     launched_by_torchrun,
     share,
@@ -61,7 +69,7 @@ from torchkeep.training._layout import (
 from torchkeep.training._progress import EPOCH_END, RUN_END, report
 from torchkeep.training._resume import open_resume, restore
 from torchkeep.training._run import Data, Run
-from torchkeep.training._saving import save_interrupted, write_metrics, write_plots
+from torchkeep.training._saving import save_interrupted, wait_checkpoint, write_metrics, write_plots
 from torchkeep.training._schedule import Segment
 from torchkeep.training._tensorboard import TensorBoard
 from torchkeep.training._writer import FileWriter
@@ -224,8 +232,22 @@ def _wrap_ddp(run: Run) -> None:
     if cfg.sync_bn:
         run.model = nn.SyncBatchNorm.convert_sync_batchnorm(run.model)
     ids = [run.device.index] if run.device.type == "cuda" else None
+    unused = cfg.find_unused_parameters
+    if unused is None and _has_aux_heads(run.model):
+        unused = True
+        run.notes.append("auxiliary heads the loss does not use: DDP finds the unused parameters each step")
     # the wrapper trains; run.model (no "module." prefix) is what every file holds
-    run.ddp = DistributedDataParallel(run.model, device_ids=ids)
+    run.ddp = DistributedDataParallel(run.model, device_ids=ids, find_unused_parameters=bool(unused))
+
+
+def _has_aux_heads(model: nn.Module) -> bool:
+    """Auxiliary classifier heads (Inception's ``AuxLogits``, GoogLeNet's ``aux1``) that train: their logits
+    are computed in train mode, but the loss uses the main logits alone, so they never get a gradient."""
+    try:
+        aux = find_head(model).aux_paths
+    except CompatibilityError:  # no head torchkeep recognises: nothing known to be unused
+        return False
+    return any(p.requires_grad for path in aux for p in get_module(model, path).parameters())
 
 
 def setup(cfg: RunConfig, ckpt: dict[str, Any] | None, d: Dist, files: FileWriter) -> Run:
@@ -250,6 +272,8 @@ def setup(cfg: RunConfig, ckpt: dict[str, Any] | None, d: Dist, files: FileWrite
         seed_everything(cfg.seed)
     if d.world > 1:
         _wrap_ddp(run)
+    if cfg.async_checkpoint:
+        run.checkpoint_group = checkpoint_group(d)
     return run
 
 
@@ -430,9 +454,12 @@ def _epochs(run: Run, writer: TensorBoard | None) -> _Pace:
             raise
         raise _interrupted(run) from None
     finally:  # whatever ended the loop, the queued files are written, the event file flushed and closed
-        run.files.close()
-        if writer is not None:
-            writer.close()
+        try:
+            wait_checkpoint(run)  # --async-checkpoint: the last checkpoint is whole and in place
+        finally:
+            run.files.close()
+            if writer is not None:
+                writer.close()
     run.files.raise_error()  # a write of the last epoch failed (disk full): the run did not end well
     report(cfg.progress, RUN_END, st.epoch, cfg.epochs)
     return pace

@@ -3,6 +3,7 @@ the epoch (``_epoch``) and to what an epoch leaves on disk (``_saving``)."""
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,10 @@ class Run:
     notes: list[str] = field(default_factory=list)
     ddp: Any = None  # the DistributedDataParallel wrapper that trains, in a process group
     sample_log: Any = None  # the test hook ENV_LOG_SAMPLES: a file of each step's sample ids
+    # --async-checkpoint: the process group DCP's background writes use (gloo, apart from DDP's), and the
+    # checkpoint being written (done once it is whole and swapped in)
+    checkpoint_group: Any = None
+    pending_checkpoint: Future[None] | None = None
 
     @property
     def trainer(self) -> nn.Module:

@@ -3,7 +3,10 @@ files (``best``, top-k, ``last``) first, the resume checkpoint last (it is what 
 ``metrics.csv`` (rebuilt whole from the history, so it always matches the checkpoint).
 
 Rank 0 alone writes files (a DCP checkpoint: every rank its part). Alone with ``checkpoint.pt``, the writes
-happen off the training thread (``_writer.FileWriter``), from snapshots taken when the epoch ended.
+happen off the training thread (``_writer.FileWriter``), from snapshots taken when the epoch ended. With
+``--async-checkpoint`` the DCP checkpoint is written in the background too (``write_dcp_async``): it replaces
+the previous one only once whole, the next checkpoint waits for it, and so does the run's end
+(:func:`wait_checkpoint`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,13 @@ from torch import nn
 
 from torchkeep._modelfile import save
 from torchkeep.errors import TorchkeepError
-from torchkeep.training._checkpoint import capture_rng, write_checkpoint, write_dcp, write_error
+from torchkeep.training._checkpoint import (
+    capture_rng,
+    write_checkpoint,
+    write_dcp,
+    write_dcp_async,
+    write_error,
+)
 from torchkeep.training._distributed import barrier
 from torchkeep.training._layout import BEST, CHECKPOINT, CONFUSION_PNG, CURVES_PNG, DCP_DIR, LAST, METRICS_CSV
 from torchkeep.training._plots import plot_confusion, plot_curves, write_metrics_csv
@@ -26,7 +35,8 @@ from torchkeep.training._run import Run
 from torchkeep.training._schedule import to_checkpoint
 
 __all__ = [
-    "save_checkpoint", "save_epoch", "save_interrupted", "save_mid_epoch", "save_model", "write_metrics", "write_plots",
+    "save_checkpoint", "save_epoch", "save_interrupted", "save_mid_epoch", "save_model", "wait_checkpoint",
+    "write_metrics", "write_plots",
 ]
 
 
@@ -76,14 +86,28 @@ def save_checkpoint(run: Run) -> None:
     """Rank 0 writes the checkpoint (a DCP directory: every rank its part); nobody goes on before it is whole.
 
     Alone, ``checkpoint.pt`` is written in the background (a snapshot of this moment, after the files
-    queued before it); in a process group the write is done before the barrier.
+    queued before it); in a process group the write is done before the barrier. With ``--async-checkpoint``
+    the DCP checkpoint is started (after the previous one is whole) and every rank goes on at once.
     """
     if run.cfg.checkpoint_format == "dcp":
+        wait_checkpoint(run)  # the previous one is whole and swapped in: its temp directory is free again
+        if run.cfg.async_checkpoint:
+            run.pending_checkpoint = write_dcp_async(run.dir / DCP_DIR, run.model, run.opt, _payload(run, tensors=False),
+                                                     main=run.d.main, group=run.checkpoint_group)
+            return
         write_dcp(run.dir / DCP_DIR, run.model, run.opt, _payload(run, tensors=False), main=run.d.main)
     elif run.d.main:
         payload = _payload(run)
         run.files.submit(lambda: write_checkpoint(run.dir / CHECKPOINT, payload))
     barrier(run.d)
+
+
+def wait_checkpoint(run: Run) -> None:
+    """The checkpoint being written in the background (``--async-checkpoint``) is whole and in place; raises
+    its write's error (:class:`CheckpointWriteError`: the previous checkpoint is intact)."""
+    pending, run.pending_checkpoint = run.pending_checkpoint, None
+    if pending is not None:
+        pending.result()
 
 
 def save_mid_epoch(run: Run, partial: dict[str, float]) -> None:
@@ -145,6 +169,7 @@ def save_interrupted(run: Run) -> None:
         save_model(run, run.dir / LAST)
         st.files_pending = False
     save_checkpoint(run)
+    wait_checkpoint(run)
     run.files.wait()
     write_metrics(run)
 
