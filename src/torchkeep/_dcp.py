@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from torchkeep._detect import DCP_METADATA as METADATA
-from torchkeep._detect import is_dcp_dir
+from torchkeep._detect import DCP_RANK_METADATA, dcp_metadata_files, is_dcp_dir
 from torchkeep._pickle import (
     DTypeRef,
     PickleReadError,
@@ -57,13 +56,12 @@ _STORAGE_INFO = "torch.distributed.checkpoint.filesystem._StorageInfo"
 ZSTD_TRANSFORM = "stream.zstd"
 #: an entry inflated for scanning up to this many bytes; beyond, it cannot be judged
 MAX_INFLATED = 1 << 30
-_RANK_METADATA = re.compile(r"__\d+\.metadata")
 
 
 def is_metadata_name(name: str) -> bool:
     """A metadata file name DCP reads: ``.metadata``, or ``__<rank>.metadata`` (read when ``.metadata`` is
     missing or does not unpickle: ``state_dict_loader._load_state_dict``)."""
-    return name == METADATA or _RANK_METADATA.fullmatch(name) is not None
+    return name == METADATA or DCP_RANK_METADATA.fullmatch(name) is not None
 
 
 class DcpTransformError(InputError):
@@ -138,13 +136,17 @@ def _ints(v: Any) -> tuple[int, ...]:
     return tuple(int(x) for x in (v or ()))
 
 
-def read_dcp(path: str | os.PathLike[str], metadata: str = METADATA) -> DcpCheckpoint:
+def read_dcp(path: str | os.PathLike[str], metadata: str | None = None) -> DcpCheckpoint:
     """Read a DCP directory's metadata file (``.metadata``, or a rank's ``__<rank>.metadata``; no torch, nothing run).
+
+    ``metadata``: the file to read; by default ``.metadata``, or where only ranks wrote one, the lowest rank's.
 
     Raises:
         InputError: not a DCP directory, or its metadata is not DCP's.
     """
     p = Path(path)
+    if metadata is None:
+        metadata = next(iter(dcp_metadata_files(p)), METADATA)
     meta_path = p / metadata
     if not meta_path.is_file():
         raise InputError(f"not a DCP checkpoint (no {metadata} file)", path=p,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import stat
 import struct
 import zipfile
@@ -45,9 +46,20 @@ def corrupt_file_errors(path: str | os.PathLike[str]) -> Iterator[None]:
         ) from None
 
 __all__ = [
-    "DCP_METADATA", "FLATBUFFER_ID", "FORMATS", "MAX_SAFETENSORS_HEADER", "Detected", "check_readable", "describe_bytes",
-    "detect", "is_dcp_dir", "is_flatbuffer_module",
-    "looks_like_safetensors", "read_safetensors_json",
+    "DCP_METADATA",
+    "DCP_RANK_METADATA",
+    "FLATBUFFER_ID",
+    "FORMATS",
+    "MAX_SAFETENSORS_HEADER",
+    "Detected",
+    "check_readable",
+    "dcp_metadata_files",
+    "describe_bytes",
+    "detect",
+    "is_dcp_dir",
+    "is_flatbuffer_module",
+    "looks_like_safetensors",
+    "read_safetensors_json",
 ]
 
 #: the longest JSON header a safetensors file may have: the safetensors library's own limit (MAX_HEADER_SIZE)
@@ -71,10 +83,27 @@ FORMATS: dict[str, str] = {
 DCP_METADATA = ".metadata"
 
 
-def is_dcp_dir(path: str | os.PathLike[str]) -> bool:
-    """A directory holding a DCP ``.metadata`` file: a checkpoint that is read like a file."""
+#: the metadata each rank writes where no coordinator gathers one (``dcp.save(..., no_dist=True)`` and
+#: ``use_collectives=False``): DCP reads it when ``.metadata`` is missing or does not unpickle
+DCP_RANK_METADATA = re.compile(r"__\d+\.metadata")
+
+
+def dcp_metadata_files(path: str | os.PathLike[str]) -> list[str]:
+    """The metadata files DCP may read in directory ``path``: ``.metadata`` first, then ``__<rank>.metadata`` by rank."""
     p = Path(path)
-    return p.is_dir() and (p / DCP_METADATA).is_file()
+    try:
+        names = [c.name for c in p.iterdir() if c.is_file()]
+    except OSError:
+        return []
+    ranks = sorted((n for n in names if DCP_RANK_METADATA.fullmatch(n)), key=lambda n: int(n[2:-9]))
+    return ([DCP_METADATA] if DCP_METADATA in names else []) + ranks
+
+
+def is_dcp_dir(path: str | os.PathLike[str]) -> bool:
+    """A directory holding a DCP metadata file (``.metadata``, or only ranks' ``__<rank>.metadata``, which
+    ``dcp.load`` falls back to): a checkpoint that is read like a file."""
+    p = Path(path)
+    return p.is_dir() and bool(dcp_metadata_files(p))
 
 #: the number the first pickle of a legacy torch file holds (torch.serialization.MAGIC_NUMBER)
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C

@@ -74,6 +74,7 @@ RULES: dict[str, str] = {
     "torchscript-unparsed": "TorchScript code that cannot be parsed, or written in a form torch.jit.save never writes",
     "torchscript-flatbuffer": "A TorchScript flatbuffer module ('PTMF' at bytes 4..8): torch.jit.load runs its methods, torchkeep cannot read it",
     "nested-torchscript": "A TorchScript archive inside the file, which torch.load passes to torch.jit.load",
+    "pt2-graph": "A torch.export graph string that torch.export.load would run as Python (a shape expression sympy evaluates, a name FX writes into code)",
     "native-code": "Compiled native code a loader runs (an AOTInductor library in a .pt2)",
     "onnx-custom-op": "An ONNX node of a custom-op domain, or one that calls into PyTorch or Python",
     "onnx-external-data": "An ONNX external-data location outside the model's folder (absolute, '..', symlink, memory tag)",
