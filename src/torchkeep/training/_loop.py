@@ -418,13 +418,17 @@ def _start_files(run: Run, resumed: bool) -> TensorBoard | None:
     return writer
 
 
+def _checkpoint_path(run: Run) -> Path:
+    return run.dir / (DCP_DIR if run.cfg.checkpoint_format == "dcp" else CHECKPOINT)
+
+
 def _interrupted(run: Run) -> TrainingInterrupted:
     """Ctrl-C: write where we are (mid-epoch included) so --resume continues from here."""
     save_interrupted(run)
     st = run.state
     msg = (
         f"interrupted at epoch {st.epoch + (1 if st.mid_epoch else 0)}, step {st.step}; "
-        f"checkpoint saved to {run.dir / CHECKPOINT}. Resume with: torchkeep train --resume {run.dir}"
+        f"checkpoint saved to {_checkpoint_path(run)}. Resume with: torchkeep train --resume {run.dir}"
     )
     return TrainingInterrupted(msg, run.dir)
 
@@ -473,7 +477,7 @@ def _result(run: Run, pace: _Pace, t_start: float) -> TrainResult:
         run_dir=run_dir,
         best_path=run_dir / BEST,
         last_path=run_dir / LAST,
-        checkpoint_path=run_dir / (DCP_DIR if cfg.checkpoint_format == "dcp" else CHECKPOINT),
+        checkpoint_path=_checkpoint_path(run),
         metric=cfg.metric,
         best_value=float(st.best_value) if st.best_value is not None else float("nan"),
         best_epoch=st.best_epoch,
