@@ -30,6 +30,11 @@ from torchkeep._read import read_structure
 from torchkeep._spec import ModelSpec, Preprocessing, Provenance, channels_mode
 from torchkeep._weights import explain_full_model, find_weights
 from torchkeep.errors import InputError, TorchkeepError, TorchkeepWarning, UsageError
+from torchkeep.training._layout import (  # a run's files, where training defines them (no torch)
+    BEST,
+    CHECKPOINT,
+    LAST,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -261,10 +266,8 @@ def run_model_file(path: str | os.PathLike[str]) -> Path:
         InputError: a directory that is not a training run, or a run that has written no model file yet.
     """
     p = Path(path)
-    if not (p.is_dir() or p.stem == "checkpoint"):  # most paths: no need to import the training package
+    if not (p.is_dir() or p.stem == "checkpoint"):
         return p
-    from torchkeep.training._loop import BEST, CHECKPOINT, LAST  # the run's layout, where training defines it
-
     if p.is_dir():
         run = p
     elif p.name == CHECKPOINT and p.is_file() and any((p.parent / f).is_file() for f in (BEST, LAST)):
