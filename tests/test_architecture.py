@@ -161,3 +161,13 @@ def test_the_library_never_imports_the_cli() -> None:
         if not module.startswith(("torchkeep._cli", "torchkeep.__main__"))
     }
     assert not {m: t for m, t in offenders.items() if t}, offenders
+
+
+def test_the_architecture_doc_names_every_module() -> None:
+    """docs/architecture.md draws the flow as the code has it: a module it does not name is one a reader cannot place."""
+    doc = (SRC.parent.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    missing = [
+        p.relative_to(SRC).as_posix() for p in sorted(SRC.rglob("*.py"))
+        if p.stem not in ("__init__", "__main__") and p.stem not in doc
+    ]
+    assert not missing, f"modules docs/architecture.md does not name: {missing}"
