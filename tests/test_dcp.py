@@ -146,3 +146,36 @@ def test_async_checkpoint_needs_dcp(tmp_path, capsys):
     assert cli(["train", "--async-checkpoint", "--out", os.fspath(tmp_path / "r"), "--subset", "20"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--async-checkpoint" in err[0] and "--checkpoint-format dcp" in err[0]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="RLIMIT_FSIZE")
+def test_a_failed_background_write_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
+    """A real failing write (RLIMIT_FSIZE: writes past 600 KB fail) in DCP's writer thread: the run stops with
+    one line, checkpoint.dcp is still the previous one, and resuming without the limit goes on from it."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    _train(out, epochs=1, checkpoint_format="dcp", async_checkpoint=True)
+    before = {p.name: p.read_bytes() for p in (out / "checkpoint.dcp").iterdir()}
+    assert max(len(b) for b in before.values()) > 600_000  # model files (~330 KB) fit under the limit
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failing write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (600_000, 600_000))
+
+    cmd = [sys.executable, "-m", "torchkeep", "train", "--resume", os.fspath(out), "--epochs", "2", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    full = subprocess.run(cmd, env=env, capture_output=True, text=True, preexec_fn=limit, timeout=240)
+    assert full.returncode == 4, full.stderr[-2000:]
+    assert full.stderr.strip().splitlines() == [
+        f"torchkeep: error: {out / 'checkpoint.dcp'}: could not write checkpoint.dcp (a write stopped short: the "
+        "disk is full or a file size limit was reached); the previous checkpoint is intact. Fix: free space, then "
+        f"continue with: torchkeep train --resume {out}"
+    ]
+    assert {p.name: p.read_bytes() for p in (out / "checkpoint.dcp").iterdir()} == before
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert torchkeep.training.load_checkpoint(out)["epoch"] == 2 and not list(out.glob(".checkpoint.dcp.*"))

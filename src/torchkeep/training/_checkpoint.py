@@ -140,6 +140,8 @@ def write_error(path: Path, exc: BaseException, what: str = "file") -> Checkpoin
         reason = "no space left on device"
     elif err == errno.EFBIG or "os error 27" in str(exc):
         reason = "file too large: a file size limit was reached"
+    elif "unexpected pos" in str(exc):  # torch.save's word for a write cut short (DCP keeps no OSError)
+        reason = "a write stopped short: the disk is full or a file size limit was reached"
     else:
         reason = getattr(exc, "strerror", None) or str(exc)
     kept = f"the previous {what} is intact" if path.exists() else f"no previous {what} existed"
@@ -193,6 +195,7 @@ def write_dcp(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, pa
     :func:`torchkeep._atomic.recover_dir` when the run is resumed). The training state travels as one entry, a ``torch.save`` blob (``weights_only``).
     """
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
     tmp, state = _dcp_start(path, model, opt, payload, main=main)
     try:
@@ -200,8 +203,24 @@ def write_dcp(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, pa
             dcp.save(state, checkpoint_id=tmp)
         if main:
             swap_dir(tmp, path)
-    except OSError as exc:
-        raise write_error(path, exc, "checkpoint") from exc
+    except (OSError, RuntimeError, CheckpointException) as exc:
+        raise _dcp_write_error(path, exc) from None
+
+
+def _dcp_write_error(path: Path, exc: BaseException) -> BaseException:
+    """DCP's failure to write as the one-line :class:`CheckpointWriteError`; other errors as they are.
+
+    DCP gathers each rank's error into a ``CheckpointException`` (a BaseException whose text is every rank's
+    traceback); a write cut short reaches it as torch.save's RuntimeError ("unexpected pos ...").
+    """
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    failed = exc
+    if isinstance(exc, CheckpointException) and exc.failures:
+        failed = exc.failures[min(exc.failures)][0]
+    if isinstance(failed, OSError) or "unexpected pos" in str(failed):
+        return write_error(path, failed, "checkpoint")
+    return exc
 
 
 def write_dcp_async(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, payload: dict[str, Any], *,
@@ -231,10 +250,8 @@ def write_dcp_async(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
             written.result()
             if main:
                 swap_dir(tmp, path)
-        except OSError as exc:
-            done.set_exception(write_error(path, exc, "checkpoint"))
         except BaseException as exc:  # handed to the training thread, which raises it
-            done.set_exception(exc)
+            done.set_exception(_dcp_write_error(path, exc))
         else:
             done.set_result(None)
 
