@@ -1,5 +1,6 @@
-"""Red-team round 11 (issue 9): a ``.pt2`` graph's strings that ``torch.export.load`` runs as Python, and DCP
-checkpoints with only rank-local metadata (``__<rank>.metadata``), which ``dcp.load`` falls back to.
+"""Red-team rounds 11 and 12 (issue 9): a ``.pt2`` graph's strings that ``torch.export.load`` (or the module it
+returns) runs as Python, and DCP checkpoints with only rank-local metadata (``__<rank>.metadata``), which
+``dcp.load`` falls back to.
 
 Payloads only write a ``PWNED_MARKER`` file in ``tmp_path``; each shape is shown to run under its real loader.
 """
@@ -20,7 +21,7 @@ from torch import nn
 import torchkeep
 from torchkeep import scan
 from torchkeep._detect import is_dcp_dir
-from torchkeep._scan_pt2 import sym_expr_problem
+from torchkeep._scan_pt2 import guard_problem, sym_expr_problem
 
 MARKER = "PWNED_MARKER"
 SYMBOL = "Symbol('s77', positive=True, integer=True)"
@@ -48,13 +49,14 @@ def _dynamic_pt2(path: Path) -> None:
     torch.export.save(ep, str(path))
 
 
-def _rewrite_graph(src: Path, dst: Path, edit) -> None:
+def _rewrite_graph(src: Path, dst: Path, edit, rename: str | None = None) -> None:
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
         for info in zin.infolist():
-            data = zin.read(info)
-            if info.filename.endswith("models/model.json"):
+            data, name = zin.read(info), info.filename
+            if name.endswith("models/model.json"):
                 data = edit(data.decode()).encode()
-            zout.writestr(info.filename, data)
+                name = name[: -len("model.json")] + (rename or "model.json")
+            zout.writestr(name, data)
 
 
 def test_a_shape_expression_sympify_would_run_is_dangerous(tmp_path):
@@ -86,6 +88,87 @@ def test_a_node_target_fx_would_write_into_code_is_dangerous(tmp_path):
     _rewrite_graph(base, evil, edit)
     report = scan(evil)
     assert report.verdict == "dangerous" and any(f.rule == "pt2-graph" for f in report.findings), report.findings
+
+
+def test_a_graph_under_any_name_in_models_is_judged(tmp_path):
+    """torch.export.load takes every member under models/ (cutting 5 characters off the name): round 12."""
+    base = tmp_path / "base.pt2"
+    _dynamic_pt2(base)
+    marker = tmp_path / f"{MARKER}_renamed"
+    evil = tmp_path / "evil.pt2"
+    payload = f"(__import__('os').system('touch {marker}')) + {SYMBOL}"
+    _rewrite_graph(base, evil, lambda s: s.replace(SYMBOL, payload, 1), rename="model_json")
+    _runs(f"import torch; torch.export.load({str(evil)!r})", marker)
+    assert scan(evil).verdict == "dangerous"
+
+
+def _edited(tmp_path: Path, name: str, edit_doc) -> Path:
+    base = tmp_path / "base.pt2"
+    if not base.exists():
+        _dynamic_pt2(base)
+
+    def edit(text: str) -> str:
+        doc = json.loads(text)
+        edit_doc(doc)
+        return json.dumps(doc)
+
+    out = tmp_path / f"{name}.pt2"
+    _rewrite_graph(base, out, edit)
+    return out
+
+
+def _first(doc, key):
+    """The first dict in ``doc`` holding ``key`` (depth first)."""
+    stack = [doc]
+    while stack:
+        cur = stack.pop()
+        if isinstance(cur, dict):
+            if key in cur:
+                return cur
+            stack.extend(cur.values())
+        elif isinstance(cur, list):
+            stack.extend(cur)
+    raise AssertionError(f"no {key} in the graph")
+
+
+def test_guards_and_names_that_reach_generated_code_are_dangerous(tmp_path):
+    """Round 12: ep.module() execs guards_code; FX writes as_name and parameter names into the code it compiles;
+    a dotted target resolves by getattr from torch ("torch.os.system" is os.system)."""
+    evil = {
+        "guards": lambda d: d.__setitem__("guards_code", ["__import__('os').system('true') == 0"]),
+        "as_name": lambda d: d["graph_module"]["graph"]["inputs"].append(
+            {"as_sym_int": {"as_name": "s=__import__('os').system('true')"}}
+        ),
+        "parameter": lambda d: _first(d, "parameter_name").__setitem__("parameter_name", 'w",0)or exec("1")or("'),
+        "target": lambda d: _first(d, "target").__setitem__("target", "torch.os.system"),
+        "custom-op": lambda d: _first(d, "target").__setitem__("target", "torch.ops.aten.save.default"),
+    }
+    base = _edited(tmp_path, "same", lambda d: None)
+    assert scan(base).verdict == "safe"
+    for name, edit in evil.items():
+        report = scan(_edited(tmp_path, name, edit))
+        assert report.verdict == "dangerous" and any(f.rule == "pt2-graph" for f in report.findings), name
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "(L['x'].size()[0] % (L['x'].size()[0] // 2)) == 0",
+        "(-1) + 2*L['x'].size()[0] <= L['y'].size()[0] + L['x'].size()[0]",
+        "L['x'].stride()[1] == 1",
+    ],
+)
+def test_guards_torch_writes_pass(text):
+    assert guard_problem(text) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["__import__('os').system('x') == 0", "L['x'].size()[0] == eval('1')", "L['x'].__class__ == 1",
+     "L['a b'].size()[0] == 1", "[x for x in L] == 1", "L['x'].size(exec) == 1"],
+)
+def test_guards_that_run_code_are_refused(text):
+    assert guard_problem(text) is not None
 
 
 @pytest.mark.parametrize(

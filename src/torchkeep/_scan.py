@@ -32,6 +32,7 @@ from torchkeep._detect import ZIP_FORMATS, detect, is_dcp_dir, is_flatbuffer_mod
 from torchkeep._scan_code import analyse_code
 from torchkeep._scan_compressed import _WEAK_MAGIC, _compression, _detects, _scan_compressed
 from torchkeep._scan_names import importable, module_shaped
+from torchkeep._scan_pt2 import analyse_export_graphs
 from torchkeep._scan_report import RULES, VERDICTS, Finding, ScanReport, _Collector, exit_code, to_sarif
 from torchkeep._streams import analyze_start, walk_file
 from torchkeep._walk_zip import FLATBUFFER_WHY
@@ -250,6 +251,8 @@ def _scan_file(path: str | os.PathLike[str]) -> ScanReport:
     # -- the code the file carries: TorchScript methods and their ops, ONNX custom ops and external data
     try:
         code = analyse_code(p, fmt, col.imports)
+        if zipfile.is_zipfile(p):  # a torch.export graph, in any zip torch.export.load may be handed
+            analyse_export_graphs(p, code)
     except Exception as exc:  # fail closed, as above
         col.add(_not_followed("the code it carries", exc))
         return col.report(str(path), fmt)

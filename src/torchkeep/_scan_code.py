@@ -49,7 +49,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from torchkeep._scan_onnx import ONNX_DOMAINS, analyse_onnx
-from torchkeep._scan_pt2 import analyse_export_graphs
 from torchkeep._scan_report import CodeAnalysis, CodeFinding
 
 __all__ = [
@@ -161,7 +160,6 @@ def analyse_code(path: str | os.PathLike[str], fmt: str | None, imports: Iterabl
     try:
         if zipfile.is_zipfile(p):
             _torchscript(p, out)
-            analyse_export_graphs(p, out)
     except OSError:
         pass  # the pickle scan reports an unreadable file
     return out
