@@ -21,7 +21,7 @@ from torch import nn
 import torchkeep
 from torchkeep import scan
 from torchkeep._detect import is_dcp_dir
-from torchkeep._scan_pt2 import guard_problem, sym_expr_problem
+from torchkeep._scan_pt2 import guard_problem, spec_problem, sym_expr_problem
 
 MARKER = "PWNED_MARKER"
 SYMBOL = "Symbol('s77', positive=True, integer=True)"
@@ -252,3 +252,43 @@ def test_a_dcp_checkpoint_with_only_rank_metadata_is_judged(tmp_path):
     )
     report = scan(evil)
     assert report.verdict == "dangerous", report.findings
+
+
+def test_a_kwargs_export_and_a_string_input_stay_safe(tmp_path):
+    class Kw(nn.Module):
+        def forward(self, x: torch.Tensor, *, scale: torch.Tensor) -> torch.Tensor:
+            return x * scale
+
+    path = tmp_path / "kw.pt2"
+    torch.export.save(torch.export.export(Kw(), (torch.ones(2),), {"scale": torch.ones(2)}), str(path))
+    report = scan(path)
+    assert report.verdict == "safe", report.findings
+
+
+@pytest.mark.parametrize(
+    ("spec", "ok"),
+    [
+        ('[1, {"type": null, "context": null, "children_spec": []}]', True),
+        ('[1, {"type": "builtins.tuple", "context": "null", "children_spec": [{"type": "builtins.dict", '
+         '"context": "[\\"scale\\"]", "children_spec": [{"type": null, "context": null, "children_spec": []}]}]}]', True),
+        # round 13: a kwargs name ep.module() writes into forward's code, and an enum context treespec_loads imports
+        ('[1, {"type": "builtins.dict", "context": "[\\"_tk=__import__(\'os\').system(\'x\')):#\\"]", '
+         '"children_spec": []}]', False),
+        ('[1, {"type": "builtins.dict", "context": "[{\\"__enum__\\": 1, \\"fqn\\": \\"this:__name__\\", '
+         '\\"name\\": 0}]", "children_spec": []}]', False),
+        ('[1, {"type": "collections.defaultdict", "context": "null", "children_spec": []}]', False),
+        ('[2, {"type": null, "context": null, "children_spec": []}]', False),
+    ],
+)
+def test_pytree_specs(spec, ok):
+    assert (spec_problem(spec) is None) is ok
+
+
+def test_a_string_input_pasted_into_guards_is_dangerous(tmp_path):
+    """Round 13: ep.module() writes a string input's value between quotes into the guards it execs."""
+    evil = _edited(
+        tmp_path, "strguard",
+        lambda d: d["graph_module"]["graph"]["inputs"].append({"as_string": "a' or __import__('os').system('x') or '"}),
+    )
+    report = scan(evil)
+    assert report.verdict == "dangerous" and any(f.rule == "pt2-graph" for f in report.findings), report.findings

@@ -35,7 +35,7 @@ from typing import Any
 from torchkeep._scan_code import classify_op
 from torchkeep._scan_report import CodeAnalysis, CodeFinding
 
-__all__ = ["analyse_export_graphs", "guard_problem", "sym_expr_problem"]
+__all__ = ["analyse_export_graphs", "guard_problem", "spec_problem", "sym_expr_problem"]
 
 #: graph JSON read per archive; torch.export writes a few MB for the largest models
 _GRAPH_LIMIT = 256 << 20
@@ -48,7 +48,15 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:(?:\.|::)[A-Za-z0-9_]+)*\Z")
 _VERSION = re.compile(r"[0-9A-Za-z_.+-]*\Z")
 # strings torch.export.load reads as data only: any text on one line (a stack trace: several lines, which FX
 # cuts to one for a comment)
-_TEXT_KEYS = frozenset({"stack_trace", "nn_module_stack", "torch_fn", "as_string", "in_spec", "out_spec"})
+_TEXT_KEYS = frozenset({"stack_trace", "nn_module_stack", "torch_fn", "as_string"})
+# the pytree specs of the inputs and outputs (JSON in a string): ep.module() writes a dict context's keys into the
+# code of forward (torch/export/_unlift.py _get_codegen), and treespec_loads imports what an "__enum__" context
+# names: only the containers torch writes, and contexts of plain names (red-team round 13)
+_SPEC_KEYS = frozenset({"in_spec", "out_spec"})
+_SPEC_TYPES = frozenset({None, "builtins.tuple", "builtins.list", "builtins.dict", "collections.OrderedDict"})
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# a string input's value, which ep.module() pastes between quotes into the guards it execs
+_QUOTABLE = re.compile(r"[^'\"\\\n\r]*\Z")
 # lower-case sympy functions a shape expression may call; function classes (FloorDiv, Max, Symbol, ...) are
 # capitalised, as torch's own (serialize.py's sympy_functions) and sympy's are
 _LOWER_FUNCTIONS = frozenset({"floor", "ceiling", "sqrt", "exp", "log", "sign", "sin", "cos", "tan"})
@@ -140,21 +148,54 @@ def analyse_export_graphs(path: Path, out: CodeAnalysis) -> None:
 
 
 def _walk(doc: Any) -> str | None:
-    stack: list[tuple[Any, str | None]] = [(doc, None)]
+    # (value, the key it sits under, the key the dict holding it sits under)
+    stack: list[tuple[Any, str | None, str | None]] = [(doc, None, None)]
     while stack:
-        value, key = stack.pop()
+        value, key, owner = stack.pop()
         if isinstance(value, dict):
             for k, v in value.items():
                 problem = _key_problem(k, key)
                 if problem:
                     return problem
-                stack.append((v, k))
+                stack.append((v, k, key))
         elif isinstance(value, list):
-            stack.extend((v, key) for v in value)
+            stack.extend((v, key, owner) for v in value)
         elif isinstance(value, str):
             problem = _string_problem(value, key)
+            if problem is None and key == "as_string" and owner in ("inputs", "outputs") and not _QUOTABLE.match(value):
+                problem = f"the string input {value[:40]!r}, which ep.module() pastes between quotes into code"
             if problem:
                 return problem
+    return None
+
+
+def spec_problem(text: str) -> str | None:
+    """Why ``text`` is not a pytree spec (``in_spec``/``out_spec``) as torch.export writes one (``None`` if it is)."""
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError):
+        return "no JSON"
+    if not (type(doc) is list and len(doc) == 2 and doc[0] == 1):
+        return "no protocol-1 spec"
+    stack = [doc[1]]
+    while stack:
+        node = stack.pop()
+        if type(node) is not dict or set(node) != {"type", "context", "children_spec"}:
+            return "a node that is not {type, context, children_spec}"
+        if node["type"] not in _SPEC_TYPES:
+            return f"the container type {str(node['type'])[:60]!r}"
+        context = node["context"]
+        try:
+            context = json.loads(context) if type(context) is str else context
+        except (ValueError, RecursionError):
+            return "a context that is no JSON"
+        if context is not None and not (
+            type(context) is list and all(type(k) is str and _IDENTIFIER.match(k) for k in context)
+        ):
+            return f"the context {str(context)[:60]!r} (only names are written)"
+        if type(node["children_spec"]) is not list:
+            return "children that are not a list"
+        stack.extend(node["children_spec"])
     return None
 
 
@@ -178,6 +219,9 @@ def _string_problem(value: str, key: str | None) -> str | None:
     if key == "guards_code":
         why = guard_problem(value)
         return f"the guard {value[:60]!r} holds {why}" if why else None
+    if key in _SPEC_KEYS:
+        why = spec_problem(value)
+        return f"the {key} holds {why}" if why else None
     if key in _TEXT_KEYS:
         return None
     if key == "torch_version":
