@@ -41,7 +41,7 @@ __all__ = ["analyse_export_graphs", "guard_problem", "spec_problem", "sym_expr_p
 _GRAPH_LIMIT = 256 << 20
 # graph members: anything under models/ (torch >= 2.8 loads every member there, cutting 5 characters off the
 # name) and serialized_exported_program.json (the older layout)
-_GRAPH_MEMBER = re.compile(r"(?:^|/)(?:models/.+|serialized_exported_program\.json)\Z", re.I | re.S)
+_GRAPH_MEMBER = re.compile(r"(?:[^/]*/)?(?:models/.+|serialized_exported_program\.json)\Z", re.I | re.S)
 # names FX writes into generated source (node targets, subgraph, parameter, buffer and SymInt names): dotted
 # identifiers; also what every string under a key not listed in _TEXT_KEYS must be
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:(?:\.|::)[A-Za-z0-9_]+)*\Z")
@@ -124,7 +124,7 @@ def analyse_export_graphs(path: Path, out: CodeAnalysis) -> None:
     with zf:
         budget = _GRAPH_LIMIT
         for info in zf.infolist():
-            if not _GRAPH_MEMBER.search(info.filename):
+            if not _GRAPH_MEMBER.match(info.filename):  # under the archive's one root folder, as torch reads it
                 continue
             name = info.filename
             try:
