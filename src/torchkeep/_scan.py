@@ -251,8 +251,7 @@ def _scan_file(path: str | os.PathLike[str]) -> ScanReport:
     # -- the code the file carries: TorchScript methods and their ops, ONNX custom ops and external data
     try:
         code = analyse_code(p, fmt, col.imports)
-        if zipfile.is_zipfile(p):  # a torch.export graph, in any zip torch.export.load may be handed
-            analyse_export_graphs(p, code)
+        analyse_export_graphs(p, code)  # a torch.export graph, in any zip torch.export.load may be handed
     except Exception as exc:  # fail closed, as above
         col.add(_not_followed("the code it carries", exc))
         return col.report(str(path), fmt)

@@ -166,11 +166,22 @@ def analyse_code(path: str | os.PathLike[str], fmt: str | None, imports: Iterabl
 
 
 # ------------------------------------------------------------------------------------------- TorchScript
-def _torchscript(p: Path, out: CodeAnalysis) -> None:
+#: what reading one zip member may raise (a bad member is a finding, the others are still read)
+MEMBER_READ_ERRORS = (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError)
+
+
+def open_zip(path: Path) -> zipfile.ZipFile | None:
+    """``path`` as zipfile reads it, or ``None`` (the zip walker reports archives whose directory cannot be read)."""
     try:
-        zf = zipfile.ZipFile(p)
+        return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, UnicodeDecodeError):
-        return  # the zip walker reports archives whose directory cannot be read
+        return None
+
+
+def _torchscript(p: Path, out: CodeAnalysis) -> None:
+    zf = open_zip(p)
+    if zf is None:
+        return
     with zf:
         # torch's reader (miniz) looks names up ignoring ASCII case: archive/CODE/__torch__.PY is code too
         members = [i for i in zf.infolist() if _CODE_MEMBER.search(i.filename.lower())]
@@ -183,7 +194,7 @@ def _torchscript(p: Path, out: CodeAnalysis) -> None:
             try:
                 with zf.open(info) as fh:
                     data = fh.read(min(budget, _MEMBER_LIMIT) + 1)
-            except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as exc:
+            except MEMBER_READ_ERRORS as exc:
                 out.findings.append(CodeFinding("torchscript-unparsed", name, name,
                                                 f"TorchScript code that cannot be read ({exc}): cannot judge what it runs"))
                 continue

@@ -28,11 +28,10 @@ from __future__ import annotations
 import ast
 import json
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
-from torchkeep._scan_code import classify_op
+from torchkeep._scan_code import MEMBER_READ_ERRORS, classify_op, open_zip
 from torchkeep._scan_report import CodeAnalysis, CodeFinding
 
 __all__ = ["analyse_export_graphs", "guard_problem", "spec_problem", "sym_expr_problem"]
@@ -64,28 +63,31 @@ _NODES = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.C
           ast.keyword, ast.Load, ast.operator, ast.unaryop, ast.boolop, ast.cmpop, ast.Tuple)
 
 
-def _parse(text: str) -> ast.Expression | str:
-    """``text`` as one Python expression, or why it is none (what torch writes is short and parses)."""
+def _nodes(text: str, allowed: tuple[type, ...], kinds: str) -> list[ast.AST] | str:
+    """The nodes of ``text`` read as one Python expression, or why it is not one torch writes: what torch writes
+    is short, parses, holds only the ``allowed`` node types (``kinds`` names them) and plain constants."""
     if len(text) > 10_000:
         return "more text than torch writes there"
     try:
-        return ast.parse(text, mode="eval")
+        nodes = list(ast.walk(ast.parse(text, mode="eval")))
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return "no Python expression (the loader's parser would read it its own way)"
+    for node in nodes:
+        if not isinstance(node, allowed):
+            return f"a {type(node).__name__} ({kinds})"
+        if isinstance(node, ast.Constant) and type(node.value) not in (int, float, bool, str):
+            return f"the constant {node.value!r}"
+    return nodes
 
 
 def sym_expr_problem(text: str) -> str | None:
     """Why ``text`` is not a symbolic-shape expression as torch writes one (``None`` if it is)."""
-    tree = _parse(text)
-    if isinstance(tree, str):
-        return tree
-    for node in ast.walk(tree):
-        if not isinstance(node, _NODES):
-            return f"a {type(node).__name__} (only numbers, symbols and function calls are written)"
+    nodes = _nodes(text, _NODES, "only numbers, symbols and function calls are written")
+    if isinstance(nodes, str):
+        return nodes
+    for node in nodes:
         if isinstance(node, ast.Name) and node.id.startswith("_"):
             return f"the private name {node.id!r}"
-        if isinstance(node, ast.Constant) and type(node.value) not in (int, float, bool, str):
-            return f"the constant {node.value!r}"
         if isinstance(node, ast.keyword) and not (
             isinstance(node.value, ast.Constant) and type(node.value.value) in (bool, int)
         ):
@@ -94,8 +96,8 @@ def sym_expr_problem(text: str) -> str | None:
             problem = _call_problem(node)
             if problem:
                 return problem
-    strings = [n for n in ast.walk(tree) if isinstance(n, ast.Constant) and type(n.value) is str]
-    named = {id(c.args[0]) for c in ast.walk(tree) if isinstance(c, ast.Call) and _called(c) == "Symbol" and c.args}
+    strings = [n for n in nodes if isinstance(n, ast.Constant) and type(n.value) is str]
+    named = {id(c.args[0]) for c in nodes if isinstance(c, ast.Call) and _called(c) == "Symbol" and c.args}
     for s in strings:
         if id(s) not in named or not _NAME.match(str(s.value)):
             return f"the string {str(s.value)[:40]!r}, which sympy would parse and evaluate"
@@ -117,10 +119,9 @@ def _call_problem(node: ast.Call) -> str | None:
 
 def analyse_export_graphs(path: Path, out: CodeAnalysis) -> None:
     """Judge the graph JSON of every torch.export archive member of the zip at ``path`` into ``out``."""
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, UnicodeDecodeError):
-        return  # the zip walker reports archives whose directory cannot be read
+    zf = open_zip(path)
+    if zf is None:
+        return
     with zf:
         budget = _GRAPH_LIMIT
         for info in zf.infolist():
@@ -136,8 +137,7 @@ def analyse_export_graphs(path: Path, out: CodeAnalysis) -> None:
                     return
                 budget -= len(raw)
                 doc = json.loads(raw)
-            except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError,
-                    RecursionError) as exc:
+            except (*MEMBER_READ_ERRORS, RecursionError) as exc:  # json.loads: ValueError, RecursionError
                 out.findings.append(CodeFinding("pt2-graph", name, name, f"graph JSON that cannot be read "
                                                 f"({type(exc).__name__}): what torch.export.load runs is not known"))
                 continue
@@ -258,16 +258,12 @@ _GUARD_NODES = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare,
 
 def guard_problem(text: str) -> str | None:
     """Why ``text`` is not a shape guard as torch writes one (``None`` if it is): ``ep.module()`` execs it."""
-    tree = _parse(text)
-    if isinstance(tree, str):
-        return tree
-    for node in ast.walk(tree):
-        if not isinstance(node, _GUARD_NODES):
-            return f"a {type(node).__name__}"
+    nodes = _nodes(text, _GUARD_NODES, "guards are arithmetic and comparisons on the inputs' sizes")
+    if isinstance(nodes, str):
+        return nodes
+    for node in nodes:
         if isinstance(node, ast.Name) and node.id != "L":
             return f"the name {node.id!r} (guards read only the inputs, L)"
-        if isinstance(node, ast.Constant) and type(node.value) not in (int, float, bool, str):
-            return f"the constant {node.value!r}"
         if isinstance(node, ast.Constant) and type(node.value) is str and not _NAME.match(node.value):
             return f"the string {node.value[:40]!r}"
         if isinstance(node, ast.Call) and (
