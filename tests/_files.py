@@ -26,6 +26,28 @@ class TinyNet(nn.Module):
         return self.fc(self.bn(self.conv(x)).mean((2, 3)))
 
 
+class SetstateSaves(nn.Module):
+    """A malicious TorchScript module: __setstate__ writes a file with torch.save (aten::save), which runs inside
+    torch.jit.load (tests pass a marker path in tmp_path)."""
+
+    def __init__(self, marker: str):
+        super().__init__()
+        self.p = marker
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3))
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[str, bool]:
+        return (self.p, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, bool]) -> None:
+        self.p = state[0]
+        self.training = state[1]
+        torch.save(torch.zeros(1), self.p)
+
+
 def tiny_model(seed: int = 0) -> TinyNet:
     torch.manual_seed(seed)
     m = TinyNet()

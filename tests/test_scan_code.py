@@ -24,7 +24,7 @@ from PIL import Image
 from torch import nn
 
 import torchkeep
-from _files import rewrite_zip_member, tiny_model, torchscript_pt
+from _files import SetstateSaves, rewrite_zip_member, tiny_model, torchscript_pt
 from torchkeep._export import TORCHSCRIPT_SPEC_FILE
 from torchkeep._gate import check_file
 from torchkeep._scan import scan
@@ -47,27 +47,6 @@ class ForwardSaves(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         torch.save(x, self.p)
         return x.mean((2, 3))
-
-
-class SetstateSaves(nn.Module):
-    """__setstate__ writes a file with torch.save: runs inside torch.jit.load."""
-
-    def __init__(self, marker: str):
-        super().__init__()
-        self.p = marker
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean((2, 3))
-
-    @torch.jit.export
-    def __getstate__(self) -> tuple[str, bool]:
-        return (self.p, self.training)
-
-    @torch.jit.export
-    def __setstate__(self, state: tuple[str, bool]) -> None:
-        self.p = state[0]
-        self.training = state[1]
-        torch.save(torch.zeros(1), self.p)
 
 
 class SetstateFromFile(nn.Module):

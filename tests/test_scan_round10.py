@@ -25,30 +25,10 @@ import torch
 from torch import nn
 
 import torchkeep
+from _files import SetstateSaves
 from torchkeep import scan, scan_paths
 
 MARKER = "PWNED_MARKER"
-
-
-class SetstateSaves(nn.Module):
-    """__setstate__ writes a file with torch.save (aten::save): runs inside torch.jit.load."""
-
-    def __init__(self, marker: str):
-        super().__init__()
-        self.p = marker
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + 1
-
-    @torch.jit.export
-    def __getstate__(self) -> tuple[str, bool]:
-        return (self.p, self.training)
-
-    @torch.jit.export
-    def __setstate__(self, state: tuple[str, bool]) -> None:
-        self.p = state[0]
-        self.training = state[1]
-        torch.save(torch.zeros(1), self.p)
 
 
 def _runs(code: str, marker: Path) -> None:
