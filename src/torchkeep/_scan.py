@@ -200,13 +200,13 @@ def _scan_file(path: str | os.PathLike[str]) -> ScanReport:
         # with "x"), or a file of another format only starts like a compressed stream (a safetensors header
         # length of 120 is an "x"): read as what it is; whatever the inflated bytes named stays in the report.
     not_a_model: str | None = None  # what inspect says of a file that is no model format
-    flatbuffer = p.is_file() and _is_flatbuffer_file(p)
-    if flatbuffer:
-        col.add(Finding("dangerous", "", "", "file", 0, FLATBUFFER_WHY, "torchscript-flatbuffer"))
     try:
         fmt = detect(p).format
     except UnknownFormatError as exc:
         not_a_model = str(exc)
+        flatbuffer = _is_flatbuffer_file(p)  # detect refuses every such file, whatever else it is
+        if flatbuffer:
+            col.add(Finding("dangerous", "", "", "file", 0, FLATBUFFER_WHY, "torchscript-flatbuffer"))
         if zipfile.is_zipfile(p):
             fmt = "zip"
         elif tarfile.is_tarfile(p):
