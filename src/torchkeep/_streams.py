@@ -28,7 +28,7 @@ from torchkeep._inflate import _Budget
 from torchkeep._walk_legacy import LegacyWalker
 from torchkeep._walk_stacked import MAX_DEPTH, Sink, analyze_start
 from torchkeep._walk_tar import opens_as_tar, walk_tar
-from torchkeep._walk_zip import FLATBUFFER_WHY, ZipWalker, zip_start
+from torchkeep._walk_zip import FLATBUFFER_WHY, ZipWalker, zip_names, zip_start
 
 __all__ = ["INFLATE_MAX_BYTES", "INFLATE_MAX_SECONDS", "MAX_DEPTH", "Sink", "Walker", "analyze_start", "walk_file"]
 
@@ -52,7 +52,7 @@ class Walker(ZipWalker, LegacyWalker):
             self.sink.on_finding("dangerous", "torchscript-flatbuffer", place, None, FLATBUFFER_WHY)
         if data.startswith(ZIP_LOCAL):
             self.zip_archive(fh, place + "!/", self.blob_depth, torchscript_root=False)
-            self.nested_torchscript(fh, place)
+            self.nested_torchscript(zip_names(fh), place)
         elif data[2:14] == LEGACY_MAGIC_LONG1:
             self.legacy(fh, len(data), place)
         else:

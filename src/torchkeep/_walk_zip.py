@@ -24,7 +24,7 @@ from torchkeep._walk_npy import NpyWalker
 from torchkeep._walk_stacked import MAX_DEPTH, _looks_like_pickle_start
 from torchkeep._zipdir import ZipDirError, local_data_offset, read_central_directory, zipfile_name
 
-__all__ = ["ZipWalker", "zip_start"]
+__all__ = ["FLATBUFFER_WHY", "ZipWalker", "zip_names", "zip_start"]
 
 _PICKLE_NAMES = ("data.pkl", "constants.pkl")
 # torch.export.load hands every member under data/aotinductor/<model>/ to AOTIModelPackageLoader, which dlopen()s
@@ -342,15 +342,16 @@ class ZipWalker(NpyWalker):
             )  # fmt: skip
             return
         self.sink.notes.append(f"{place}: a zip archive inside the archive, scanned")
-        self.zip_archive(region, place + "!/", depth + 1, torchscript_root=_is_torchscript(region))
-        self.nested_torchscript(region, place)
+        names = zip_names(region)
+        self.zip_archive(region, place + "!/", depth + 1, torchscript_root=_is_torchscript(names))
+        self.nested_torchscript(names, place)
 
-    def nested_torchscript(self, fh: IO[bytes], place: str) -> None:
+    def nested_torchscript(self, names: list[str], place: str) -> None:
         """An archive inside the file that torch.load would pass to torch.jit.load (it holds a ``constants.pkl``
         record: serialization.py's ``_is_torchscript_zip``), as it does for the bytes of
         ``torch.storage._load_from_bytes`` and a ``.pt2``'s pickled weights and sample inputs: its TorchScript
         methods run. Their code is judged only in a file of its own; no writer nests TorchScript."""
-        if any(n.lower().endswith("constants.pkl") for n in _zip_names(fh)):
+        if any(n.lower().endswith("constants.pkl") for n in names):  # names: zip_names of the archive
             self.sink.on_finding(
                 "dangerous", "nested-torchscript", place, None,
                 "a TorchScript archive inside the file: torch.load hands it to torch.jit.load, which runs its "
@@ -358,15 +359,14 @@ class ZipWalker(NpyWalker):
             )  # fmt: skip
 
 
-def _zip_names(fh: IO[bytes]) -> list[str]:
+def zip_names(fh: IO[bytes]) -> list[str]:
     """Member names as either zip reader sees them (NUL cuts a name short in torch's record listing too)."""
     torch_view, py_view, _ = _read_views(fh)
     fh.seek(0)
     return [m.name.split("\0", 1)[0] for view in (torch_view, py_view) if not isinstance(view, str) for m in view]
 
 
-def _is_torchscript(fh: IO[bytes]) -> bool:
-    names = _zip_names(fh)
+def _is_torchscript(names: list[str]) -> bool:
     return any(n.endswith("constants.pkl") for n in names) and any("/code/" in n or n.startswith("code/") for n in names)
 
 
